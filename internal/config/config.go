@@ -1,0 +1,162 @@
+// Package config reads the service's configuration from environment
+// variables. Every key, with its default, is listed in .env.example; the
+// defaults work against a local Postgres and Redis.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Config is the whole configuration of the service, parsed once at start.
+type Config struct {
+	HTTP     HTTP
+	Postgres Postgres
+	Redis    Redis
+	Worker   Worker
+	Log      Log
+	// ShutdownTimeout bounds a graceful shutdown.
+	ShutdownTimeout time.Duration
+}
+
+// HTTP configures the API server.
+type HTTP struct {
+	Addr              string
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	// RequestTimeout bounds the work of one request (its context deadline).
+	RequestTimeout time.Duration
+}
+
+// Postgres configures the database pool.
+type Postgres struct {
+	URL              string
+	MaxConns         int32
+	StatementTimeout time.Duration
+}
+
+// Redis configures the task queue's Redis.
+type Redis struct {
+	URL string
+}
+
+// Worker configures the background task server.
+type Worker struct {
+	Concurrency int
+	Queue       string
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string
+	// Format is json or console.
+	Format string
+}
+
+// Load reads the configuration through getenv (os.Getenv in production). It
+// reports every bad value at once.
+func Load(getenv func(string) string) (Config, error) {
+	p := parser{getenv: getenv}
+	c := Config{
+		HTTP: HTTP{
+			Addr:              p.str("HTTP_ADDR", "127.0.0.1:8080"),
+			ReadHeaderTimeout: p.duration("HTTP_READ_HEADER_TIMEOUT", 5*time.Second),
+			ReadTimeout:       p.duration("HTTP_READ_TIMEOUT", 30*time.Second),
+			WriteTimeout:      p.duration("HTTP_WRITE_TIMEOUT", 5*time.Minute),
+			IdleTimeout:       p.duration("HTTP_IDLE_TIMEOUT", 2*time.Minute),
+			RequestTimeout:    p.duration("HTTP_REQUEST_TIMEOUT", 30*time.Second),
+		},
+		Postgres: Postgres{
+			URL:              p.str("DATABASE_URL", "postgres://segments:segments@127.0.0.1:5432/segments?sslmode=disable"),
+			MaxConns:         int32(p.intRange("DATABASE_MAX_CONNS", 32, 1, 10000)),
+			StatementTimeout: p.duration("DATABASE_STATEMENT_TIMEOUT", 30*time.Second),
+		},
+		Redis: Redis{
+			URL: p.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		},
+		Worker: Worker{
+			Concurrency: p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
+			Queue:       p.str("WORKER_QUEUE", "segments"),
+		},
+		Log: Log{
+			Level:  p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+			Format: p.oneOf("LOG_FORMAT", "json", "json", "console"),
+		},
+		ShutdownTimeout: p.duration("SHUTDOWN_TIMEOUT", 20*time.Second),
+	}
+	return c, errors.Join(p.errs...)
+}
+
+// Redacted returns the configuration as it may be logged: passwords in
+// URLs are masked.
+func (c Config) Redacted() Config {
+	c.Postgres.URL = redactURL(c.Postgres.URL)
+	c.Redis.URL = redactURL(c.Redis.URL)
+	return c
+}
+
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	return u.Redacted()
+}
+
+type parser struct {
+	getenv func(string) string
+	errs   []error
+}
+
+func (p *parser) str(key, def string) string {
+	if v := p.getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func (p *parser) duration(key string, def time.Duration) time.Duration {
+	v := p.getenv(key)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		p.errs = append(p.errs, fmt.Errorf("%s=%q: want a non-negative duration such as 30s or 5m", key, v))
+		return def
+	}
+	return d
+}
+
+func (p *parser) intRange(key string, def, lo, hi int) int {
+	v := p.getenv(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		p.errs = append(p.errs, fmt.Errorf("%s=%q: want a whole number from %d to %d", key, v, lo, hi))
+		return def
+	}
+	return n
+}
+
+func (p *parser) oneOf(key, def string, allowed ...string) string {
+	v := p.getenv(key)
+	if v == "" {
+		return def
+	}
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	p.errs = append(p.errs, fmt.Errorf("%s=%q: want one of %q", key, v, allowed))
+	return def
+}

@@ -1,0 +1,91 @@
+// Package domain holds the types and rules of the segments service: segments,
+// users, memberships and the errors a caller can act on. It imports nothing
+// of the service's technologies.
+package domain
+
+import (
+	"regexp"
+	"time"
+)
+
+// Limits of one request, fixed by the API contract.
+const (
+	// MaxSlugsPerChange bounds add plus remove in one membership change.
+	MaxSlugsPerChange = 1000
+	// MaxUsersPerRegistration bounds one bulk registration.
+	MaxUsersPerRegistration = 10000
+	// MaxDescriptionLength bounds a segment's description, in characters.
+	MaxDescriptionLength = 1000
+)
+
+// slugPattern is the contract's slug syntax; the database checks it too.
+var slugPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+
+// SlugPattern is the slug syntax as a regular expression, for messages.
+const SlugPattern = `^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`
+
+// ValidSlug reports whether s is a well-formed segment slug.
+func ValidSlug(s string) bool { return slugPattern.MatchString(s) }
+
+// ValidUserID reports whether id can name a user: user ids are positive.
+func ValidUserID(id int64) bool { return id > 0 }
+
+// Segment is a named experiment group that users belong to.
+type Segment struct {
+	ID          int64
+	Slug        string
+	Description string
+	CreatedAt   time.Time
+	// MemberCount counts the segment's active (unexpired) memberships.
+	MemberCount int64
+}
+
+// NewSegment is what an analyst supplies to create a segment.
+type NewSegment struct {
+	Slug        string
+	Description string
+}
+
+// Source says how a user came to hold a segment.
+type Source string
+
+// Sources of a membership.
+const (
+	SourceManual Source = "manual"
+	SourceAuto   Source = "auto"
+)
+
+// Membership is one segment a user holds.
+type Membership struct {
+	Slug    string
+	AddedAt time.Time
+	// ExpiresAt is nil for a permanent membership.
+	ExpiresAt *time.Time
+	Source    Source
+}
+
+// SegmentChange is one atomic change of a user's segments.
+type SegmentChange struct {
+	UserID int64
+	Add    []string
+	Remove []string
+	// ExpiresAt applies to every added segment, including ones the user
+	// already holds; nil (with TTL zero) makes them permanent.
+	ExpiresAt *time.Time
+	// TTL is the other way to give an expiry: this long from now. At most
+	// one of ExpiresAt and TTL may be set.
+	TTL time.Duration
+}
+
+// ChangeResult reports what a SegmentChange did.
+type ChangeResult struct {
+	UserID int64
+	// Added lists the slugs whose membership appeared or whose expiry
+	// changed, sorted.
+	Added []string
+	// Removed lists the slugs the user held and no longer holds, sorted.
+	Removed []string
+	// Segments is the user's full list of memberships after the change,
+	// sorted by slug.
+	Segments []Membership
+}

@@ -1,0 +1,62 @@
+package domain
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Kinds of error a caller can act on. Test for them with errors.Is.
+var (
+	// ErrInvalid means the input breaks a rule; nothing was changed.
+	ErrInvalid = errors.New("invalid input")
+	// ErrNotFound means a named thing does not exist; nothing was changed.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means the change collides with existing state.
+	ErrConflict = errors.New("conflict")
+)
+
+// Error is an error whose Message is safe and useful to show the caller.
+// It unwraps to its Kind.
+type Error struct {
+	Kind    error
+	Message string
+	// Fields says, for ErrInvalid, which input fields are wrong and why.
+	Fields []FieldError
+	// UnknownSlugs lists, for ErrNotFound, every slug that names no segment.
+	UnknownSlugs []string
+}
+
+// FieldError is one wrong input field. Field is a JSON pointer ("/add/3").
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Unwrap returns the error's kind.
+func (e *Error) Unwrap() error { return e.Kind }
+
+// Invalid returns an ErrInvalid error listing the wrong fields.
+func Invalid(msg string, fields ...FieldError) error {
+	return &Error{Kind: ErrInvalid, Message: msg, Fields: fields}
+}
+
+// NotFoundf returns an ErrNotFound error with a formatted message.
+func NotFoundf(format string, args ...any) error {
+	return &Error{Kind: ErrNotFound, Message: fmt.Sprintf(format, args...)}
+}
+
+// Conflictf returns an ErrConflict error with a formatted message.
+func Conflictf(format string, args ...any) error {
+	return &Error{Kind: ErrConflict, Message: fmt.Sprintf(format, args...)}
+}
+
+// UnknownSlugs returns an ErrNotFound error naming every unknown slug.
+func UnknownSlugs(slugs []string) error {
+	return &Error{
+		Kind:         ErrNotFound,
+		Message:      fmt.Sprintf("%d of the segments do not exist: %q", len(slugs), slugs),
+		UnknownSlugs: slugs,
+	}
+}

@@ -1,0 +1,220 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-playground/validator/v10"
+
+	"segments/internal/domain"
+)
+
+// maxBodyBytes bounds every request body.
+const maxBodyBytes = 1 << 20
+
+// maxFieldProblems bounds how many wrong fields one response lists.
+const maxFieldProblems = 50
+
+// requestError is a request the server cannot read: it is answered with
+// its own status and never reaches a service.
+type requestError struct {
+	status int
+	typ    string
+	detail string
+}
+
+func (e *requestError) Error() string { return e.detail }
+
+func malformed(format string, args ...any) *requestError {
+	return &requestError{status: http.StatusBadRequest, typ: typeMalformed, detail: fmt.Sprintf(format, args...)}
+}
+
+// decode reads r's JSON body into dst and validates it. On failure it has
+// written the problem response and returns false.
+func decode(w http.ResponseWriter, r *http.Request, v *validator.Validate, dst any) bool {
+	err := decodeJSON(w, r, dst)
+	if err == nil {
+		err = validate(v, dst)
+	}
+	if err == nil {
+		return true
+	}
+	var re *requestError
+	if errors.As(err, &re) {
+		title := http.StatusText(re.status)
+		if re.typ == typeMalformed {
+			title = "Request body is malformed"
+		}
+		writeProblem(w, r, Problem{Type: re.typ, Title: title, Status: re.status, Detail: re.detail})
+		return false
+	}
+	respondError(w, r, err)
+	return false
+}
+
+func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return &requestError{status: http.StatusUnsupportedMediaType, typ: typeBlank,
+			detail: fmt.Sprintf("Content-Type must be application/json, not %q", r.Header.Get("Content-Type"))}
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(dst)
+	if err == nil {
+		// One JSON value, then nothing but white space.
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return malformed("the body must hold a single JSON object; found more after it")
+		}
+		return nil
+	}
+	var (
+		syntaxErr *json.SyntaxError
+		typeErr   *json.UnmarshalTypeError
+		tooBig    *http.MaxBytesError
+		fieldErr  *fieldDecodeError
+	)
+	switch {
+	case errors.As(err, &tooBig):
+		return &requestError{status: http.StatusRequestEntityTooLarge, typ: typeBlank,
+			detail: fmt.Sprintf("the body is larger than %d bytes", maxBodyBytes)}
+	case errors.Is(err, io.EOF):
+		return malformed("the body is empty; a JSON object is required")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return malformed("the body ends in the middle of a JSON value (truncated?)")
+	case errors.As(err, &syntaxErr):
+		return malformed("the body is not valid JSON: %s (at byte %d)", syntaxErr, syntaxErr.Offset)
+	case errors.As(err, &typeErr):
+		if typeErr.Field == "" {
+			return malformed("the body must be a JSON object, not %s", typeErr.Value)
+		}
+		return malformed("field %q must be %s, not %s", typeErr.Field, describeType(typeErr.Type), typeErr.Value)
+	case errors.As(err, &fieldErr):
+		return malformed("%s", fieldErr.Error())
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return malformed("%s is not a field of this request", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return malformed("the body cannot be read: %v", err)
+}
+
+// describeType names a Go type the way a JSON client thinks of it.
+func describeType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int64, reflect.Int, reflect.Int32:
+		return "an integer from -9223372036854775808 to 9223372036854775807"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "an array of " + strings.TrimPrefix(describeType(t.Elem()), "a ")
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Pointer:
+		return describeType(t.Elem())
+	}
+	return "a " + t.String()
+}
+
+// fieldDecodeError is a field whose JSON value has the right type but
+// cannot be read (a timestamp that is not RFC 3339, say).
+type fieldDecodeError struct{ field, detail string }
+
+func (e *fieldDecodeError) Error() string { return fmt.Sprintf("field %q %s", e.field, e.detail) }
+
+// expiryTime is the expires_at field of a request: an RFC 3339 time.
+type expiryTime struct{ time.Time }
+
+// UnmarshalJSON reads an RFC 3339 string.
+func (t *expiryTime) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err == nil {
+		t.Time, err = time.Parse(time.RFC3339, s)
+	}
+	if err != nil {
+		return &fieldDecodeError{field: "expires_at", detail: fmt.Sprintf("must be an RFC 3339 time such as \"2030-01-02T15:04:05Z\", not %s", b)}
+	}
+	return nil
+}
+
+// validate checks dst's validate tags and reports every wrong field (up to
+// maxFieldProblems) as domain.ErrInvalid.
+func validate(v *validator.Validate, dst any) error {
+	err := v.Struct(dst)
+	var verrs validator.ValidationErrors
+	if !errors.As(err, &verrs) {
+		return err
+	}
+	fields := make([]domain.FieldError, 0, min(len(verrs), maxFieldProblems))
+	for _, fe := range verrs[:min(len(verrs), maxFieldProblems)] {
+		fields = append(fields, domain.FieldError{Field: jsonPointer(fe.Namespace()), Message: fieldMessage(fe)})
+	}
+	msg := fmt.Sprintf("the request breaks %d rule(s)", len(verrs))
+	if len(verrs) > maxFieldProblems {
+		msg += fmt.Sprintf("; the first %d are listed", maxFieldProblems)
+	}
+	return domain.Invalid(msg, fields...)
+}
+
+// jsonPointer turns a validator namespace ("changeRequest.add[3]") into a
+// JSON pointer ("/add/3").
+func jsonPointer(ns string) string {
+	_, path, _ := strings.Cut(ns, ".")
+	path = strings.NewReplacer("[", ".", "]", "").Replace(path)
+	return "/" + strings.ReplaceAll(path, ".", "/")
+}
+
+func fieldMessage(fe validator.FieldError) string {
+	switch fe.Tag() {
+	case "required":
+		return "is required"
+	case "slug":
+		return fmt.Sprintf("must match %s, not %q", domain.SlugPattern, fe.Value())
+	case "gt":
+		return fmt.Sprintf("must be greater than %s", fe.Param())
+	case "gte", "min":
+		if fe.Kind() == reflect.Slice {
+			return fmt.Sprintf("must have at least %s item(s)", fe.Param())
+		}
+		return fmt.Sprintf("must be at least %s", fe.Param())
+	case "lte", "max":
+		switch fe.Kind() {
+		case reflect.Slice:
+			return fmt.Sprintf("must have at most %s items", fe.Param())
+		case reflect.String:
+			return fmt.Sprintf("must be at most %s characters long", fe.Param())
+		}
+		return fmt.Sprintf("must be at most %s", fe.Param())
+	}
+	return fmt.Sprintf("breaks the rule %q", fe.Tag())
+}
+
+// newValidator returns the validator for request types: JSON field names,
+// plus the "slug" rule.
+func newValidator() *validator.Validate {
+	v := validator.New(validator.WithRequiredStructEnabled())
+	v.RegisterTagNameFunc(func(f reflect.StructField) string {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			return ""
+		}
+		return name
+	})
+	_ = v.RegisterValidation("slug", func(fl validator.FieldLevel) bool {
+		return domain.ValidSlug(fl.Field().String())
+	})
+	return v
+}
+
+// respond writes v as JSON with status.
+func respond(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

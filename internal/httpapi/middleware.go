@@ -1,0 +1,109 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"go.uber.org/zap"
+)
+
+type ctxKey int
+
+const (
+	requestIDKey ctxKey = iota
+	loggerKey
+)
+
+// requestIDHeader carries the request id in and out.
+const requestIDHeader = "X-Request-ID"
+
+func requestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+// loggerFrom returns the request's logger, which stamps every line with the
+// request id.
+func loggerFrom(ctx context.Context) *zap.Logger {
+	if l, ok := ctx.Value(loggerKey).(*zap.Logger); ok {
+		return l
+	}
+	return zap.NewNop()
+}
+
+// validRequestID accepts a caller's id if it is short and printable ASCII,
+// so that it can be logged and echoed safely.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// requestContext gives every request an id (the caller's X-Request-ID if
+// usable), a logger carrying it, and a deadline; it echoes the id in the
+// response.
+func requestContext(log *zap.Logger, timeout time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get(requestIDHeader)
+			if !validRequestID(id) {
+				id = fmt.Sprintf("%016x", rand.Uint64())
+			}
+			w.Header().Set(requestIDHeader, id)
+			ctx := context.WithValue(r.Context(), requestIDKey, id)
+			ctx = context.WithValue(ctx, loggerKey, log.With(zap.String("request_id", id)))
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// accessLog logs one line per request, after it is served, and turns a
+// panic into a logged 500.
+func accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		defer func() {
+			log := loggerFrom(r.Context())
+			if rec := recover(); rec != nil {
+				if rec == http.ErrAbortHandler {
+					panic(rec)
+				}
+				log.Error("panic", zap.Any("panic", rec), zap.ByteString("stack", debug.Stack()))
+				if ww.Status() == 0 {
+					statusProblem(ww, r, http.StatusInternalServerError, "the server failed to handle the request; report the request_id to the operators")
+				}
+			}
+			status := ww.Status()
+			if status == 0 {
+				status = http.StatusOK
+			}
+			log.Info("request",
+				zap.String("method", r.Method),
+				zap.String("path", r.URL.Path),
+				zap.String("route", chi.RouteContext(r.Context()).RoutePattern()),
+				zap.Int("status", status),
+				zap.Int("bytes", ww.BytesWritten()),
+				zap.Duration("duration", time.Since(start)),
+			)
+		}()
+		next.ServeHTTP(ww, r)
+	})
+}

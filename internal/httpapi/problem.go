@@ -1,0 +1,106 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"go.uber.org/zap"
+
+	"segments/internal/domain"
+)
+
+// Problem is an RFC 9457 problem detail, the body of every error response
+// (Content-Type application/problem+json).
+type Problem struct {
+	// Type identifies the kind of problem; "about:blank" when the status
+	// says it all.
+	Type   string `json:"type" example:"urn:segments:problem:validation-failed"`
+	Title  string `json:"title" example:"Request is invalid"`
+	Status int    `json:"status" example:"422"`
+	Detail string `json:"detail,omitempty" example:"the request breaks 1 rule"`
+	// Errors lists, for validation problems, each wrong field as a JSON
+	// pointer into the request body.
+	Errors []FieldProblem `json:"errors,omitempty"`
+	// UnknownSlugs lists, for unknown-segments problems, every slug in the
+	// request that names no segment.
+	UnknownSlugs []string `json:"unknown_slugs,omitempty"`
+	// RequestID lets the operator find the request in the logs.
+	RequestID string `json:"request_id,omitempty" example:"7f3c2a9e5b1d4c80"`
+}
+
+// FieldProblem is one wrong field of a request.
+type FieldProblem struct {
+	Pointer string `json:"pointer" example:"#/add/0"`
+	Detail  string `json:"detail" example:"must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"`
+}
+
+// Problem types. Clients may switch on them; titles are for humans.
+const (
+	typeBlank           = "about:blank"
+	typeMalformed       = "urn:segments:problem:malformed-request"
+	typeValidation      = "urn:segments:problem:validation-failed"
+	typeNotFound        = "urn:segments:problem:not-found"
+	typeUnknownSegments = "urn:segments:problem:unknown-segments"
+	typeConflict        = "urn:segments:problem:conflict"
+)
+
+// domainProblems maps domain error kinds to responses: the one table that
+// turns service errors into statuses.
+var domainProblems = []struct {
+	kind   error
+	status int
+	typ    string
+	title  string
+}{
+	{domain.ErrInvalid, http.StatusUnprocessableEntity, typeValidation, "Request is invalid"},
+	{domain.ErrNotFound, http.StatusNotFound, typeNotFound, "Not found"},
+	{domain.ErrConflict, http.StatusConflict, typeConflict, "Conflict"},
+}
+
+// respondError writes err as a problem. Domain errors become 4xx with their
+// message; anything else is logged once, with the request id, and the client
+// sees a generic 500.
+func respondError(w http.ResponseWriter, r *http.Request, err error) {
+	var de *domain.Error
+	if errors.As(err, &de) {
+		for _, dp := range domainProblems {
+			if errors.Is(de.Kind, dp.kind) {
+				p := Problem{Type: dp.typ, Title: dp.title, Status: dp.status, Detail: de.Message}
+				for _, f := range de.Fields {
+					p.Errors = append(p.Errors, FieldProblem{Pointer: "#" + f.Field, Detail: f.Message})
+				}
+				if len(de.UnknownSlugs) > 0 {
+					p.Type, p.Title, p.UnknownSlugs = typeUnknownSegments, "Unknown segments", de.UnknownSlugs
+				}
+				writeProblem(w, r, p)
+				return
+			}
+		}
+	}
+	if errors.Is(err, r.Context().Err()) && r.Context().Err() != nil {
+		// The client went away or the request ran out of time: nothing
+		// failed on our side worth an error log.
+		loggerFrom(r.Context()).Warn("request cancelled", zap.Error(err))
+		writeProblem(w, r, Problem{Type: typeBlank, Title: "Request timed out", Status: http.StatusServiceUnavailable,
+			Detail: "the request did not complete in time; it may be retried"})
+		return
+	}
+	loggerFrom(r.Context()).Error("request failed", zap.Error(err))
+	writeProblem(w, r, Problem{Type: typeBlank, Title: "Internal server error", Status: http.StatusInternalServerError,
+		Detail: "the server failed to handle the request; report the request_id to the operators"})
+}
+
+// writeProblem writes p with its request id.
+func writeProblem(w http.ResponseWriter, r *http.Request, p Problem) {
+	p.RequestID = requestIDFrom(r.Context())
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+// statusProblem writes a problem that its status describes fully.
+func statusProblem(w http.ResponseWriter, r *http.Request, status int, detail string) {
+	writeProblem(w, r, Problem{Type: typeBlank, Title: http.StatusText(status), Status: status, Detail: detail})
+}

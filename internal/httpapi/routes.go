@@ -1,0 +1,78 @@
+// Package httpapi is the HTTP face of the service: routing, JSON in and out,
+// problem+json errors. Handlers decode, validate, call one service method
+// and encode; they hold no business rules and no SQL.
+//
+//	@title						Segments API
+//	@version					1.0
+//	@description				Stores which experiment segments each user belongs to. Errors are application/problem+json (RFC 9457).
+//	@BasePath					/api/v1
+//	@accept						json
+//	@produce					json
+//	@tag.name					segments
+//	@tag.description			Segments that analysts create
+//	@tag.name					users
+//	@tag.description			Users and the segments they hold
+package httpapi
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-playground/validator/v10"
+	httpSwagger "github.com/swaggo/http-swagger/v2"
+	"go.uber.org/zap"
+
+	_ "segments/docs" // registers the generated OpenAPI spec
+	"segments/internal/service"
+)
+
+// Options are what the router needs.
+type Options struct {
+	Segments *service.Segments
+	Users    *service.Users
+	// Checks are the dependencies /readyz asks.
+	Checks []Check
+	Log    *zap.Logger
+	// RequestTimeout bounds each request's work; zero means no bound.
+	RequestTimeout time.Duration
+}
+
+type handler struct {
+	segments *service.Segments
+	users    *service.Users
+	checks   []Check
+	validate *validator.Validate
+}
+
+// NewRouter returns the service's HTTP handler: every route is here.
+func NewRouter(o Options) http.Handler {
+	h := &handler{segments: o.Segments, users: o.Users, checks: o.Checks, validate: newValidator()}
+
+	r := chi.NewRouter()
+	r.Use(requestContext(o.Log, o.RequestTimeout), accessLog)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		statusProblem(w, r, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
+	})
+
+	r.Get("/healthz", h.healthz)
+	r.Get("/readyz", h.readyz)
+	r.Get("/swagger", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
+	r.Get("/swagger/", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
+	r.Get("/swagger/*", httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json")))
+
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Post("/segments", h.createSegment)
+		r.Get("/segments", h.listSegments)
+		r.Get("/segments/{slug}", h.getSegment)
+		r.Delete("/segments/{slug}", h.deleteSegment)
+
+		r.Post("/users", h.registerUsers)
+		r.Get("/users/{user_id}/segments", h.userSegments)
+		r.Post("/users/{user_id}/segments", h.changeUserSegments)
+	})
+	return r
+}

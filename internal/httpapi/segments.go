@@ -1,0 +1,161 @@
+package httpapi
+
+import (
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"segments/internal/domain"
+)
+
+// Paging of GET /segments.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+// CreateSegmentRequest is the body of POST /segments.
+type CreateSegmentRequest struct {
+	Slug        string `json:"slug" validate:"required,slug" example:"AVITO_VOICE_MESSAGES"`
+	Description string `json:"description" validate:"max=1000" example:"Voice messages in chat"`
+}
+
+// Segment is a segment as the API shows it.
+type Segment struct {
+	Slug        string    `json:"slug" example:"AVITO_VOICE_MESSAGES"`
+	Description string    `json:"description" example:"Voice messages in chat"`
+	AutoPercent *float64  `json:"auto_percent" extensions:"x-nullable"`
+	CreatedAt   time.Time `json:"created_at" example:"2026-11-22T08:00:00Z"`
+	// MemberCount counts active (unexpired) memberships.
+	MemberCount int64 `json:"member_count" example:"1200"`
+	// Rollout is null for a manual segment.
+	Rollout *Rollout `json:"rollout" extensions:"x-nullable"`
+}
+
+// Rollout is the progress of a percent segment's background assignment.
+type Rollout struct {
+	Status   string `json:"status" enums:"pending,running,done,failed" example:"done"`
+	Assigned int64  `json:"assigned" example:"500"`
+	Total    int64  `json:"total" example:"500"`
+}
+
+// SegmentList is one page of segments.
+type SegmentList struct {
+	Segments []Segment `json:"segments"`
+	// NextAfter is the after= cursor of the next page; null on the last.
+	NextAfter *string `json:"next_after" example:"AVITO_VOICE_MESSAGES" extensions:"x-nullable"`
+}
+
+func segmentFrom(s domain.Segment) Segment {
+	return Segment{
+		Slug:        s.Slug,
+		Description: s.Description,
+		CreatedAt:   s.CreatedAt.UTC(),
+		MemberCount: s.MemberCount,
+	}
+}
+
+// createSegment godoc
+//
+//	@Summary		Create a segment
+//	@Description	Creates a segment that users can then be added to. The slug is unique among existing segments.
+//	@Tags			segments
+//	@Accept			json
+//	@Produce		json
+//	@Param			segment	body		CreateSegmentRequest	true	"The new segment"
+//	@Success		201		{object}	Segment					"Created; Location names it"
+//	@Header			201		{string}	Location				"/api/v1/segments/{slug}"
+//	@Failure		400		{object}	Problem					"Malformed JSON"
+//	@Failure		409		{object}	Problem					"The slug is taken"
+//	@Failure		413		{object}	Problem					"Body over 1 MiB"
+//	@Failure		415		{object}	Problem					"Content-Type is not application/json"
+//	@Failure		422		{object}	Problem					"Invalid slug or description"
+//	@Router			/segments [post]
+func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
+	var req CreateSegmentRequest
+	if !decode(w, r, h.validate, &req) {
+		return
+	}
+	seg, err := h.segments.Create(r.Context(), domain.NewSegment{Slug: req.Slug, Description: req.Description})
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/segments/"+url.PathEscape(seg.Slug))
+	respond(w, http.StatusCreated, segmentFrom(seg))
+}
+
+// listSegments godoc
+//
+//	@Summary		List segments
+//	@Description	Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.
+//	@Tags			segments
+//	@Produce		json
+//	@Param			limit	query		int		false	"Page size (1 to 1000)"	default(100)	minimum(1)	maximum(1000)
+//	@Param			after	query		string	false	"Return segments whose slug sorts after this one"
+//	@Success		200		{object}	SegmentList
+//	@Failure		400		{object}	Problem	"Bad limit"
+//	@Router			/segments [get]
+func (h *handler) listSegments(w http.ResponseWriter, r *http.Request) {
+	limit := defaultPageSize
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxPageSize {
+			statusProblem(w, r, http.StatusBadRequest, "limit must be a whole number from 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	page, err := h.segments.List(r.Context(), r.URL.Query().Get("after"), limit)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	resp := SegmentList{Segments: make([]Segment, 0, len(page.Segments))}
+	for _, s := range page.Segments {
+		resp.Segments = append(resp.Segments, segmentFrom(s))
+	}
+	if page.NextAfter != "" {
+		resp.NextAfter = &page.NextAfter
+	}
+	respond(w, http.StatusOK, resp)
+}
+
+// getSegment godoc
+//
+//	@Summary	Get a segment
+//	@Tags		segments
+//	@Produce	json
+//	@Param		slug	path		string	true	"Segment slug"
+//	@Success	200		{object}	Segment
+//	@Failure	404		{object}	Problem	"No such segment"
+//	@Router		/segments/{slug} [get]
+func (h *handler) getSegment(w http.ResponseWriter, r *http.Request) {
+	seg, err := h.segments.Get(r.Context(), chi.URLParam(r, "slug"))
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	respond(w, http.StatusOK, segmentFrom(seg))
+}
+
+// deleteSegment godoc
+//
+//	@Summary		Delete a segment
+//	@Description	Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment.
+//	@Tags			segments
+//	@Produce		json
+//	@Param			slug	path	string	true	"Segment slug"
+//	@Success		204		"Deleted"
+//	@Failure		404		{object}	Problem	"No such segment"
+//	@Router			/segments/{slug} [delete]
+func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
+	if err := h.segments.Delete(r.Context(), chi.URLParam(r, "slug")); err != nil {
+		respondError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,177 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"segments/internal/domain"
+)
+
+// RegisterUsersRequest is the body of POST /users.
+type RegisterUsersRequest struct {
+	UserIDs []int64 `json:"user_ids" validate:"required,min=1,max=10000,dive,gt=0" example:"1000,1001,1002"`
+}
+
+// RegisterUsersResponse says how many of the ids were new.
+type RegisterUsersResponse struct {
+	Registered int64 `json:"registered" example:"2"`
+}
+
+// ChangeSegmentsRequest is the body of POST /users/{user_id}/segments.
+// ttl_seconds and expires_at are alternatives; either applies to the added
+// segments, none makes them permanent.
+type ChangeSegmentsRequest struct {
+	Add        []string    `json:"add" validate:"max=1000,dive,slug" example:"AVITO_VOICE_MESSAGES,AVITO_DISCOUNT_30"`
+	Remove     []string    `json:"remove" validate:"max=1000,dive,slug" example:"AVITO_PERFORMANCE_VAS"`
+	TTLSeconds *int64      `json:"ttl_seconds,omitempty" validate:"omitnil,gte=1,lte=3153600000" example:"172800"`
+	ExpiresAt  *expiryTime `json:"expires_at,omitempty" swaggertype:"string" format:"date-time" example:"2030-01-02T15:04:05Z"`
+}
+
+// Membership is one segment a user holds.
+type Membership struct {
+	Slug    string    `json:"slug" example:"AVITO_VOICE_MESSAGES"`
+	AddedAt time.Time `json:"added_at" example:"2026-11-22T08:00:00Z"`
+	// ExpiresAt is null for a permanent membership.
+	ExpiresAt *time.Time `json:"expires_at" example:"2026-11-24T08:00:00Z" extensions:"x-nullable"`
+	Source    string     `json:"source" enums:"manual,auto" example:"manual"`
+}
+
+// UserSegments is a user's active segments, sorted by slug.
+type UserSegments struct {
+	UserID   int64        `json:"user_id" example:"1000"`
+	Segments []Membership `json:"segments"`
+}
+
+// ChangeSegmentsResponse reports what a change did and the user's segments
+// after it.
+type ChangeSegmentsResponse struct {
+	UserID int64 `json:"user_id" example:"1000"`
+	// Added lists the segments that appeared or whose expiry changed.
+	Added []string `json:"added" example:"AVITO_VOICE_MESSAGES"`
+	// Removed lists the segments the user held and no longer holds.
+	Removed  []string     `json:"removed" example:"AVITO_PERFORMANCE_VAS"`
+	Segments []Membership `json:"segments"`
+}
+
+func membershipsFrom(ms []domain.Membership) []Membership {
+	out := make([]Membership, len(ms))
+	for i, m := range ms {
+		out[i] = Membership{Slug: m.Slug, AddedAt: m.AddedAt.UTC(), Source: string(m.Source)}
+		if m.ExpiresAt != nil {
+			t := m.ExpiresAt.UTC()
+			out[i].ExpiresAt = &t
+		}
+	}
+	return out
+}
+
+// userID reads the user_id path parameter. On failure it has written a 400
+// and returns false.
+func userID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	s := chi.URLParam(r, "user_id")
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || !domain.ValidUserID(id) {
+		statusProblem(w, r, http.StatusBadRequest,
+			"user_id must be a whole number from 1 to 9223372036854775807, not "+strconv.Quote(s))
+		return 0, false
+	}
+	return id, true
+}
+
+// registerUsers godoc
+//
+//	@Summary		Register users in bulk
+//	@Description	Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+//	@Tags			users
+//	@Accept			json
+//	@Produce		json
+//	@Param			users	body		RegisterUsersRequest	true	"Ids to register"
+//	@Success		200		{object}	RegisterUsersResponse
+//	@Failure		400		{object}	Problem	"Malformed JSON"
+//	@Failure		413		{object}	Problem	"Body over 1 MiB"
+//	@Failure		415		{object}	Problem	"Content-Type is not application/json"
+//	@Failure		422		{object}	Problem	"No ids, more than 10,000, or an id below 1"
+//	@Router			/users [post]
+func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
+	var req RegisterUsersRequest
+	if !decode(w, r, h.validate, &req) {
+		return
+	}
+	n, err := h.users.Register(r.Context(), req.UserIDs)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	respond(w, http.StatusOK, RegisterUsersResponse{Registered: n})
+}
+
+// userSegments godoc
+//
+//	@Summary		Get a user's segments
+//	@Description	Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
+//	@Tags			users
+//	@Produce		json
+//	@Param			user_id	path		int	true	"User id (1 to 2^63-1)"	minimum(1)
+//	@Success		200		{object}	UserSegments
+//	@Failure		400		{object}	Problem	"Bad user id"
+//	@Router			/users/{user_id}/segments [get]
+func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
+	id, ok := userID(w, r)
+	if !ok {
+		return
+	}
+	ms, err := h.users.Segments(r.Context(), id)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	respond(w, http.StatusOK, UserSegments{UserID: id, Segments: membershipsFrom(ms)})
+}
+
+// changeUserSegments godoc
+//
+//	@Summary		Add and remove a user's segments
+//	@Description	Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+//	@Tags			users
+//	@Accept			json
+//	@Produce		json
+//	@Param			user_id	path		int						true	"User id (1 to 2^63-1)"	minimum(1)
+//	@Param			change	body		ChangeSegmentsRequest	true	"Segments to add and remove"
+//	@Success		200		{object}	ChangeSegmentsResponse
+//	@Failure		400		{object}	Problem	"Bad user id or malformed JSON"
+//	@Failure		404		{object}	Problem	"Unknown segments, listed in unknown_slugs"
+//	@Failure		413		{object}	Problem	"Body over 1 MiB"
+//	@Failure		415		{object}	Problem	"Content-Type is not application/json"
+//	@Failure		422		{object}	Problem	"Bad slug, slug in both lists, both expiry forms, expiry not in the future, nothing to change, more than 1,000 slugs"
+//	@Router			/users/{user_id}/segments [post]
+func (h *handler) changeUserSegments(w http.ResponseWriter, r *http.Request) {
+	id, ok := userID(w, r)
+	if !ok {
+		return
+	}
+	var req ChangeSegmentsRequest
+	if !decode(w, r, h.validate, &req) {
+		return
+	}
+	change := domain.SegmentChange{UserID: id, Add: req.Add, Remove: req.Remove}
+	if req.TTLSeconds != nil {
+		change.TTL = time.Duration(*req.TTLSeconds) * time.Second
+	}
+	if req.ExpiresAt != nil {
+		change.ExpiresAt = &req.ExpiresAt.Time
+	}
+	res, err := h.users.ChangeSegments(r.Context(), change)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	respond(w, http.StatusOK, ChangeSegmentsResponse{
+		UserID:   res.UserID,
+		Added:    res.Added,
+		Removed:  res.Removed,
+		Segments: membershipsFrom(res.Segments),
+	})
+}

@@ -1,0 +1,158 @@
+// Package postgres implements the service's stores on PostgreSQL with pgx.
+//
+// Every exported store method is atomic: it runs in one transaction (often
+// one statement or one SQL function call) and either applies fully or not at
+// all. Driver errors are translated to domain errors here; nothing above this
+// package sees pgx types.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-migrate/migrate/v4"
+	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
+	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"segments/migrations"
+)
+
+// PoolConfig tunes the connection pool.
+type PoolConfig struct {
+	MaxConns int32
+	// StatementTimeout bounds every statement on the server; zero keeps the
+	// server's setting.
+	StatementTimeout time.Duration
+}
+
+// Open connects a pool to the database at url and checks that it answers.
+func Open(ctx context.Context, url string, pc PoolConfig) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	if pc.MaxConns > 0 {
+		cfg.MaxConns = pc.MaxConns
+	}
+	if pc.StatementTimeout > 0 {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(pc.StatementTimeout.Milliseconds())
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create pool: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ping database: %w", err)
+	}
+	return pool, nil
+}
+
+// Migrate moves the schema of the database at url. Direction is "up" (to the
+// newest version) or "down" (one step back). It returns the version reached
+// and whether the schema is marked dirty by a failed migration.
+func Migrate(url, direction string) (version uint, dirty bool, err error) {
+	m, err := newMigrator(url)
+	if err != nil {
+		return 0, false, err
+	}
+	defer m.Close()
+
+	switch direction {
+	case "up":
+		err = m.Up()
+	case "down":
+		err = m.Steps(-1)
+	default:
+		return 0, false, fmt.Errorf("unknown migration direction %q (want up or down)", direction)
+	}
+	if err != nil && !errors.Is(err, migrate.ErrNoChange) {
+		return 0, false, fmt.Errorf("migrate %s: %w", direction, err)
+	}
+	return schemaVersion(m)
+}
+
+// MigrationVersion reports the schema version of the database at url; zero
+// means no migration has run.
+func MigrationVersion(url string) (version uint, dirty bool, err error) {
+	m, err := newMigrator(url)
+	if err != nil {
+		return 0, false, err
+	}
+	defer m.Close()
+	return schemaVersion(m)
+}
+
+// schemaVersion reads m's version, treating "no migration yet" as zero.
+func schemaVersion(m *migrate.Migrate) (uint, bool, error) {
+	v, dirty, err := m.Version()
+	if errors.Is(err, migrate.ErrNilVersion) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, dirty, nil
+}
+
+func newMigrator(url string) (*migrate.Migrate, error) {
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	db := stdlib.OpenDB(*cc)
+	driver, err := migratepgx.WithInstance(db, &migratepgx.Config{})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open migration driver: %w", err)
+	}
+	src, err := iofs.New(migrations.FS, ".")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open embedded migrations: %w", err)
+	}
+	m, err := migrate.NewWithInstance("iofs", src, "pgx5", driver)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create migrator: %w", err)
+	}
+	return m, nil
+}
+
+// SQLSTATE codes this package translates.
+const (
+	uniqueViolation       = "23505"
+	foreignKeyViolation   = "23503"
+	invalidParameterValue = "22023"
+)
+
+// pgCode returns err's SQLSTATE, or "" if err did not come from the server.
+func pgCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// withTx runs fn in a transaction that commits if fn returns nil and rolls
+// back otherwise.
+func withTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pool, fn)
+}
+
+// setReason tells the history triggers why the transaction changes
+// memberships.
+func setReason(ctx context.Context, tx pgx.Tx, reason string) error {
+	const q = `SELECT set_config('segments.reason', $1, true)`
+	if _, err := tx.Exec(ctx, q, reason); err != nil {
+		return fmt.Errorf("set history reason %s: %w", reason, err)
+	}
+	return nil
+}

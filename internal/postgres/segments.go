@@ -1,0 +1,111 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/domain"
+	"segments/internal/service"
+)
+
+var _ service.SegmentStore = (*SegmentRepo)(nil)
+
+// SegmentRepo stores segments.
+type SegmentRepo struct {
+	pool *pgxpool.Pool
+}
+
+// NewSegmentRepo returns a SegmentRepo on pool.
+func NewSegmentRepo(pool *pgxpool.Pool) *SegmentRepo {
+	return &SegmentRepo{pool: pool}
+}
+
+// segmentColumns selects a segment with its count of active members; the
+// count is an index-only scan of memberships_segment_idx.
+const segmentColumns = `
+	s.id, s.slug, s.description, s.created_at,
+	(SELECT count(*) FROM memberships m
+	  WHERE m.segment_id = s.id
+	    AND (m.expires_at IS NULL OR m.expires_at > now())) AS member_count`
+
+// CreateSegment inserts a segment. It returns domain.ErrConflict if the slug
+// is taken.
+func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
+	const q = `
+		INSERT INTO segments AS s (slug, description)
+		VALUES ($1, $2)
+		RETURNING ` + segmentColumns
+	rows, _ := r.pool.Query(ctx, q, ns.Slug, ns.Description)
+	seg, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[domain.Segment])
+	if pgCode(err) == uniqueViolation {
+		return domain.Segment{}, domain.Conflictf("segment %q already exists", ns.Slug)
+	}
+	if err != nil {
+		return domain.Segment{}, fmt.Errorf("insert segment %s: %w", ns.Slug, err)
+	}
+	return seg, nil
+}
+
+// Segment returns the segment named slug, or domain.ErrNotFound.
+func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment, error) {
+	const q = `SELECT ` + segmentColumns + ` FROM segments s WHERE s.slug = $1`
+	rows, _ := r.pool.Query(ctx, q, slug)
+	seg, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[domain.Segment])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return domain.Segment{}, domain.NotFoundf("segment %q does not exist", slug)
+	}
+	if err != nil {
+		return domain.Segment{}, fmt.Errorf("select segment %s: %w", slug, err)
+	}
+	return seg, nil
+}
+
+// Segments returns up to limit segments whose slugs sort after after, in
+// byte order of slug.
+func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]domain.Segment, error) {
+	const q = `SELECT ` + segmentColumns + `
+		FROM segments s
+		WHERE s.slug > $1
+		ORDER BY s.slug
+		LIMIT $2`
+	rows, _ := r.pool.Query(ctx, q, after, limit)
+	segs, err := pgx.CollectRows(rows, pgx.RowToStructByName[domain.Segment])
+	if err != nil {
+		return nil, fmt.Errorf("list segments after %q: %w", after, err)
+	}
+	return segs, nil
+}
+
+// DeleteSegment deletes the segment named slug and every membership in it
+// (history reason segment_deleted), or returns domain.ErrNotFound. The
+// segment's row is locked first, so a concurrent change that adds it to a
+// user either completes before the delete or finds the slug unknown.
+func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
+	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		const lock = `SELECT id FROM segments WHERE slug = $1 FOR UPDATE`
+		var id int64
+		err := tx.QueryRow(ctx, lock, slug).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return domain.NotFoundf("segment %q does not exist", slug)
+		}
+		if err != nil {
+			return fmt.Errorf("lock segment %s: %w", slug, err)
+		}
+		if err := setReason(ctx, tx, "segment_deleted"); err != nil {
+			return err
+		}
+		const delMembers = `DELETE FROM memberships WHERE segment_id = $1`
+		if _, err := tx.Exec(ctx, delMembers, id); err != nil {
+			return fmt.Errorf("delete members of %s: %w", slug, err)
+		}
+		const delSegment = `DELETE FROM segments WHERE id = $1`
+		if _, err := tx.Exec(ctx, delSegment, id); err != nil {
+			return fmt.Errorf("delete segment %s: %w", slug, err)
+		}
+		return nil
+	})
+}

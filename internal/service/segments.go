@@ -1,0 +1,68 @@
+// Package service holds the use cases of the segments service. It validates
+// what the HTTP layer cannot see (rules across fields, time), calls the
+// stores (each store call is one transaction) and schedules background work.
+// It knows nothing of HTTP or SQL.
+package service
+
+import (
+	"context"
+
+	"segments/internal/domain"
+)
+
+// SegmentStore is the storage Segments needs. Every method is atomic.
+type SegmentStore interface {
+	CreateSegment(ctx context.Context, s domain.NewSegment) (domain.Segment, error)
+	Segment(ctx context.Context, slug string) (domain.Segment, error)
+	Segments(ctx context.Context, after string, limit int) ([]domain.Segment, error)
+	DeleteSegment(ctx context.Context, slug string) error
+}
+
+// Segments manages segments.
+type Segments struct {
+	store SegmentStore
+}
+
+// NewSegments returns Segments on store.
+func NewSegments(store SegmentStore) *Segments {
+	return &Segments{store: store}
+}
+
+// Create creates a segment. It returns domain.ErrConflict if the slug is
+// taken.
+func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
+	return s.store.CreateSegment(ctx, ns)
+}
+
+// Get returns the segment named slug, or domain.ErrNotFound.
+func (s *Segments) Get(ctx context.Context, slug string) (domain.Segment, error) {
+	return s.store.Segment(ctx, slug)
+}
+
+// Page is one page of segments in byte order of slug.
+type Page struct {
+	Segments []domain.Segment
+	// NextAfter is the cursor of the next page; empty on the last page.
+	NextAfter string
+}
+
+// List returns up to limit segments whose slugs sort after after.
+func (s *Segments) List(ctx context.Context, after string, limit int) (Page, error) {
+	segs, err := s.store.Segments(ctx, after, limit+1)
+	if err != nil {
+		return Page{}, err
+	}
+	p := Page{Segments: segs}
+	if len(segs) > limit {
+		p.Segments = segs[:limit]
+		p.NextAfter = segs[limit-1].Slug
+	}
+	return p, nil
+}
+
+// Delete deletes the segment named slug; every member loses it (history
+// reason segment_deleted) and the slug becomes free. It returns
+// domain.ErrNotFound if there is no such segment.
+func (s *Segments) Delete(ctx context.Context, slug string) error {
+	return s.store.DeleteSegment(ctx, slug)
+}

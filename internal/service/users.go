@@ -1,0 +1,122 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"segments/internal/domain"
+)
+
+// UserStore is the storage Users needs. Every method is atomic.
+type UserStore interface {
+	// RegisterUsers registers the ids not yet known and returns how many
+	// were new.
+	RegisterUsers(ctx context.Context, ids []int64) (int64, error)
+	// UserSegments returns the user's active memberships sorted by slug and
+	// whether the user is registered.
+	UserSegments(ctx context.Context, userID int64) ([]domain.Membership, bool, error)
+	// ChangeUserSegments applies a validated change, registering the user if
+	// new. It returns domain.ErrNotFound with every unknown slug and nothing
+	// changed.
+	ChangeUserSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error)
+}
+
+// Users manages the user registry and users' segments.
+type Users struct {
+	store UserStore
+	now   func() time.Time
+}
+
+// NewUsers returns Users on store; now tells the time (time.Now in
+// production).
+func NewUsers(store UserStore, now func() time.Time) *Users {
+	return &Users{store: store, now: now}
+}
+
+// Register registers ids in bulk and returns how many were new. Registering
+// a known id again is a no-op.
+func (u *Users) Register(ctx context.Context, ids []int64) (int64, error) {
+	return u.store.RegisterUsers(ctx, ids)
+}
+
+// Segments returns the user's active segments sorted by slug, registering
+// the user first if the service has never seen it.
+func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership, error) {
+	ms, known, err := u.store.UserSegments(ctx, userID)
+	if err != nil || known {
+		return ms, err
+	}
+	if _, err := u.store.RegisterUsers(ctx, []int64{userID}); err != nil {
+		return nil, err
+	}
+	ms, _, err = u.store.UserSegments(ctx, userID)
+	return ms, err
+}
+
+// ChangeSegments adds and removes segments of one user atomically. It
+// returns domain.ErrInvalid if the change breaks a rule (both lists empty, a
+// slug in both lists, more than domain.MaxSlugsPerChange slugs, both expiry
+// forms, an expiry not in the future) and domain.ErrNotFound listing every
+// unknown slug; in both cases nothing is changed.
+func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {
+	c, err := u.normalize(c)
+	if err != nil {
+		return domain.ChangeResult{}, err
+	}
+	return u.store.ChangeUserSegments(ctx, c)
+}
+
+// normalize checks c's rules across fields, drops repeated slugs and turns a
+// TTL into an expiry time.
+func (u *Users) normalize(c domain.SegmentChange) (domain.SegmentChange, error) {
+	c.Add, c.Remove = dedupe(c.Add), dedupe(c.Remove)
+	var fields []domain.FieldError
+	if len(c.Add) == 0 && len(c.Remove) == 0 {
+		return c, domain.Invalid("nothing to change: add and remove are both empty",
+			domain.FieldError{Field: "/add", Message: "add or remove must name at least one segment"})
+	}
+	if n := len(c.Add) + len(c.Remove); n > domain.MaxSlugsPerChange {
+		return c, domain.Invalid(fmt.Sprintf("%d segments in one change; at most %d are allowed", n, domain.MaxSlugsPerChange),
+			domain.FieldError{Field: "/add", Message: fmt.Sprintf("add and remove together must name at most %d segments", domain.MaxSlugsPerChange)})
+	}
+	for i, slug := range c.Remove {
+		if slices.Contains(c.Add, slug) {
+			fields = append(fields, domain.FieldError{
+				Field:   fmt.Sprintf("/remove/%d", i),
+				Message: fmt.Sprintf("%q is also in add; a segment cannot be added and removed at once", slug),
+			})
+		}
+	}
+	if len(fields) > 0 {
+		return c, domain.Invalid("a segment cannot be both added and removed", fields...)
+	}
+	if c.ExpiresAt != nil && c.TTL != 0 {
+		return c, domain.Invalid("give the expiry as ttl_seconds or as expires_at, not both",
+			domain.FieldError{Field: "/expires_at", Message: "cannot be combined with ttl_seconds"})
+	}
+	now := u.now()
+	if c.TTL != 0 {
+		at := now.Add(c.TTL)
+		c.ExpiresAt, c.TTL = &at, 0
+	}
+	if c.ExpiresAt != nil && !c.ExpiresAt.After(now) {
+		return c, domain.Invalid("the expiry is not in the future",
+			domain.FieldError{Field: "/expires_at", Message: "must be in the future"})
+	}
+	return c, nil
+}
+
+// dedupe returns s without repeats, keeping first occurrences in order.
+func dedupe(s []string) []string {
+	seen := make(map[string]struct{}, len(s))
+	out := s[:0:0]
+	for _, v := range s {
+		if _, ok := seen[v]; !ok {
+			seen[v] = struct{}{}
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -1,0 +1,179 @@
+// Package testenv gives a package's tests a real PostgreSQL and Redis.
+//
+// It uses, in order: TEST_DATABASE_URL / TEST_REDIS_URL if set; else Docker
+// through testcontainers if a Docker engine answers; else throwaway
+// postgres and redis-server processes started from the local binaries (see
+// package localserver). One server of each serves a whole package; the
+// schema is migrated once into a template database, and each test that
+// wants a database of its own gets a fresh copy of it.
+//
+// Use it from TestMain:
+//
+//	var env *testenv.Env
+//
+//	func TestMain(m *testing.M) { testenv.Run(m, &env) }
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/postgres"
+)
+
+// Env is one PostgreSQL server and one Redis server for tests.
+type Env struct {
+	// RedisURL points at the Redis server. Tests share it: each isolates
+	// itself with its own queue names or keys.
+	RedisURL string
+	// Source says where the servers came from: "env", "docker" or "local".
+	Source string
+
+	adminURL string // the maintenance database, to create test databases
+	template string // a migrated database that test databases copy
+	prefix   string // unique per Env, so that Envs can share a server
+	seq      atomic.Int64
+	stops    []func()
+}
+
+// Run starts an Env, stores it in *env, runs the tests and exits with their
+// status. Call it from TestMain.
+func Run(m *testing.M, env **Env) {
+	e, err := Start(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		os.Exit(1)
+	}
+	*env = e
+	code := m.Run()
+	e.Close()
+	os.Exit(code)
+}
+
+// Start finds or starts the servers and migrates the template database.
+func Start(ctx context.Context) (*Env, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+
+	e := &Env{prefix: fmt.Sprintf("t%d_%04x", os.Getpid(), rand.IntN(1<<16))}
+	dbURL, redisURL := os.Getenv("TEST_DATABASE_URL"), os.Getenv("TEST_REDIS_URL")
+	e.Source = "env"
+	if dbURL == "" || redisURL == "" {
+		var p provider = localProvider{}
+		e.Source = "local"
+		if dockerAnswers(ctx) {
+			p, e.Source = dockerProvider{}, "docker"
+		}
+		var err error
+		if dbURL == "" {
+			if dbURL, err = p.postgres(ctx, e); err != nil {
+				e.Close()
+				return nil, fmt.Errorf("start postgres (%s): %w", e.Source, err)
+			}
+		}
+		if redisURL == "" {
+			if redisURL, err = p.redis(ctx, e); err != nil {
+				e.Close()
+				return nil, fmt.Errorf("start redis (%s): %w", e.Source, err)
+			}
+		}
+	}
+	e.adminURL, e.RedisURL = dbURL, redisURL
+
+	e.template = e.prefix + "_template"
+	if err := e.admin(ctx, "CREATE DATABASE "+e.template); err != nil {
+		e.Close()
+		return nil, err
+	}
+	e.stops = append(e.stops, func() {
+		_ = e.admin(context.Background(), "DROP DATABASE IF EXISTS "+e.template+" WITH (FORCE)")
+	})
+	if _, _, err := postgres.Migrate(withDatabase(e.adminURL, e.template), "up"); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("migrate template database: %w", err)
+	}
+	return e, nil
+}
+
+// Close drops what the Env created and stops the servers it started.
+func (e *Env) Close() {
+	for i := len(e.stops) - 1; i >= 0; i-- {
+		e.stops[i]()
+	}
+	e.stops = nil
+}
+
+// NewDatabase creates a migrated database for tb alone, dropped when tb
+// ends, and returns its URL.
+func (e *Env) NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	name := fmt.Sprintf("%s_%d", e.prefix, e.seq.Add(1))
+	if err := e.admin(context.Background(), fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s", name, e.template)); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := e.admin(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			tb.Errorf("drop test database: %v", err)
+		}
+	})
+	return withDatabase(e.adminURL, name)
+}
+
+// NewPool creates a database for tb alone and returns a pool on it, closed
+// when tb ends.
+func (e *Env) NewPool(tb testing.TB) *pgxpool.Pool {
+	tb.Helper()
+	pool, err := postgres.Open(context.Background(), e.NewDatabase(tb), postgres.PoolConfig{MaxConns: 40})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
+}
+
+// admin runs one statement on the maintenance database.
+func (e *Env) admin(ctx context.Context, sql string) error {
+	conn, err := pgx.Connect(ctx, e.adminURL)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", redact(e.adminURL), err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("%s: %w", sql, err)
+	}
+	return nil
+}
+
+// withDatabase returns dbURL with its database name replaced.
+func withDatabase(dbURL, name string) string {
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		return dbURL
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return strings.SplitN(raw, "@", 2)[0]
+	}
+	return u.Redacted()
+}
+
+// provider starts servers for an Env and registers how to stop them.
+type provider interface {
+	postgres(ctx context.Context, e *Env) (string, error)
+	redis(ctx context.Context, e *Env) (string, error)
+}

@@ -1,0 +1,11 @@
+DROP FUNCTION IF EXISTS change_user_segments(bigint, text[], text[], timestamptz);
+DROP FUNCTION IF EXISTS register_users(bigint[]);
+DROP TABLE IF EXISTS membership_history;
+DROP TABLE IF EXISTS memberships;
+DROP TABLE IF EXISTS users;
+DROP TABLE IF EXISTS segments;
+DROP FUNCTION IF EXISTS memberships_forbid_truncate();
+DROP FUNCTION IF EXISTS memberships_forbid_rekey();
+DROP FUNCTION IF EXISTS memberships_record_removed();
+DROP FUNCTION IF EXISTS memberships_record_added();
+DROP FUNCTION IF EXISTS history_reason();
