@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"segments/internal/httpapi"
 	"segments/internal/postgres"
@@ -48,7 +49,7 @@ func newAPI(t *testing.T) *testAPI {
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 		},
-		Log:            zap.NewNop(),
+		Log:            zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 		RequestTimeout: 30 * time.Second,
 	})
 	return &testAPI{t: t, h: h, pool: pool}

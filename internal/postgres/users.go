@@ -59,15 +59,16 @@ func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Mem
 		var (
 			slug    *string
 			addedAt *time.Time
+			source  *domain.Source
 			m       domain.Membership
 		)
-		if err := rows.Scan(&slug, &addedAt, &m.ExpiresAt, &m.Source); err != nil {
+		if err := rows.Scan(&slug, &addedAt, &m.ExpiresAt, &source); err != nil {
 			return nil, false, fmt.Errorf("scan segments of user %d: %w", userID, err)
 		}
 		if slug == nil {
 			continue
 		}
-		m.Slug, m.AddedAt = *slug, *addedAt
+		m.Slug, m.AddedAt, m.Source = *slug, *addedAt, *source
 		ms = append(ms, m)
 	}
 	if err := rows.Err(); err != nil {
