@@ -110,7 +110,10 @@ func migrateCmd(cfg config.Config, args []string, stdout io.Writer) error {
 // serve runs the API, the worker, or both, until ctx ends; then it shuts
 // down in order: HTTP, worker, Redis, Postgres.
 func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bool) error {
-	log.Info("starting", zap.Bool("api", api), zap.Bool("worker", work), zap.Any("config", cfg.Redacted()))
+	shown := cfg.Redacted()
+	log.Info("starting", zap.Bool("api", api), zap.Bool("worker", work),
+		zap.String("http_addr", shown.HTTP.Addr), zap.String("database_url", shown.Postgres.URL),
+		zap.String("redis_url", shown.Redis.URL), zap.String("log_level", shown.Log.Level))
 
 	pool, err := postgres.Open(ctx, cfg.Postgres.URL, postgres.PoolConfig{
 		MaxConns:         cfg.Postgres.MaxConns,
@@ -218,6 +221,7 @@ func newLogger(c config.Log, out io.Writer) (*zap.Logger, error) {
 	}
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
 	enc := zapcore.NewJSONEncoder(encCfg)
 	if c.Format == "console" {
 		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder

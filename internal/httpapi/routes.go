@@ -2,16 +2,16 @@
 // problem+json errors. Handlers decode, validate, call one service method
 // and encode; they hold no business rules and no SQL.
 //
-//	@title						Segments API
-//	@version					1.0
-//	@description				Stores which experiment segments each user belongs to. Errors are application/problem+json (RFC 9457).
-//	@BasePath					/api/v1
-//	@accept						json
-//	@produce					json
-//	@tag.name					segments
-//	@tag.description			Segments that analysts create
-//	@tag.name					users
-//	@tag.description			Users and the segments they hold
+//	@title				Segments API
+//	@version			1.0
+//	@description		Stores which experiment segments each user belongs to. Errors are application/problem+json (RFC 9457).
+//	@BasePath			/api/v1
+//	@accept				json
+//	@produce			json
+//	@tag.name			segments
+//	@tag.description	Segments that analysts create
+//	@tag.name			users
+//	@tag.description	Users and the segments they hold
 package httpapi
 
 import (

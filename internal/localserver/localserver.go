@@ -188,9 +188,13 @@ func (a runAs) command(path string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// prepareDir creates dir (and its parents) owned by the account.
+// prepareDir creates dir, private to the account, and any missing parents,
+// open to traverse.
 func (a runAs) prepareDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
 	if a.cred == nil {
