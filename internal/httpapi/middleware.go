@@ -15,24 +15,30 @@ import (
 
 type ctxKey int
 
-const (
-	requestIDKey ctxKey = iota
-	loggerKey
-)
+const requestKey ctxKey = 0
+
+// requestInfo is what the middleware knows of a request, kept in its
+// context.
+type requestInfo struct {
+	id  string
+	log *zap.Logger // the server's logger; loggerFrom adds the id
+}
 
 // requestIDHeader carries the request id in and out.
 const requestIDHeader = "X-Request-ID"
 
 func requestIDFrom(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
+	if ri, ok := ctx.Value(requestKey).(*requestInfo); ok {
+		return ri.id
+	}
+	return ""
 }
 
 // loggerFrom returns the request's logger, which stamps every line with the
-// request id.
+// request id. It is built on demand: most requests log one line or none.
 func loggerFrom(ctx context.Context) *zap.Logger {
-	if l, ok := ctx.Value(loggerKey).(*zap.Logger); ok {
-		return l
+	if ri, ok := ctx.Value(requestKey).(*requestInfo); ok {
+		return ri.log.With(zap.String("request_id", ri.id))
 	}
 	return zap.NewNop()
 }
@@ -62,8 +68,7 @@ func requestContext(log *zap.Logger, timeout time.Duration) func(http.Handler) h
 				id = fmt.Sprintf("%016x", rand.Uint64())
 			}
 			w.Header().Set(requestIDHeader, id)
-			ctx := context.WithValue(r.Context(), requestIDKey, id)
-			ctx = context.WithValue(ctx, loggerKey, log.With(zap.String("request_id", id)))
+			ctx := context.WithValue(r.Context(), requestKey, &requestInfo{id: id, log: log})
 			if timeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -81,12 +86,11 @@ func accessLog(next http.Handler) http.Handler {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		defer func() {
-			log := loggerFrom(r.Context())
 			if rec := recover(); rec != nil {
 				if rec == http.ErrAbortHandler {
 					panic(rec)
 				}
-				log.Error("panic", zap.Any("panic", rec), zap.ByteString("stack", debug.Stack()))
+				loggerFrom(r.Context()).Error("panic", zap.Any("panic", rec), zap.ByteString("stack", debug.Stack()))
 				if ww.Status() == 0 {
 					statusProblem(ww, r, http.StatusInternalServerError, "the server failed to handle the request; report the request_id to the operators")
 				}
@@ -95,7 +99,12 @@ func accessLog(next http.Handler) http.Handler {
 			if status == 0 {
 				status = http.StatusOK
 			}
-			log.Info("request",
+			ri, _ := r.Context().Value(requestKey).(*requestInfo)
+			if ri == nil || !ri.log.Core().Enabled(zap.InfoLevel) {
+				return
+			}
+			ri.log.Info("request",
+				zap.String("request_id", ri.id),
 				zap.String("method", r.Method),
 				zap.String("path", r.URL.Path),
 				zap.String("route", chi.RouteContext(r.Context()).RoutePattern()),

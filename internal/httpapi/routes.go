@@ -15,7 +15,9 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -54,8 +56,11 @@ func NewRouter(o Options) http.Handler {
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		statusProblem(w, r, http.StatusMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		allowed := allowedMethods(r, req.URL.Path)
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		statusProblem(w, req, http.StatusMethodNotAllowed,
+			fmt.Sprintf("%s is not allowed on %s; allowed: %s", req.Method, req.URL.Path, strings.Join(allowed, ", ")))
 	})
 
 	r.Get("/healthz", h.healthz)
@@ -75,4 +80,15 @@ func NewRouter(o Options) http.Handler {
 		r.Post("/users/{user_id}/segments", h.changeUserSegments)
 	})
 	return r
+}
+
+// allowedMethods lists the methods that routes has for path.
+func allowedMethods(routes chi.Routes, path string) []string {
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		if routes.Match(chi.NewRouteContext(), m, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	return allowed
 }

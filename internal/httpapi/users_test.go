@@ -349,9 +349,18 @@ func TestRoutingProblems(t *testing.T) {
 	a := newAPI(t)
 	a.do("GET", "/api/v1/nope", nil).problem(t, http.StatusNotFound)
 	a.do("GET", "/nope", nil).problem(t, http.StatusNotFound)
-	a.do("PUT", "/api/v1/segments", nil).problem(t, http.StatusMethodNotAllowed)
-	a.do("PATCH", "/api/v1/users/1/segments", nil).problem(t, http.StatusMethodNotAllowed)
-	a.do("DELETE", "/api/v1/users/1/segments", nil).problem(t, http.StatusMethodNotAllowed)
+	for _, tc := range []struct{ method, path, allow string }{
+		{"PUT", "/api/v1/segments", "GET, POST"},
+		{"PATCH", "/api/v1/users/1/segments", "GET, POST"},
+		{"DELETE", "/api/v1/users/1/segments", "GET, POST"},
+		{"POST", "/api/v1/segments/A", "GET, DELETE"},
+	} {
+		r := a.do(tc.method, tc.path, nil)
+		r.problem(t, http.StatusMethodNotAllowed)
+		if got := r.header.Get("Allow"); got != tc.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.path, got, tc.allow)
+		}
+	}
 }
 
 func TestRequestID(t *testing.T) {
