@@ -3,6 +3,7 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Kinds of error a caller can act on. Test for them with errors.Is.
@@ -56,7 +57,7 @@ func Conflictf(format string, args ...any) error {
 func UnknownSlugs(slugs []string) error {
 	return &Error{
 		Kind:         ErrNotFound,
-		Message:      fmt.Sprintf("%d of the segments do not exist: %q", len(slugs), slugs),
+		Message:      fmt.Sprintf("no segment is named %s; nothing was changed", strings.Join(slugs, ", ")),
 		UnknownSlugs: slugs,
 	}
 }

@@ -155,9 +155,12 @@ func validate(v *validator.Validate, dst any) error {
 	for _, fe := range verrs[:min(len(verrs), maxFieldProblems)] {
 		fields = append(fields, domain.FieldError{Field: jsonPointer(fe.Namespace()), Message: fieldMessage(fe)})
 	}
-	msg := fmt.Sprintf("the request breaks %d rule(s)", len(verrs))
-	if len(verrs) > maxFieldProblems {
-		msg += fmt.Sprintf("; the first %d are listed", maxFieldProblems)
+	msg := strings.TrimPrefix(fields[0].Field, "/") + " " + fields[0].Message
+	switch n := len(verrs); {
+	case n > maxFieldProblems:
+		msg += fmt.Sprintf(" (and %d more problems; errors lists the first %d)", n-1, maxFieldProblems)
+	case n > 1:
+		msg += fmt.Sprintf(" (and %d more problems, listed in errors)", n-1)
 	}
 	return domain.Invalid(msg, fields...)
 }
