@@ -140,11 +140,14 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	var wrk *worker.Server
 	if work {
+		expiry := service.NewExpiry(postgres.NewExpiryRepo(pool), log.Named("expiry"))
 		wrk = worker.NewServer(rdb, worker.Config{
 			Concurrency:     cfg.Worker.Concurrency,
 			Queue:           cfg.Worker.Queue,
 			ShutdownTimeout: cfg.ShutdownTimeout,
-		}, log)
+			SweepInterval:   cfg.Worker.SweepInterval,
+			SweepBatch:      cfg.Worker.SweepBatch,
+		}, expiry, log)
 		if err := wrk.Start(); err != nil {
 			return err
 		}
@@ -174,7 +177,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 func startAPI(cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, errc chan<- error) (*http.Server, error) {
 	router := httpapi.NewRouter(httpapi.Options{
 		Segments: service.NewSegments(postgres.NewSegmentRepo(pool)),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), time.Now),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), worker.NewClient(rdb, cfg.Worker.Queue), time.Now, log.Named("users")),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

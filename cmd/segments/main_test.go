@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +17,15 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { testenv.Run(m, &env) }
+// TestMain runs the tests, or, with SEGMENTS_TEST_MAIN=1, the program
+// itself: tests start the real binary that way, to kill it.
+func TestMain(m *testing.M) {
+	if os.Getenv("SEGMENTS_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	testenv.Run(m, &env)
+}
 
 // syncBuffer is a bytes.Buffer that the program and the test may share.
 type syncBuffer struct {

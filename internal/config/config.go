@@ -49,6 +49,11 @@ type Redis struct {
 type Worker struct {
 	Concurrency int
 	Queue       string
+	// SweepInterval is how often expired memberships that no task removed
+	// are swept.
+	SweepInterval time.Duration
+	// SweepBatch is how many memberships one sweep transaction removes.
+	SweepBatch int
 }
 
 // Log configures logging.
@@ -81,8 +86,10 @@ func Load(getenv func(string) string) (Config, error) {
 			URL: p.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
 		},
 		Worker: Worker{
-			Concurrency: p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
-			Queue:       p.str("WORKER_QUEUE", "segments"),
+			Concurrency:   p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
+			Queue:         p.str("WORKER_QUEUE", "segments"),
+			SweepInterval: p.duration("SWEEP_INTERVAL", 30*time.Second),
+			SweepBatch:    p.intRange("SWEEP_BATCH", 1000, 1, 1000000),
 		},
 		Log: Log{
 			Level:  p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),

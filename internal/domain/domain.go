@@ -77,6 +77,14 @@ type SegmentChange struct {
 	TTL time.Duration
 }
 
+// Expiry names a membership and the expiry it was written with: what a
+// TTL task removes, if the membership still expires then.
+type Expiry struct {
+	UserID    int64     `json:"user_id"`
+	Slug      string    `json:"slug"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
 // ChangeResult reports what a SegmentChange did.
 type ChangeResult struct {
 	UserID int64

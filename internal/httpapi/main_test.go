@@ -20,6 +20,7 @@ import (
 	"segments/internal/postgres"
 	"segments/internal/service"
 	"segments/internal/testenv"
+	"segments/internal/worker"
 )
 
 var env *testenv.Env
@@ -44,7 +45,7 @@ func newAPI(t *testing.T) *testAPI {
 	t.Cleanup(func() { rdb.Close() })
 	h := httpapi.NewRouter(httpapi.Options{
 		Segments: service.NewSegments(postgres.NewSegmentRepo(pool)),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), time.Now),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), worker.NewClient(rdb, "httpapi-test"), time.Now, zap.NewNop()),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

@@ -11,36 +11,26 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"go.uber.org/zap"
+
+	"segments/internal/logctx"
 )
 
 type ctxKey int
 
-const requestKey ctxKey = 0
-
-// requestInfo is what the middleware knows of a request, kept in its
-// context.
-type requestInfo struct {
-	id  string
-	log *zap.Logger // the server's logger; loggerFrom adds the id
-}
+const requestIDKey ctxKey = 0
 
 // requestIDHeader carries the request id in and out.
 const requestIDHeader = "X-Request-ID"
 
 func requestIDFrom(ctx context.Context) string {
-	if ri, ok := ctx.Value(requestKey).(*requestInfo); ok {
-		return ri.id
-	}
-	return ""
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
 }
 
 // loggerFrom returns the request's logger, which stamps every line with the
-// request id. It is built on demand: most requests log one line or none.
+// request id.
 func loggerFrom(ctx context.Context) *zap.Logger {
-	if ri, ok := ctx.Value(requestKey).(*requestInfo); ok {
-		return ri.log.With(zap.String("request_id", ri.id))
-	}
-	return zap.NewNop()
+	return logctx.From(ctx, zap.NewNop())
 }
 
 // validRequestID accepts a caller's id if it is short and printable ASCII,
@@ -68,7 +58,8 @@ func requestContext(log *zap.Logger, timeout time.Duration) func(http.Handler) h
 				id = fmt.Sprintf("%016x", rand.Uint64())
 			}
 			w.Header().Set(requestIDHeader, id)
-			ctx := context.WithValue(r.Context(), requestKey, &requestInfo{id: id, log: log})
+			ctx := context.WithValue(r.Context(), requestIDKey, id)
+			ctx = logctx.With(ctx, log, zap.String("request_id", id))
 			if timeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -81,7 +72,13 @@ func requestContext(log *zap.Logger, timeout time.Duration) func(http.Handler) h
 
 // accessLog logs one line per request, after it is served, and turns a
 // panic into a logged 500.
-func accessLog(next http.Handler) http.Handler {
+func accessLog(log *zap.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return accessLogHandler(log, next)
+	}
+}
+
+func accessLogHandler(log *zap.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
@@ -99,12 +96,11 @@ func accessLog(next http.Handler) http.Handler {
 			if status == 0 {
 				status = http.StatusOK
 			}
-			ri, _ := r.Context().Value(requestKey).(*requestInfo)
-			if ri == nil || !ri.log.Core().Enabled(zap.InfoLevel) {
+			if !log.Core().Enabled(zap.InfoLevel) {
 				return
 			}
-			ri.log.Info("request",
-				zap.String("request_id", ri.id),
+			log.Info("request",
+				zap.String("request_id", requestIDFrom(r.Context())),
 				zap.String("method", r.Method),
 				zap.String("path", r.URL.Path),
 				zap.String("route", chi.RouteContext(r.Context()).RoutePattern()),

@@ -12,7 +12,8 @@ import (
 
 func TestPanicBecomesLoggedProblem(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
-	h := requestContext(zap.New(core), 0)(accessLog(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	log := zap.New(core)
+	h := requestContext(log, 0)(accessLog(log)(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
 	})))
 	rec := httptest.NewRecorder()

@@ -52,7 +52,7 @@ func NewRouter(o Options) http.Handler {
 	h := &handler{segments: o.Segments, users: o.Users, checks: o.Checks, validate: newValidator()}
 
 	r := chi.NewRouter()
-	r.Use(requestContext(o.Log, o.RequestTimeout), accessLog)
+	r.Use(requestContext(o.Log, o.RequestTimeout), accessLog(o.Log))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
 	})

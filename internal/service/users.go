@@ -6,7 +6,10 @@ import (
 	"slices"
 	"time"
 
+	"go.uber.org/zap"
+
 	"segments/internal/domain"
+	"segments/internal/logctx"
 )
 
 // UserStore is the storage Users needs. Every method is atomic.
@@ -23,16 +26,23 @@ type UserStore interface {
 	ChangeUserSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error)
 }
 
+// scheduleTimeout bounds scheduling one expiry, so that a Redis outage
+// slows a change by at most this much.
+const scheduleTimeout = 500 * time.Millisecond
+
 // Users manages the user registry and users' segments.
 type Users struct {
-	store UserStore
-	now   func() time.Time
+	store    UserStore
+	expiries ExpiryScheduler
+	now      func() time.Time
+	log      *zap.Logger
 }
 
-// NewUsers returns Users on store; now tells the time (time.Now in
+// NewUsers returns Users on store. Added memberships that expire are
+// scheduled for removal with expiries; now tells the time (time.Now in
 // production).
-func NewUsers(store UserStore, now func() time.Time) *Users {
-	return &Users{store: store, now: now}
+func NewUsers(store UserStore, expiries ExpiryScheduler, now func() time.Time, log *zap.Logger) *Users {
+	return &Users{store: store, expiries: expiries, now: now, log: log}
 }
 
 // Register registers ids in bulk and returns how many were new. Registering
@@ -60,12 +70,32 @@ func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership
 // slug in both lists, more than domain.MaxSlugsPerChange slugs, both expiry
 // forms, an expiry not in the future) and domain.ErrNotFound listing every
 // unknown slug; in both cases nothing is changed.
+//
+// Once the change is committed, each added membership with an expiry is
+// scheduled for removal. A failure to schedule (Redis down) is logged and
+// does not fail the change: the sweep removes the membership instead.
 func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {
 	c, err := u.normalize(c)
 	if err != nil {
 		return domain.ChangeResult{}, err
 	}
-	return u.store.ChangeUserSegments(ctx, c)
+	res, err := u.store.ChangeUserSegments(ctx, c)
+	if err != nil || c.ExpiresAt == nil {
+		return res, err
+	}
+	for _, m := range res.Segments {
+		if m.ExpiresAt == nil || !slices.Contains(res.Added, m.Slug) {
+			continue
+		}
+		e := domain.Expiry{UserID: res.UserID, Slug: m.Slug, ExpiresAt: *m.ExpiresAt}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
+		if err := u.expiries.ScheduleExpiry(sctx, e); err != nil {
+			logctx.From(ctx, u.log).Warn("could not schedule expiry; the sweep will remove it",
+				zap.Int64("user_id", e.UserID), zap.String("slug", e.Slug), zap.Time("expires_at", e.ExpiresAt), zap.Error(err))
+		}
+		cancel()
+	}
+	return res, nil
 }
 
 // normalize checks c's rules across fields, drops repeated slugs and turns a

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
 
 	"segments/internal/domain"
 	"segments/internal/service"
@@ -34,10 +35,14 @@ func (f *fakeUsers) ChangeUserSegments(_ context.Context, c domain.SegmentChange
 	return domain.ChangeResult{UserID: c.UserID}, nil
 }
 
+type nopScheduler struct{}
+
+func (nopScheduler) ScheduleExpiry(context.Context, domain.Expiry) error { return nil }
+
 func TestChangeSegmentsNormalizes(t *testing.T) {
 	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
 	store := &fakeUsers{}
-	users := service.NewUsers(store, func() time.Time { return now })
+	users := service.NewUsers(store, nopScheduler{}, func() time.Time { return now }, zap.NewNop())
 
 	_, err := users.ChangeSegments(t.Context(), domain.SegmentChange{
 		UserID: 1, Add: []string{"A", "B", "A"}, Remove: []string{"C", "C"}, TTL: 48 * time.Hour,
@@ -74,7 +79,7 @@ func TestChangeSegmentsRules(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &fakeUsers{}
-			users := service.NewUsers(store, func() time.Time { return now })
+			users := service.NewUsers(store, nopScheduler{}, func() time.Time { return now }, zap.NewNop())
 			_, err := users.ChangeSegments(t.Context(), tc.change)
 			var de *domain.Error
 			if !errors.As(err, &de) || !errors.Is(err, domain.ErrInvalid) {
@@ -92,7 +97,7 @@ func TestChangeSegmentsRules(t *testing.T) {
 
 func TestSegmentsRegistersUnknownUserOnce(t *testing.T) {
 	store := &fakeUsers{}
-	users := service.NewUsers(store, time.Now)
+	users := service.NewUsers(store, nopScheduler{}, time.Now, zap.NewNop())
 	for range 2 {
 		if _, err := users.Segments(t.Context(), 1000); err != nil {
 			t.Fatal(err)

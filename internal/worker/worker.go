@@ -1,19 +1,23 @@
 // Package worker runs the service's background tasks on asynq: task type
-// names, task constructors, and handlers that call the same service methods
-// the API calls.
+// names, task constructors, the client that enqueues them, and the server
+// whose handlers call the same service methods the API calls.
 package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"segments/internal/logctx"
+	"segments/internal/service"
 )
 
-// Config tunes the asynq server.
+// Config tunes the asynq server and scheduler.
 type Config struct {
 	// Concurrency is how many tasks run at once.
 	Concurrency int
@@ -22,44 +26,129 @@ type Config struct {
 	// ShutdownTimeout is how long a task in flight may finish on shutdown
 	// before it is handed back to the queue for a retry.
 	ShutdownTimeout time.Duration
+	// SweepInterval is how often the sweep of expired memberships runs.
+	SweepInterval time.Duration
+	// SweepBatch is how many memberships one sweep transaction removes.
+	SweepBatch int
 }
 
-// Server is an asynq server with the service's handlers.
+// Server is an asynq server with the service's handlers, and the scheduler
+// of its periodic tasks.
 type Server struct {
-	srv *asynq.Server
-	mux *asynq.ServeMux
-	log *zap.Logger
+	srv    *asynq.Server
+	sched  *asynq.Scheduler
+	mux    *asynq.ServeMux
+	cfg    Config
+	expiry *service.Expiry
+	log    *zap.Logger
 }
 
 // NewServer returns a Server reading cfg.Queue on rdb.
-func NewServer(rdb redis.UniversalClient, cfg Config, log *zap.Logger) *Server {
+func NewServer(rdb redis.UniversalClient, cfg Config, expiry *service.Expiry, log *zap.Logger) *Server {
 	log = log.Named("worker")
-	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:     cfg.Concurrency,
-		Queues:          map[string]int{cfg.Queue: 1},
-		ShutdownTimeout: cfg.ShutdownTimeout,
-		Logger:          zapLogger{log.Sugar()},
+	s := &Server{cfg: cfg, expiry: expiry, log: log, mux: asynq.NewServeMux()}
+	s.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency: cfg.Concurrency,
+		Queues:      map[string]int{cfg.Queue: 1},
+		// Scheduled expiry tasks become due within a second of their time
+		// (asynq's default checks every 5 s).
+		DelayedTaskCheckInterval: time.Second,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		Logger:                   zapLogger{log.Sugar()},
+		LogLevel:                 asynq.WarnLevel,
+		RetryDelayFunc:           retryDelay,
+		IsFailure: func(err error) bool {
+			var early *service.NotYetExpiredError
+			return !errors.As(err, &early)
+		},
 		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
+			var early *service.NotYetExpiredError
+			if errors.As(err, &early) {
+				return
+			}
 			retried, _ := asynq.GetRetryCount(ctx)
 			maxRetry, _ := asynq.GetMaxRetry(ctx)
-			log.Error("task failed", zap.String("type", t.Type()), zap.Int("retry", retried),
-				zap.Int("max_retry", maxRetry), zap.Error(err))
+			taskLogger(ctx, log, t).Error("task failed", zap.Int("retry", retried), zap.Int("max_retry", maxRetry), zap.Error(err))
 		}),
 	})
-	return &Server{srv: srv, mux: asynq.NewServeMux(), log: log}
+	s.sched = asynq.NewSchedulerFromRedisClient(rdb, &asynq.SchedulerOpts{
+		Logger:   zapLogger{log.Sugar()},
+		LogLevel: asynq.WarnLevel,
+		EnqueueErrorHandler: func(t *asynq.Task, _ []asynq.Option, err error) {
+			if !errors.Is(err, asynq.ErrDuplicateTask) {
+				log.Warn("could not enqueue periodic task", zap.String("type", t.Type()), zap.Error(err))
+			}
+		},
+	})
+	s.mux.Use(func(next asynq.Handler) asynq.Handler {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+			return next.ProcessTask(logctx.With(ctx, log, taskFields(ctx, t)...), t)
+		})
+	})
+	s.mux.HandleFunc(TypeExpireMembership, s.handleExpire)
+	s.mux.HandleFunc(TypeSweepExpired, s.handleSweep)
+	return s
 }
 
-// Start starts processing tasks in the background.
+// Start starts processing tasks and scheduling the sweep.
 func (s *Server) Start() error {
+	// One sweep per interval across all workers: a duplicate within the
+	// interval is refused by Unique.
+	_, err := s.sched.Register(fmt.Sprintf("@every %s", s.cfg.SweepInterval), NewSweepTask(),
+		asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval), asynq.MaxRetry(0),
+		asynq.Timeout(10*time.Minute))
+	if err != nil {
+		return fmt.Errorf("register sweep: %w", err)
+	}
 	if err := s.srv.Start(s.mux); err != nil {
 		return fmt.Errorf("start asynq server: %w", err)
+	}
+	if err := s.sched.Start(); err != nil {
+		s.srv.Shutdown()
+		return fmt.Errorf("start asynq scheduler: %w", err)
 	}
 	return nil
 }
 
-// Shutdown stops taking tasks and waits for those in flight, up to the
-// configured timeout; unfinished ones go back to the queue.
-func (s *Server) Shutdown() { s.srv.Shutdown() }
+// Shutdown stops scheduling, stops taking tasks and waits for those in
+// flight, up to the configured timeout; unfinished ones go back to the
+// queue and their transactions roll back.
+func (s *Server) Shutdown() {
+	s.sched.Shutdown()
+	s.srv.Shutdown()
+}
+
+func (s *Server) handleExpire(ctx context.Context, t *asynq.Task) error {
+	e, err := parseExpiry(t)
+	if err != nil {
+		return err
+	}
+	return s.expiry.Expire(ctx, e)
+}
+
+func (s *Server) handleSweep(ctx context.Context, _ *asynq.Task) error {
+	_, err := s.expiry.Sweep(ctx, s.cfg.SweepBatch)
+	return err
+}
+
+// retryDelay retries an early expiry task at its expiry, and anything else
+// with asynq's default backoff.
+func retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	var early *service.NotYetExpiredError
+	if errors.As(err, &early) {
+		return early.Wait + 50*time.Millisecond
+	}
+	return asynq.DefaultRetryDelayFunc(n, err, t)
+}
+
+func taskFields(ctx context.Context, t *asynq.Task) []zap.Field {
+	id, _ := asynq.GetTaskID(ctx)
+	return []zap.Field{zap.String("task_type", t.Type()), zap.String("task_id", id)}
+}
+
+func taskLogger(ctx context.Context, log *zap.Logger, t *asynq.Task) *zap.Logger {
+	return log.With(taskFields(ctx, t)...)
+}
 
 // zapLogger adapts zap to asynq's logger.
 type zapLogger struct{ s *zap.SugaredLogger }

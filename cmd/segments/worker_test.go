@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/postgres"
+	"segments/internal/testenv"
+)
+
+// startWorker runs `segments worker` as a child process.
+func startWorker(t *testing.T, vars map[string]string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "worker")
+	cmd.Env = append(os.Environ(), "SEGMENTS_TEST_MAIN=1")
+	for k, v := range vars {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	log, err := os.Create(t.TempDir() + "/worker.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("worker log:\n%s", b)
+		}
+	})
+	return cmd
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, sql string) int64 {
+	t.Helper()
+	var n int64
+	if err := pool.QueryRow(context.Background(), sql).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWorkerKilledMidSweepLosesAndDuplicatesNothing lets 100,000
+// memberships expire with no task to remove them, starts a worker whose
+// sweep removes them in small batches, kills it with SIGKILL part-way, and
+// checks that each membership is either still stored or removed exactly
+// once; then a second worker finishes the job.
+func TestWorkerKilledMidSweepLosesAndDuplicatesNothing(t *testing.T) {
+	const users = 50000 // × 2 segments
+	url := env.NewDatabase(t)
+	pool, err := postgres.Open(t.Context(), url, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	seed := fmt.Sprintf(`
+		BEGIN;
+		SELECT set_config('segments.reason', 'manual', true);
+		INSERT INTO segments (slug) VALUES ('A'), ('B');
+		INSERT INTO users (id) SELECT generate_series(1, %d);
+		INSERT INTO memberships (user_id, segment_id, expires_at)
+		SELECT u.id, s.id, clock_timestamp() + interval '1 second' FROM users u, segments s;
+		COMMIT;`, users)
+	if _, err := pool.Exec(t.Context(), seed); err != nil {
+		t.Fatal(err)
+	}
+	const total = 2 * users
+	var lastExpiry time.Time
+	if err := pool.QueryRow(t.Context(), `SELECT max(expires_at) FROM memberships`).Scan(&lastExpiry); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(lastExpiry))
+
+	vars := map[string]string{
+		"DATABASE_URL":   url,
+		"REDIS_URL":      env.RedisURL,
+		"WORKER_QUEUE":   fmt.Sprintf("kill-test-%d", time.Now().UnixNano()),
+		"SWEEP_INTERVAL": "1s",
+		"SWEEP_BATCH":    "200",
+	}
+	removed := func() int64 {
+		return count(t, pool, `SELECT count(*) FROM membership_history WHERE operation = 'remove'`)
+	}
+	w := startWorker(t, vars)
+	waitUntil(t, 30*time.Second, "the sweep did not start", func() bool { return removed() >= 2000 })
+	if err := w.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Wait()
+
+	gone, left := removed(), count(t, pool, `SELECT count(*) FROM memberships`)
+	t.Logf("killed mid-sweep: %d removed, %d left", gone, left)
+	if left == 0 || gone+left != total {
+		t.Fatalf("after the kill: %d removed + %d left, want %d with some left", gone, left, total)
+	}
+	testenv.AssertHistoryReplays(t, pool)
+
+	w = startWorker(t, vars)
+	waitUntil(t, 60*time.Second, "the second worker did not finish the sweep", func() bool {
+		return count(t, pool, `SELECT count(*) FROM memberships`) == 0
+	})
+	if err := w.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Wait(); err != nil {
+		t.Errorf("worker after SIGTERM: %v", err)
+	}
+	// Each removal is a TTL removal stamped at its expiry: after the add,
+	// no later than the last expiry (long before the sweep ran).
+	var removals, distinct, stampedAtExpiry int64
+	err = pool.QueryRow(t.Context(), `
+		SELECT count(*), count(DISTINCT (h.user_id, h.segment_id)),
+		       count(*) FILTER (WHERE h.reason = 'ttl' AND h.at > a.at AND h.at <= $1)
+		FROM membership_history h
+		JOIN membership_history a ON a.user_id = h.user_id AND a.segment_id = h.segment_id AND a.operation = 'add'
+		WHERE h.operation = 'remove'`, lastExpiry).Scan(&removals, &distinct, &stampedAtExpiry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removals != total || distinct != total || stampedAtExpiry != total {
+		t.Errorf("removals %d, distinct memberships %d, ttl stamped at expiry %d; want %d of each", removals, distinct, stampedAtExpiry, total)
+	}
+	testenv.AssertHistoryReplays(t, pool)
+}

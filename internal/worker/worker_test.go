@@ -1,0 +1,390 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"segments/internal/domain"
+	"segments/internal/httpapi"
+	"segments/internal/localserver"
+	"segments/internal/postgres"
+	"segments/internal/service"
+	"segments/internal/testenv"
+	"segments/internal/worker"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Run(m, &env) }
+
+// stack is the API and a running worker on a database of the test's own
+// and a queue of the test's own.
+type stack struct {
+	t     *testing.T
+	pool  *pgxpool.Pool
+	api   http.Handler
+	queue string
+	rdb   *redis.Client
+	logs  *observer.ObservedLogs
+}
+
+type stackOptions struct {
+	redisURL      string
+	sweepInterval time.Duration
+}
+
+func newStack(t *testing.T, o stackOptions) *stack {
+	t.Helper()
+	if o.redisURL == "" {
+		o.redisURL = env.RedisURL
+	}
+	if o.sweepInterval == 0 {
+		// Long enough that only expiry tasks remove memberships.
+		o.sweepInterval = time.Hour
+	}
+	opt, err := redis.ParseURL(o.redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = time.Second, time.Second, time.Second
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+
+	core, logs := observer.New(zap.InfoLevel)
+	log := zap.New(core)
+	pool := env.NewPool(t)
+	queue := fmt.Sprintf("test-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
+	client := worker.NewClient(rdb, queue)
+	api := httpapi.NewRouter(httpapi.Options{
+		Segments: service.NewSegments(postgres.NewSegmentRepo(pool)),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), client, time.Now, log),
+		Log:      log,
+	})
+	srv := worker.NewServer(rdb, worker.Config{
+		Concurrency:     10,
+		Queue:           queue,
+		ShutdownTimeout: 5 * time.Second,
+		SweepInterval:   o.sweepInterval,
+		SweepBatch:      100,
+	}, service.NewExpiry(postgres.NewExpiryRepo(pool), log), log)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return &stack{t: t, pool: pool, api: api, queue: queue, rdb: rdb, logs: logs}
+}
+
+func (s *stack) do(method, path string, body any, out any) int {
+	s.t.Helper()
+	var b []byte
+	if body != nil {
+		var err error
+		if b, err = json.Marshal(body); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	req := httptest.NewRequest(method, path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	s.api.ServeHTTP(rec, req)
+	if out != nil && rec.Code < 300 {
+		if err := json.Unmarshal(rec.Body.Bytes(), out); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return rec.Code
+}
+
+func (s *stack) mustDo(method, path string, body any, out any) {
+	s.t.Helper()
+	if code := s.do(method, path, body, out); code >= 300 {
+		s.t.Fatalf("%s %s: status %d", method, path, code)
+	}
+}
+
+func (s *stack) scalar(sql string, args ...any) int64 {
+	s.t.Helper()
+	var n int64
+	if err := s.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		s.t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func (s *stack) held(user int64) []string {
+	s.t.Helper()
+	var us httpapi.UserSegments
+	s.mustDo("GET", fmt.Sprintf("/api/v1/users/%d/segments", user), nil, &us)
+	out := []string{}
+	for _, m := range us.Segments {
+		out = append(out, m.Slug)
+	}
+	return out
+}
+
+// taskGone reports whether the expiry task for e has been processed (asynq
+// forgets a task once it succeeds).
+func (s *stack) taskGone(e domain.Expiry) bool {
+	s.t.Helper()
+	_, opts, err := worker.NewExpireTask(e)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	id := ""
+	for _, o := range opts {
+		if o.Type() == asynq.TaskIDOpt {
+			id = o.Value().(string)
+		}
+	}
+	_, err = asynq.NewInspectorFromRedisClient(s.rdb).GetTaskInfo(s.queue, id)
+	return err != nil
+}
+
+// eventually polls cond every 20ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type ttlRemoval struct {
+	at    time.Time
+	count int64
+}
+
+// ttlRemovals returns how many ttl removals history has for the user and
+// slug, and the time of the last.
+func (s *stack) ttlRemovals(user int64, slug string) ttlRemoval {
+	s.t.Helper()
+	var r ttlRemoval
+	var at *time.Time
+	err := s.pool.QueryRow(context.Background(), `
+		SELECT count(*), max(at) FROM membership_history
+		WHERE user_id = $1 AND slug = $2 AND operation = 'remove' AND reason = 'ttl'`, user, slug).Scan(&r.count, &at)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if at != nil {
+		r.at = *at
+	}
+	return r
+}
+
+func TestMembershipExpiresOnTime(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{})
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "DISCOUNT"}, nil)
+
+	var res httpapi.ChangeSegmentsResponse
+	s.mustDo("POST", "/api/v1/users/1/segments", map[string]any{"add": []string{"DISCOUNT"}, "ttl_seconds": 2}, &res)
+	expiresAt := *res.Segments[0].ExpiresAt
+	if held := s.held(1); len(held) != 1 || !time.Now().Before(expiresAt) {
+		t.Fatalf("right after the add: %v", held)
+	}
+
+	// Reads stop showing it the moment it expires, whatever the worker does.
+	time.Sleep(time.Until(expiresAt))
+	if held := s.held(1); len(held) != 0 {
+		t.Errorf("at its expiry the membership is still read: %v", held)
+	}
+	// The task removes the row soon after.
+	eventually(t, 5*time.Second, "the expired row is still in the table", func() bool {
+		return s.scalar(`SELECT count(*) FROM memberships`) == 0
+	})
+	r := s.ttlRemovals(1, "DISCOUNT")
+	if r.count != 1 || !r.at.Equal(expiresAt) {
+		t.Errorf("ttl removals: %d at %v, want 1 at the expiry %v", r.count, r.at, expiresAt)
+	}
+	testenv.AssertHistoryReplays(t, s.pool)
+}
+
+func TestOldExpiryTaskSparesARenewedMembership(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{})
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "EXTENDED"}, nil)
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "PERMANENT"}, nil)
+
+	var first, renewed httpapi.ChangeSegmentsResponse
+	s.mustDo("POST", "/api/v1/users/1/segments", map[string]any{"add": []string{"EXTENDED", "PERMANENT"}, "ttl_seconds": 1}, &first)
+	// Before the first expiry: extend one, make the other permanent.
+	s.mustDo("POST", "/api/v1/users/1/segments", map[string]any{"add": []string{"EXTENDED"}, "ttl_seconds": 3}, &renewed)
+	s.mustDo("POST", "/api/v1/users/1/segments", map[string]any{"add": []string{"PERMANENT"}}, nil)
+
+	old := *first.Segments[0].ExpiresAt
+	for _, slug := range []string{"EXTENDED", "PERMANENT"} {
+		e := domain.Expiry{UserID: 1, Slug: slug, ExpiresAt: old}
+		eventually(t, 5*time.Second, "the old expiry task of "+slug+" did not run", func() bool { return s.taskGone(e) })
+	}
+	if held := s.held(1); len(held) != 2 {
+		t.Fatalf("after the old tasks ran, user holds %v, want both", held)
+	}
+	if n := s.scalar(`SELECT count(*) FROM membership_history WHERE operation = 'remove'`); n != 0 {
+		t.Fatalf("%d removals recorded", n)
+	}
+
+	// The extended one goes at its new expiry; the permanent one stays.
+	newExpiry := *renewed.Segments[0].ExpiresAt
+	eventually(t, 6*time.Second, "the extended membership was not removed", func() bool {
+		return s.scalar(`SELECT count(*) FROM memberships`) == 1
+	})
+	if r := s.ttlRemovals(1, "EXTENDED"); r.count != 1 || !r.at.Equal(newExpiry) {
+		t.Errorf("EXTENDED ttl removals: %d at %v, want 1 at %v", r.count, r.at, newExpiry)
+	}
+	if held := s.held(1); len(held) != 1 || held[0] != "PERMANENT" {
+		t.Errorf("user holds %v, want [PERMANENT]", held)
+	}
+	testenv.AssertHistoryReplays(t, s.pool)
+}
+
+func TestThousandMembershipsExpiringInTheSameSecond(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{})
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "FLASH_SALE"}, nil)
+	expiresAt := time.Now().Add(3 * time.Second).Truncate(time.Second)
+	const users = 1000
+	for u := 1; u <= users; u++ {
+		s.mustDo("POST", fmt.Sprintf("/api/v1/users/%d/segments", u),
+			map[string]any{"add": []string{"FLASH_SALE"}, "expires_at": expiresAt.Format(time.RFC3339)}, nil)
+	}
+	if n := s.scalar(`SELECT count(*) FROM memberships WHERE expires_at = $1`, expiresAt); n != users {
+		t.Fatalf("%d memberships expire at %v, want %d", n, expiresAt, users)
+	}
+	eventually(t, 20*time.Second, "not every membership was removed", func() bool {
+		return s.scalar(`SELECT count(*) FROM memberships`) == 0
+	})
+	var removals, distinct, atExpiry int64
+	err := s.pool.QueryRow(t.Context(), `
+		SELECT count(*), count(DISTINCT user_id), count(*) FILTER (WHERE at = $1)
+		FROM membership_history WHERE operation = 'remove' AND reason = 'ttl'`, expiresAt).Scan(&removals, &distinct, &atExpiry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removals != users || distinct != users || atExpiry != users {
+		t.Errorf("ttl removals %d for %d users, %d at the expiry; want %d of each", removals, distinct, atExpiry, users)
+	}
+	testenv.AssertHistoryReplays(t, s.pool)
+}
+
+// TestExpiryWithRedisDown stops Redis, adds memberships with a TTL, and
+// checks that the adds succeed, reads stay exact, and once Redis is back
+// the sweep removes what expired within one interval.
+func TestExpiryWithRedisDown(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	rd, err := localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(dir, "redis")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strings.TrimPrefix(rd.Addr(), "127.0.0.1:")
+	t.Cleanup(func() { rd.Stop() })
+
+	const sweep = 2 * time.Second
+	s := newStack(t, stackOptions{redisURL: rd.URL(0), sweepInterval: sweep})
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "TRIAL"}, nil)
+
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	var res httpapi.ChangeSegmentsResponse
+	if code := s.do("POST", "/api/v1/users/1/segments", map[string]any{"add": []string{"TRIAL"}, "ttl_seconds": 1}, &res); code != http.StatusOK {
+		t.Fatalf("add with Redis down: status %d", code)
+	}
+	if len(s.logs.FilterMessage("could not schedule expiry; the sweep will remove it").All()) != 1 {
+		t.Errorf("the failed schedule was not logged once: %v", s.logs.All())
+	}
+	expiresAt := *res.Segments[0].ExpiresAt
+	if held := s.held(1); len(held) != 1 {
+		t.Fatalf("before expiry, with Redis down: %v", held)
+	}
+	time.Sleep(time.Until(expiresAt) + 10*time.Millisecond)
+	if held := s.held(1); len(held) != 0 {
+		t.Fatalf("after expiry, with Redis down, reads show %v", held)
+	}
+	if n := s.scalar(`SELECT count(*) FROM memberships`); n != 1 {
+		t.Fatalf("%d rows with Redis down, want the expired one still there", n)
+	}
+
+	p := 0
+	fmt.Sscan(port, &p)
+	rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(dir, "redis"), Port: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	// One sweep interval, plus the worker's reconnection and the sweep itself.
+	eventually(t, sweep+3*time.Second, "the sweep did not remove the expired membership within an interval of Redis coming back", func() bool {
+		return s.scalar(`SELECT count(*) FROM memberships`) == 0
+	})
+	t.Logf("removed %s after Redis came back (sweep interval %s)", time.Since(back).Round(10*time.Millisecond), sweep)
+	if r := s.ttlRemovals(1, "TRIAL"); r.count != 1 || !r.at.Equal(expiresAt) {
+		t.Errorf("ttl removals: %d at %v, want 1 at %v", r.count, r.at, expiresAt)
+	}
+	testenv.AssertHistoryReplays(t, s.pool)
+}
+
+// TestChangesRaceExpiry has 16 goroutines add and remove segments with
+// sub-second and second TTLs on 100 users while expiry tasks and a sweep
+// every second remove them. Whoever removes a membership, it is removed
+// once, and history replays to the stored state.
+func TestChangesRaceExpiry(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{sweepInterval: time.Second})
+	slugs := []string{"A", "B", "C", "D"}
+	for _, slug := range slugs {
+		s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": slug}, nil)
+	}
+	deadline := time.Now().Add(4 * time.Second)
+	errs := make(chan error, 16)
+	for w := range 16 {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 3))
+			for time.Now().Before(deadline) {
+				i, j := rng.IntN(len(slugs)), rng.IntN(len(slugs))
+				body := map[string]any{"add": []string{slugs[i]}}
+				if i != j {
+					body["remove"] = []string{slugs[j]}
+				}
+				if rng.IntN(2) == 0 {
+					body["expires_at"] = time.Now().Add(time.Duration(100+rng.IntN(900)) * time.Millisecond).Format(time.RFC3339Nano)
+				} else {
+					body["ttl_seconds"] = 1
+				}
+				if code := s.do("POST", fmt.Sprintf("/api/v1/users/%d/segments", 1+rng.IntN(100)), body, nil); code != http.StatusOK {
+					errs <- fmt.Errorf("status %d", code)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "expired memberships remain", func() bool {
+		return s.scalar(`SELECT count(*) FROM memberships`) == 0
+	})
+	t.Logf("%d history rows", s.scalar(`SELECT count(*) FROM membership_history`))
+	testenv.AssertHistoryReplays(t, s.pool)
+}
