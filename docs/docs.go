@@ -64,7 +64,7 @@ const docTemplate = `{
                 }
             },
             "post": {
-                "description": "Creates a segment that users can then be added to. The slug is unique among existing segments.",
+                "description": "Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.",
                 "consumes": [
                     "application/json"
                 ],
@@ -440,6 +440,13 @@ const docTemplate = `{
                 "slug"
             ],
             "properties": {
+                "auto_percent": {
+                    "description": "AutoPercent makes a percent segment: this share of users (0 to 100,\nup to two decimals) gets it automatically.",
+                    "type": "number",
+                    "maximum": 100,
+                    "minimum": 0,
+                    "example": 30
+                },
                 "description": {
                     "type": "string",
                     "maxLength": 1000,

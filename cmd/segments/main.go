@@ -130,24 +130,28 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	defer rdb.Close()
 
+	tasks := worker.NewClient(rdb, cfg.Worker.Queue)
 	errc := make(chan error, 2)
 	var srv *http.Server
 	if api {
-		srv, err = startAPI(cfg, log, pool, rdb, errc)
+		srv, err = startAPI(cfg, log, pool, rdb, tasks, errc)
 		if err != nil {
 			return err
 		}
 	}
 	var wrk *worker.Server
 	if work {
-		expiry := service.NewExpiry(postgres.NewExpiryRepo(pool), log.Named("expiry"))
 		wrk = worker.NewServer(rdb, worker.Config{
 			Concurrency:     cfg.Worker.Concurrency,
 			Queue:           cfg.Worker.Queue,
 			ShutdownTimeout: cfg.ShutdownTimeout,
 			SweepInterval:   cfg.Worker.SweepInterval,
 			SweepBatch:      cfg.Worker.SweepBatch,
-		}, expiry, log)
+		}, worker.Services{
+			Expiry: service.NewExpiry(postgres.NewExpiryRepo(pool), log.Named("expiry")),
+			Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), tasks,
+				cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, log.Named("rollouts")),
+		}, log)
 		if err := wrk.Start(); err != nil {
 			return err
 		}
@@ -174,10 +178,10 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	return err
 }
 
-func startAPI(cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, errc chan<- error) (*http.Server, error) {
+func startAPI(cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, tasks *worker.Client, errc chan<- error) (*http.Server, error) {
 	router := httpapi.NewRouter(httpapi.Options{
-		Segments: service.NewSegments(postgres.NewSegmentRepo(pool)),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), worker.NewClient(rdb, cfg.Worker.Queue), time.Now, log.Named("users")),
+		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, log.Named("segments")),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, time.Now, log.Named("users")),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

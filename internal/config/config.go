@@ -54,6 +54,11 @@ type Worker struct {
 	SweepInterval time.Duration
 	// SweepBatch is how many memberships one sweep transaction removes.
 	SweepBatch int
+	// RolloutBatch is how many registered users one rollout transaction
+	// considers.
+	RolloutBatch int
+	// RolloutWorkers is how many rollout transactions run at once.
+	RolloutWorkers int
 }
 
 // Log configures logging.
@@ -86,10 +91,12 @@ func Load(getenv func(string) string) (Config, error) {
 			URL: p.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
 		},
 		Worker: Worker{
-			Concurrency:   p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
-			Queue:         p.str("WORKER_QUEUE", "segments"),
-			SweepInterval: p.duration("SWEEP_INTERVAL", 30*time.Second),
-			SweepBatch:    p.intRange("SWEEP_BATCH", 1000, 1, 1000000),
+			Concurrency:    p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
+			Queue:          p.str("WORKER_QUEUE", "segments"),
+			SweepInterval:  p.duration("SWEEP_INTERVAL", 30*time.Second),
+			SweepBatch:     p.intRange("SWEEP_BATCH", 1000, 1, 1000000),
+			RolloutBatch:   p.intRange("ROLLOUT_BATCH", 20000, 1, 10000000),
+			RolloutWorkers: p.intRange("ROLLOUT_WORKERS", 2, 1, 64),
 		},
 		Log: Log{
 			Level:  p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),

@@ -38,12 +38,50 @@ type Segment struct {
 	CreatedAt   time.Time
 	// MemberCount counts the segment's active (unexpired) memberships.
 	MemberCount int64
+	// AutoPercent is the share of users the segment is given to
+	// automatically; nil for a manual segment.
+	AutoPercent *Percent
+	// Rollout is the progress of giving a percent segment to the users
+	// registered when it was created; nil for a manual segment.
+	Rollout *Rollout
 }
 
 // NewSegment is what an analyst supplies to create a segment.
 type NewSegment struct {
 	Slug        string
 	Description string
+	// AutoPercent, if set, makes a percent segment.
+	AutoPercent *Percent
+}
+
+// Percent is a share of users in hundredths of a percent: 5025 is 50.25 %.
+type Percent int
+
+// MaxPercent is 100 %.
+const MaxPercent Percent = 10000
+
+// Float returns p in percent.
+func (p Percent) Float() float64 { return float64(p) / 100 }
+
+// RolloutStatus is where a percent segment's rollout stands.
+type RolloutStatus string
+
+// Rollout statuses.
+const (
+	RolloutPending RolloutStatus = "pending"
+	RolloutRunning RolloutStatus = "running"
+	RolloutDone    RolloutStatus = "done"
+	RolloutFailed  RolloutStatus = "failed"
+)
+
+// Rollout is the progress of a percent segment's rollout.
+type Rollout struct {
+	Status RolloutStatus
+	// Assigned counts the chosen users the rollout has reached so far.
+	Assigned int64
+	// Total is how many users the rollout chooses: round(N·p/100) of the N
+	// users registered when the segment was created (0 while pending).
+	Total int64
 }
 
 // Source says how a user came to hold a segment.

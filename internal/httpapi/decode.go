@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"reflect"
@@ -112,6 +113,8 @@ func describeType(t reflect.Type) string {
 		return "an integer from -9223372036854775808 to 9223372036854775807"
 	case reflect.String:
 		return "a string"
+	case reflect.Float64:
+		return "a number"
 	case reflect.Slice:
 		return "an array of " + strings.TrimPrefix(describeType(t.Elem()), "a ")
 	case reflect.Bool:
@@ -179,6 +182,8 @@ func fieldMessage(fe validator.FieldError) string {
 		return "is required"
 	case "slug":
 		return fmt.Sprintf("must match %s, not %q", domain.SlugPattern, fe.Value())
+	case "hundredths":
+		return fmt.Sprintf("must have at most two decimals, not %v", fe.Value())
 	case "gt":
 		return fmt.Sprintf("must be greater than %s", fe.Param())
 	case "gte", "min":
@@ -211,6 +216,10 @@ func newValidator() *validator.Validate {
 	})
 	_ = v.RegisterValidation("slug", func(fl validator.FieldLevel) bool {
 		return domain.ValidSlug(fl.Field().String())
+	})
+	_ = v.RegisterValidation("hundredths", func(fl validator.FieldLevel) bool {
+		x := fl.Field().Float() * 100
+		return math.Abs(x-math.Round(x)) < 1e-6
 	})
 	return v
 }

@@ -43,9 +43,10 @@ func newAPI(t *testing.T) *testAPI {
 	}
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { rdb.Close() })
+	tasks := worker.NewClient(rdb, "httpapi-test")
 	h := httpapi.NewRouter(httpapi.Options{
-		Segments: service.NewSegments(postgres.NewSegmentRepo(pool)),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), worker.NewClient(rdb, "httpapi-test"), time.Now, zap.NewNop()),
+		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, zap.NewNop()),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, time.Now, zap.NewNop()),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

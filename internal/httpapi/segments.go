@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -21,6 +22,9 @@ const (
 type CreateSegmentRequest struct {
 	Slug        string `json:"slug" validate:"required,slug" example:"AVITO_VOICE_MESSAGES"`
 	Description string `json:"description" validate:"max=1000" example:"Voice messages in chat"`
+	// AutoPercent makes a percent segment: this share of users (0 to 100,
+	// up to two decimals) gets it automatically.
+	AutoPercent *float64 `json:"auto_percent,omitempty" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" example:"30"`
 }
 
 // Segment is a segment as the API shows it.
@@ -50,18 +54,26 @@ type SegmentList struct {
 }
 
 func segmentFrom(s domain.Segment) Segment {
-	return Segment{
+	out := Segment{
 		Slug:        s.Slug,
 		Description: s.Description,
 		CreatedAt:   s.CreatedAt.UTC(),
 		MemberCount: s.MemberCount,
 	}
+	if s.AutoPercent != nil {
+		p := s.AutoPercent.Float()
+		out.AutoPercent = &p
+	}
+	if s.Rollout != nil {
+		out.Rollout = &Rollout{Status: string(s.Rollout.Status), Assigned: s.Rollout.Assigned, Total: s.Rollout.Total}
+	}
+	return out
 }
 
 // createSegment godoc
 //
 //	@Summary		Create a segment
-//	@Description	Creates a segment that users can then be added to. The slug is unique among existing segments.
+//	@Description	Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
 //	@Tags			segments
 //	@Accept			json
 //	@Produce		json
@@ -79,7 +91,12 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, h.validate, &req) {
 		return
 	}
-	seg, err := h.segments.Create(r.Context(), domain.NewSegment{Slug: req.Slug, Description: req.Description})
+	ns := domain.NewSegment{Slug: req.Slug, Description: req.Description}
+	if req.AutoPercent != nil {
+		p := domain.Percent(math.Round(*req.AutoPercent * 100))
+		ns.AutoPercent = &p
+	}
+	seg, err := h.segments.Create(r.Context(), ns)
 	if err != nil {
 		respondError(w, r, err)
 		return

@@ -24,23 +24,57 @@ func NewSegmentRepo(pool *pgxpool.Pool) *SegmentRepo {
 	return &SegmentRepo{pool: pool}
 }
 
-// segmentColumns selects a segment with its count of active members; the
-// count is an index-only scan of memberships_segment_idx.
+// segmentColumns selects a segment with its count of active members (an
+// index-only scan of memberships_segment_idx); scanSegment reads them.
 const segmentColumns = `
 	s.id, s.slug, s.description, s.created_at,
 	(SELECT count(*) FROM memberships m
 	  WHERE m.segment_id = s.id
-	    AND (m.expires_at IS NULL OR m.expires_at > now())) AS member_count`
+	    AND (m.expires_at IS NULL OR m.expires_at > now())) AS member_count,
+	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0)`
+
+func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
+	var (
+		seg    domain.Segment
+		status *string
+		ro     domain.Rollout
+	)
+	err := row.Scan(&seg.ID, &seg.Slug, &seg.Description, &seg.CreatedAt, &seg.MemberCount,
+		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total)
+	if status != nil {
+		ro.Status = domain.RolloutStatus(*status)
+		seg.Rollout = &ro
+	}
+	return seg, err
+}
 
 // CreateSegment inserts a segment. It returns domain.ErrConflict if the slug
 // is taken.
+//
+// A percent segment is created pending, under the registry lock held
+// exclusively: every user registered so far has committed, and its rollout
+// population is exactly the users with seq up to the sequence's last value;
+// every user registered later waits for this commit and then sees the
+// segment.
 func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
-	const q = `
-		INSERT INTO segments AS s (slug, description)
-		VALUES ($1, $2)
-		RETURNING ` + segmentColumns
-	rows, _ := r.pool.Query(ctx, q, ns.Slug, ns.Description)
-	seg, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[domain.Segment])
+	var seg domain.Segment
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		if ns.AutoPercent != nil {
+			const lock = `SELECT pg_advisory_xact_lock(registry_lock())`
+			if _, err := tx.Exec(ctx, lock); err != nil {
+				return fmt.Errorf("take the registry lock: %w", err)
+			}
+		}
+		const q = `
+			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq)
+			SELECT $1, $2, $3::numeric / 100, CASE WHEN $3::integer IS NOT NULL THEN 'pending' END,
+			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END
+			RETURNING ` + segmentColumns
+		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent)
+		var err error
+		seg, err = pgx.CollectExactlyOneRow(rows, scanSegment)
+		return err
+	})
 	if pgCode(err) == uniqueViolation {
 		return domain.Segment{}, domain.Conflictf("segment %q already exists", ns.Slug)
 	}
@@ -54,7 +88,7 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment, error) {
 	const q = `SELECT ` + segmentColumns + ` FROM segments s WHERE s.slug = $1`
 	rows, _ := r.pool.Query(ctx, q, slug)
-	seg, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[domain.Segment])
+	seg, err := pgx.CollectExactlyOneRow(rows, scanSegment)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return domain.Segment{}, domain.NotFoundf("segment %q does not exist", slug)
 	}
@@ -73,7 +107,7 @@ func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]
 		ORDER BY s.slug
 		LIMIT $2`
 	rows, _ := r.pool.Query(ctx, q, after, limit)
-	segs, err := pgx.CollectRows(rows, pgx.RowToStructByName[domain.Segment])
+	segs, err := pgx.CollectRows(rows, scanSegment)
 	if err != nil {
 		return nil, fmt.Errorf("list segments after %q: %w", after, err)
 	}

@@ -7,7 +7,10 @@ package service
 import (
 	"context"
 
+	"go.uber.org/zap"
+
 	"segments/internal/domain"
+	"segments/internal/logctx"
 )
 
 // SegmentStore is the storage Segments needs. Every method is atomic.
@@ -20,18 +23,37 @@ type SegmentStore interface {
 
 // Segments manages segments.
 type Segments struct {
-	store SegmentStore
+	store    SegmentStore
+	rollouts RolloutScheduler
+	log      *zap.Logger
 }
 
-// NewSegments returns Segments on store.
-func NewSegments(store SegmentStore) *Segments {
-	return &Segments{store: store}
+// NewSegments returns Segments on store; the rollouts of percent segments
+// are queued with rollouts.
+func NewSegments(store SegmentStore, rollouts RolloutScheduler, log *zap.Logger) *Segments {
+	return &Segments{store: store, rollouts: rollouts, log: log}
 }
 
 // Create creates a segment. It returns domain.ErrConflict if the slug is
 // taken.
+//
+// A percent segment starts with its rollout pending and queued. Users
+// registered from then on get it by the bucket rule at once; the rollout
+// reaches those registered before. A failure to queue the rollout (Redis
+// down) is logged and does not fail the creation: unfinished rollouts are
+// queued again every sweep interval.
 func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
-	return s.store.CreateSegment(ctx, ns)
+	seg, err := s.store.CreateSegment(ctx, ns)
+	if err != nil || seg.AutoPercent == nil {
+		return seg, err
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
+	defer cancel()
+	if err := s.rollouts.ScheduleRollout(sctx, seg.ID); err != nil {
+		logctx.From(ctx, s.log).Warn("could not queue rollout; it will be queued again",
+			zap.String("slug", seg.Slug), zap.Error(err))
+	}
+	return seg, nil
 }
 
 // Get returns the segment named slug, or domain.ErrNotFound.

@@ -11,7 +11,8 @@ import (
 // AssertHistoryReplays checks the history invariant on the whole database:
 // for every (user, segment) the history, in time order, alternates add and
 // remove starting with add, and replaying it yields exactly the memberships
-// stored now. It reports every violation it finds.
+// stored now; and every stored membership names a registered user and an
+// existing segment. It reports every violation it finds.
 func AssertHistoryReplays(tb testing.TB, pool *pgxpool.Pool) {
 	tb.Helper()
 	ctx := context.Background()
@@ -71,6 +72,23 @@ func AssertHistoryReplays(tb testing.TB, pool *pgxpool.Pool) {
 	}
 	for k := range held {
 		problems = append(problems, fmt.Sprintf("user %d segment %d: history holds it but it is not stored", k.user, k.segment))
+	}
+	const qOrphans = `
+		SELECT m.user_id, m.segment_id FROM memberships m
+		WHERE NOT EXISTS (SELECT 1 FROM segments s WHERE s.id = m.segment_id)
+		   OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = m.user_id)`
+	rows, err = pool.Query(ctx, qOrphans)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for rows.Next() {
+		if err := rows.Scan(&k.user, &k.segment); err != nil {
+			tb.Fatal(err)
+		}
+		problems = append(problems, fmt.Sprintf("user %d segment %d: stored, but the user or the segment does not exist", k.user, k.segment))
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
 	}
 	for i, p := range problems {
 		if i == 20 {

@@ -32,21 +32,34 @@ type Config struct {
 	SweepBatch int
 }
 
+// Services are what the task handlers call.
+type Services struct {
+	Expiry   *service.Expiry
+	Rollouts *service.Rollouts
+}
+
 // Server is an asynq server with the service's handlers, and the scheduler
 // of its periodic tasks.
 type Server struct {
-	srv    *asynq.Server
-	sched  *asynq.Scheduler
-	mux    *asynq.ServeMux
-	cfg    Config
-	expiry *service.Expiry
-	log    *zap.Logger
+	srv   *asynq.Server
+	sched *asynq.Scheduler
+	mux   *asynq.ServeMux
+	cfg   Config
+	svc   Services
+	log   *zap.Logger
+}
+
+// notFailures are errors that ask for a later retry without counting as
+// failures.
+func notFailure(err error) bool {
+	var early *service.NotYetExpiredError
+	return errors.As(err, &early) || errors.Is(err, service.ErrRolloutIncomplete)
 }
 
 // NewServer returns a Server reading cfg.Queue on rdb.
-func NewServer(rdb redis.UniversalClient, cfg Config, expiry *service.Expiry, log *zap.Logger) *Server {
+func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, log *zap.Logger) *Server {
 	log = log.Named("worker")
-	s := &Server{cfg: cfg, expiry: expiry, log: log, mux: asynq.NewServeMux()}
+	s := &Server{cfg: cfg, svc: svc, log: log, mux: asynq.NewServeMux()}
 	s.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency: cfg.Concurrency,
 		Queues:      map[string]int{cfg.Queue: 1},
@@ -87,18 +100,44 @@ func NewServer(rdb redis.UniversalClient, cfg Config, expiry *service.Expiry, lo
 	})
 	s.mux.HandleFunc(TypeExpireMembership, s.handleExpire)
 	s.mux.HandleFunc(TypeSweepExpired, s.handleSweep)
+	s.mux.HandleFunc(TypeRollout, s.handleRollout)
+	s.mux.HandleFunc(TypeResumeRollouts, s.handleResumeRollouts)
 	return s
+}
+
+// handleError logs a failed task; a rollout that will not be retried is
+// marked failed.
+func (s *Server) handleError(ctx context.Context, t *asynq.Task, err error) {
+	if notFailure(err) {
+		return
+	}
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	log := taskLogger(ctx, s.log, t)
+	log.Error("task failed", zap.Int("retry", retried), zap.Int("max_retry", maxRetry), zap.Error(err))
+	if t.Type() != TypeRollout || (retried < maxRetry && !errors.Is(err, asynq.SkipRetry)) {
+		return
+	}
+	id, perr := parseRollout(t)
+	if perr != nil {
+		return
+	}
+	if ferr := s.svc.Rollouts.Fail(context.WithoutCancel(ctx), id); ferr != nil {
+		log.Error("could not mark the rollout failed", zap.Error(ferr))
+	}
 }
 
 // Start starts processing tasks and scheduling the sweep.
 func (s *Server) Start() error {
-	// One sweep per interval across all workers: a duplicate within the
+	// One of each per interval across all workers: a duplicate within the
 	// interval is refused by Unique.
-	_, err := s.sched.Register(fmt.Sprintf("@every %s", s.cfg.SweepInterval), NewSweepTask(),
-		asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval), asynq.MaxRetry(0),
-		asynq.Timeout(10*time.Minute))
-	if err != nil {
-		return fmt.Errorf("register sweep: %w", err)
+	every := fmt.Sprintf("@every %s", s.cfg.SweepInterval)
+	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask()} {
+		_, err := s.sched.Register(every, t, asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval),
+			asynq.MaxRetry(0), asynq.Timeout(10*time.Minute))
+		if err != nil {
+			return fmt.Errorf("register %s: %w", t.Type(), err)
+		}
 	}
 	if err := s.srv.Start(s.mux); err != nil {
 		return fmt.Errorf("start asynq server: %w", err)
@@ -123,20 +162,35 @@ func (s *Server) handleExpire(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err
 	}
-	return s.expiry.Expire(ctx, e)
+	return s.svc.Expiry.Expire(ctx, e)
 }
 
 func (s *Server) handleSweep(ctx context.Context, _ *asynq.Task) error {
-	_, err := s.expiry.Sweep(ctx, s.cfg.SweepBatch)
+	_, err := s.svc.Expiry.Sweep(ctx, s.cfg.SweepBatch)
 	return err
 }
 
-// retryDelay retries an early expiry task at its expiry, and anything else
-// with asynq's default backoff.
+func (s *Server) handleRollout(ctx context.Context, t *asynq.Task) error {
+	id, err := parseRollout(t)
+	if err != nil {
+		return err
+	}
+	return s.svc.Rollouts.Run(ctx, id)
+}
+
+func (s *Server) handleResumeRollouts(ctx context.Context, _ *asynq.Task) error {
+	return s.svc.Rollouts.Resume(ctx)
+}
+
+// retryDelay retries an early expiry task at its expiry, an incomplete
+// rollout soon, and anything else with asynq's default backoff.
 func retryDelay(n int, err error, t *asynq.Task) time.Duration {
 	var early *service.NotYetExpiredError
-	if errors.As(err, &early) {
+	switch {
+	case errors.As(err, &early):
 		return early.Wait + 50*time.Millisecond
+	case errors.Is(err, service.ErrRolloutIncomplete):
+		return 5 * time.Second
 	}
 	return asynq.DefaultRetryDelayFunc(n, err, t)
 }

@@ -1,0 +1,36 @@
+package domain
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"strconv"
+)
+
+// Buckets is how many buckets users are spread over for each segment.
+const Buckets = 10000
+
+// SegmentHash is the stable hash of a user for a segment: the first four
+// bytes of SHA-256 over "<slug>:<user id in decimal>", read as a big-endian
+// unsigned 32-bit integer. The database computes the same (segment_hash).
+func SegmentHash(slug string, userID int64) uint32 {
+	buf := make([]byte, 0, len(slug)+21)
+	buf = append(buf, slug...)
+	buf = append(buf, ':')
+	buf = strconv.AppendInt(buf, userID, 10)
+	sum := sha256.Sum256(buf)
+	return binary.BigEndian.Uint32(sum[:4])
+}
+
+// SegmentBucket maps SegmentHash onto Buckets buckets in hash order:
+// floor(hash · 10000 / 2^32). A user registered after a segment with
+// AutoPercent p was created holds it iff SegmentBucket < p (in hundredths
+// of a percent).
+func SegmentBucket(slug string, userID int64) int {
+	return int(uint64(SegmentHash(slug, userID)) * Buckets >> 32)
+}
+
+// Admits reports whether a user registered after a percent segment was
+// created gets it.
+func (p Percent) Admits(slug string, userID int64) bool {
+	return SegmentBucket(slug, userID) < int(p)
+}

@@ -1,0 +1,35 @@
+package loadgen
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+)
+
+// UserSegments reads the segments of a random user from 1 to users.
+func UserSegments(base string, users int64) Request {
+	return func(int) (*http.Request, error) {
+		return http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/v1/users/%d/segments", base, 1+rand.Int64N(users)), nil)
+	}
+}
+
+// ChangeSegments adds two segments to a random user from 1 to users and
+// removes a third, all distinct, from SEG_1 to SEG_<segments>.
+func ChangeSegments(base string, users int64, segments int) Request {
+	return func(int) (*http.Request, error) {
+		perm := rand.Perm(segments)
+		body := fmt.Sprintf(`{"add":["SEG_%d","SEG_%d"],"remove":["SEG_%d"]}`, perm[0]+1, perm[1]+1, perm[2]+1)
+		req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/api/v1/users/%d/segments", base, 1+rand.Int64N(users)), strings.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		return req, nil
+	}
+}
+
+// Get requests one fixed path.
+func Get(url string) Request {
+	return func(int) (*http.Request, error) { return http.NewRequest(http.MethodGet, url, nil) }
+}

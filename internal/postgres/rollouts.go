@@ -1,0 +1,203 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/domain"
+	"segments/internal/service"
+)
+
+var _ service.RolloutStore = (*RolloutRepo)(nil)
+
+// RolloutRepo runs the rollouts of percent segments.
+type RolloutRepo struct {
+	pool *pgxpool.Pool
+}
+
+// NewRolloutRepo returns a RolloutRepo on pool.
+func NewRolloutRepo(pool *pgxpool.Pool) *RolloutRepo {
+	return &RolloutRepo{pool: pool}
+}
+
+func segmentGone(id int64) error { return domain.NotFoundf("segment %d does not exist", id) }
+
+// PrepareRollout turns a pending rollout into a running one: it counts the
+// population N, chooses the threshold of the round(N·p/100) users with the
+// lowest (segment_hash, id), and splits the population into batches of
+// batchSize users. A rollout past pending is returned as it is. It returns
+// domain.ErrNotFound if the segment is gone.
+func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batchSize int) (domain.Rollout, error) {
+	var ro domain.Rollout
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		const lock = `
+			SELECT slug, population_seq, rollout_status, rollout_assigned, coalesce(rollout_total, 0),
+			       round((SELECT count(*) FROM users WHERE seq <= s.population_seq) * auto_percent / 100)::bigint
+			FROM segments s
+			WHERE id = $1 AND auto_percent IS NOT NULL
+			FOR NO KEY UPDATE`
+		var (
+			slug       string
+			population int64
+			chosen     int64
+		)
+		err := tx.QueryRow(ctx, lock, segmentID).Scan(&slug, &population, &ro.Status, &ro.Assigned, &ro.Total, &chosen)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return segmentGone(segmentID)
+		}
+		if err != nil || ro.Status != domain.RolloutPending {
+			return err
+		}
+		if chosen == 0 {
+			const done = `UPDATE segments SET rollout_status = 'done', rollout_total = 0 WHERE id = $1`
+			ro = domain.Rollout{Status: domain.RolloutDone}
+			_, err := tx.Exec(ctx, done, segmentID)
+			return err
+		}
+		// The chosen set is every (hash, id) up to the k-th smallest. (A
+		// plain SELECT, so that the database may hash in parallel.)
+		const threshold = `
+			SELECT h, id FROM (
+				SELECT segment_hash($1, u.id) AS h, u.id FROM users u WHERE u.seq <= $2
+			) x
+			ORDER BY h, id OFFSET $3 - 1 LIMIT 1`
+		var thHash, thUser int64
+		if err := tx.QueryRow(ctx, threshold, slug, population, chosen).Scan(&thHash, &thUser); err != nil {
+			return fmt.Errorf("choose threshold: %w", err)
+		}
+		const running = `
+			UPDATE segments SET rollout_status = 'running', rollout_total = $2, rollout_assigned = 0,
+				rollout_threshold_hash = $3, rollout_threshold_user = $4
+			WHERE id = $1`
+		if _, err := tx.Exec(ctx, running, segmentID, chosen, thHash, thUser); err != nil {
+			return fmt.Errorf("start rollout: %w", err)
+		}
+		const batches = `
+			INSERT INTO rollout_batches (segment_id, first_user, last_user)
+			SELECT $1, min(id), max(id)
+			FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / $3 AS batch
+			      FROM users WHERE seq <= $2) x
+			GROUP BY batch`
+		if _, err := tx.Exec(ctx, batches, segmentID, population, batchSize); err != nil {
+			return fmt.Errorf("split into batches: %w", err)
+		}
+		ro = domain.Rollout{Status: domain.RolloutRunning, Total: chosen}
+		return nil
+	})
+	if err != nil && !errors.Is(err, domain.ErrNotFound) {
+		return ro, fmt.Errorf("prepare rollout of segment %d: %w", segmentID, err)
+	}
+	return ro, err
+}
+
+// RolloutBatch claims one unfinished batch that no other transaction holds,
+// gives the segment (history reason auto, source auto) to the chosen users
+// in it who lack it, and marks the batch done, all in one transaction. It
+// reports false when there was no batch to claim.
+func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (bool, error) {
+	claimed := false
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		// FOR KEY SHARE of the segment holds off its deletion until commit.
+		const claim = `
+			SELECT b.first_user, b.last_user, s.slug, s.population_seq,
+			       s.rollout_threshold_hash, s.rollout_threshold_user
+			FROM rollout_batches b
+			JOIN segments s ON s.id = b.segment_id
+			WHERE b.segment_id = $1 AND NOT b.done AND s.rollout_status = 'running'
+			ORDER BY b.first_user
+			LIMIT 1
+			FOR UPDATE OF b SKIP LOCKED
+			FOR KEY SHARE OF s`
+		var (
+			first, last, population, thHash, thUser int64
+			slug                                    string
+		)
+		err := tx.QueryRow(ctx, claim, segmentID).Scan(&first, &last, &slug, &population, &thHash, &thUser)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("claim a batch: %w", err)
+		}
+		claimed = true
+		if err := setReason(ctx, tx, "auto"); err != nil {
+			return err
+		}
+		const assign = `
+			WITH chosen AS (
+				SELECT u.id FROM users u
+				WHERE u.id BETWEEN $2 AND $3 AND u.seq <= $4
+				  AND (segment_hash($5, u.id), u.id) <= ($6::bigint, $7::bigint)
+			), given AS (
+				INSERT INTO memberships (user_id, segment_id, source)
+				SELECT id, $1, 'auto' FROM chosen ORDER BY id
+				ON CONFLICT (user_id, segment_id) DO NOTHING
+			)
+			UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM chosen)
+			WHERE id = $1`
+		if _, err := tx.Exec(ctx, assign, segmentID, first, last, population, slug, thHash, thUser); err != nil {
+			return fmt.Errorf("assign users %d..%d: %w", first, last, err)
+		}
+		const done = `UPDATE rollout_batches SET done = true WHERE segment_id = $1 AND first_user = $2`
+		_, err = tx.Exec(ctx, done, segmentID, first)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("rollout batch of segment %d: %w", segmentID, err)
+	}
+	return claimed, nil
+}
+
+// FinishRollout marks a running rollout done if every batch is done, and
+// returns the rollout as it stands. It returns domain.ErrNotFound if the
+// segment is gone.
+func (r *RolloutRepo) FinishRollout(ctx context.Context, segmentID int64) (domain.Rollout, error) {
+	const q = `
+		UPDATE segments s SET
+			rollout_status = CASE
+				WHEN rollout_status = 'running'
+				 AND NOT EXISTS (SELECT 1 FROM rollout_batches b WHERE b.segment_id = s.id AND NOT b.done)
+				THEN 'done' ELSE rollout_status END
+		WHERE id = $1 AND auto_percent IS NOT NULL
+		RETURNING rollout_status, rollout_assigned, coalesce(rollout_total, 0)`
+	var ro domain.Rollout
+	err := r.pool.QueryRow(ctx, q, segmentID).Scan(&ro.Status, &ro.Assigned, &ro.Total)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ro, segmentGone(segmentID)
+	}
+	if err != nil {
+		return ro, fmt.Errorf("finish rollout of segment %d: %w", segmentID, err)
+	}
+	if ro.Status == domain.RolloutDone {
+		const cleanup = `DELETE FROM rollout_batches WHERE segment_id = $1`
+		if _, err := r.pool.Exec(ctx, cleanup, segmentID); err != nil {
+			return ro, fmt.Errorf("clean up rollout of segment %d: %w", segmentID, err)
+		}
+	}
+	return ro, nil
+}
+
+// FailRollout marks an unfinished rollout failed.
+func (r *RolloutRepo) FailRollout(ctx context.Context, segmentID int64) error {
+	const q = `UPDATE segments SET rollout_status = 'failed' WHERE id = $1 AND rollout_status IN ('pending', 'running')`
+	if _, err := r.pool.Exec(ctx, q, segmentID); err != nil {
+		return fmt.Errorf("fail rollout of segment %d: %w", segmentID, err)
+	}
+	return nil
+}
+
+// UnfinishedRollouts returns the ids of segments whose rollout is pending or
+// running.
+func (r *RolloutRepo) UnfinishedRollouts(ctx context.Context) ([]int64, error) {
+	const q = `SELECT id FROM segments WHERE rollout_status IN ('pending', 'running') ORDER BY id`
+	rows, _ := r.pool.Query(ctx, q)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("list unfinished rollouts: %w", err)
+	}
+	return ids, nil
+}

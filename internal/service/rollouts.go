@@ -1,0 +1,120 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"segments/internal/domain"
+	"segments/internal/logctx"
+)
+
+// RolloutScheduler queues the rollout of a percent segment. It is best
+// effort: unfinished rollouts are queued again periodically.
+type RolloutScheduler interface {
+	ScheduleRollout(ctx context.Context, segmentID int64) error
+}
+
+// RolloutStore is the storage Rollouts needs. Every method is atomic.
+type RolloutStore interface {
+	// PrepareRollout turns a pending rollout into a running one (choosing
+	// its users and splitting them into batches of batchSize) and returns
+	// the rollout; one past pending is returned as it is. It returns
+	// domain.ErrNotFound if the segment is gone.
+	PrepareRollout(ctx context.Context, segmentID int64, batchSize int) (domain.Rollout, error)
+	// RolloutBatch processes one unfinished batch no one else holds and
+	// reports whether there was one.
+	RolloutBatch(ctx context.Context, segmentID int64) (bool, error)
+	// FinishRollout marks the rollout done if every batch is, and returns
+	// it. It returns domain.ErrNotFound if the segment is gone.
+	FinishRollout(ctx context.Context, segmentID int64) (domain.Rollout, error)
+	// FailRollout marks an unfinished rollout failed.
+	FailRollout(ctx context.Context, segmentID int64) error
+	// UnfinishedRollouts lists the segments whose rollout is pending or
+	// running.
+	UnfinishedRollouts(ctx context.Context) ([]int64, error)
+}
+
+// ErrRolloutIncomplete means batches remain that another run held; the
+// rollout should be run again later.
+var ErrRolloutIncomplete = errors.New("rollout incomplete: batches remain")
+
+// Rollouts gives percent segments to the users registered when they were
+// created.
+type Rollouts struct {
+	store     RolloutStore
+	scheduler RolloutScheduler
+	workers   int
+	batchSize int
+	log       *zap.Logger
+}
+
+// NewRollouts returns Rollouts on store, running batches of batchSize users
+// on workers connections at once.
+func NewRollouts(store RolloutStore, scheduler RolloutScheduler, workers, batchSize int, log *zap.Logger) *Rollouts {
+	return &Rollouts{store: store, scheduler: scheduler, workers: workers, batchSize: batchSize, log: log}
+}
+
+// Run carries the rollout of segment segmentID to the end. It is safe to
+// run twice, at once or after a crash: each batch commits with its done
+// mark, so no user is assigned twice and none is skipped. A deleted segment
+// ends the rollout without error. It returns ErrRolloutIncomplete if another
+// run held batches that are still unfinished.
+func (r *Rollouts) Run(ctx context.Context, segmentID int64) error {
+	ro, err := r.store.PrepareRollout(ctx, segmentID, r.batchSize)
+	if errors.Is(err, domain.ErrNotFound) {
+		return nil
+	}
+	if err != nil || ro.Status != domain.RolloutRunning {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for range r.workers {
+		g.Go(func() error {
+			for {
+				claimed, err := r.store.RolloutBatch(gctx, segmentID)
+				if err != nil || !claimed {
+					return err
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	ro, err = r.store.FinishRollout(ctx, segmentID)
+	if errors.Is(err, domain.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ro.Status != domain.RolloutDone {
+		return fmt.Errorf("segment %d: %w", segmentID, ErrRolloutIncomplete)
+	}
+	logctx.From(ctx, r.log).Info("rollout done", zap.Int64("segment_id", segmentID), zap.Int64("assigned", ro.Assigned))
+	return nil
+}
+
+// Fail marks the rollout of segmentID failed, when it will not be retried.
+func (r *Rollouts) Fail(ctx context.Context, segmentID int64) error {
+	return r.store.FailRollout(ctx, segmentID)
+}
+
+// Resume queues every unfinished rollout again; a rollout already queued
+// or running is not queued twice.
+func (r *Rollouts) Resume(ctx context.Context) error {
+	ids, err := r.store.UnfinishedRollouts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := r.scheduler.ScheduleRollout(ctx, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
