@@ -318,14 +318,20 @@ func TestRegistrationsDuringARollout(t *testing.T) {
 					return
 				default:
 				}
-				id := 100_000 + int64(w)*100_000 + i
+				// Disjoint ids per goroutine (up to a million requests each).
+				id := 10_000_000 + int64(w)*10_000_000 + 2*i
+				var code int
 				switch i % 3 {
 				case 0:
-					s.register([]int64{id, id + 50_000})
+					code = s.do("POST", "/api/v1/users", map[string]any{"user_ids": []int64{id, id + 1}}, nil)
 				case 1:
-					s.held(id)
+					code = s.do("GET", fmt.Sprintf("/api/v1/users/%d/segments", id), nil, nil)
 				default:
-					s.mustDo("POST", fmt.Sprintf("/api/v1/users/%d/segments", id), map[string]any{"add": []string{"OTHER"}}, nil)
+					code = s.do("POST", fmt.Sprintf("/api/v1/users/%d/segments", id), map[string]any{"add": []string{"OTHER"}}, nil)
+				}
+				if code != http.StatusOK {
+					t.Errorf("request for user %d: status %d", id, code)
+					return
 				}
 			}
 		})
