@@ -21,6 +21,100 @@ const docTemplate = `{
     "host": "{{.Host}}",
     "basePath": "{{.BasePath}}",
     "paths": {
+        "/reports/history": {
+            "post": {
+                "description": "Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.",
+                "consumes": [
+                    "application/json"
+                ],
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "reports"
+                ],
+                "summary": "Get a link to a month's history as CSV",
+                "parameters": [
+                    {
+                        "description": "Which history",
+                        "name": "report",
+                        "in": "body",
+                        "required": true,
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.ReportRequest"
+                        }
+                    }
+                ],
+                "responses": {
+                    "201": {
+                        "description": "Created",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.ReportLink"
+                        },
+                        "headers": {
+                            "Location": {
+                                "type": "string",
+                                "description": "the report's URL"
+                            }
+                        }
+                    },
+                    "400": {
+                        "description": "Malformed JSON",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.Problem"
+                        }
+                    },
+                    "415": {
+                        "description": "Content-Type is not application/json",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.Problem"
+                        }
+                    },
+                    "422": {
+                        "description": "Bad period or user_id",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.Problem"
+                        }
+                    }
+                }
+            }
+        },
+        "/reports/history/{token}": {
+            "get": {
+                "description": "Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.",
+                "produces": [
+                    "text/csv",
+                    "application/json"
+                ],
+                "tags": [
+                    "reports"
+                ],
+                "summary": "Download a history report",
+                "parameters": [
+                    {
+                        "type": "string",
+                        "description": "The token from the link",
+                        "name": "token",
+                        "in": "path",
+                        "required": true
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "user_id;segment;operation;datetime;reason",
+                        "schema": {
+                            "type": "string"
+                        }
+                    },
+                    "403": {
+                        "description": "Tampered, truncated or expired link",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.Problem"
+                        }
+                    }
+                }
+            }
+        },
         "/segments": {
             "get": {
                 "description": "Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.",
@@ -254,6 +348,69 @@ const docTemplate = `{
                 }
             }
         },
+        "/users/{user_id}/history": {
+            "get": {
+                "description": "The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.",
+                "produces": [
+                    "application/json"
+                ],
+                "tags": [
+                    "users"
+                ],
+                "summary": "Get a user's history",
+                "parameters": [
+                    {
+                        "minimum": 1,
+                        "type": "integer",
+                        "description": "User id (1 to 2^63-1)",
+                        "name": "user_id",
+                        "in": "path",
+                        "required": true
+                    },
+                    {
+                        "type": "string",
+                        "description": "Events at or after this time (RFC 3339)",
+                        "name": "from",
+                        "in": "query"
+                    },
+                    {
+                        "type": "string",
+                        "description": "Events before this time (RFC 3339)",
+                        "name": "to",
+                        "in": "query"
+                    },
+                    {
+                        "maximum": 1000,
+                        "minimum": 1,
+                        "type": "integer",
+                        "default": 100,
+                        "description": "Page size (1 to 1000)",
+                        "name": "limit",
+                        "in": "query"
+                    },
+                    {
+                        "type": "string",
+                        "description": "Cursor from the previous page",
+                        "name": "after",
+                        "in": "query"
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.UserHistory"
+                        }
+                    },
+                    "400": {
+                        "description": "Bad user id or query parameter",
+                        "schema": {
+                            "$ref": "#/definitions/httpapi.Problem"
+                        }
+                    }
+                }
+            }
+        },
         "/users/{user_id}/segments": {
             "get": {
                 "description": "Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.",
@@ -471,6 +628,37 @@ const docTemplate = `{
                 }
             }
         },
+        "httpapi.HistoryEvent": {
+            "type": "object",
+            "properties": {
+                "at": {
+                    "type": "string",
+                    "example": "2023-08-01T12:00:00Z"
+                },
+                "operation": {
+                    "type": "string",
+                    "enum": [
+                        "add",
+                        "remove"
+                    ],
+                    "example": "add"
+                },
+                "reason": {
+                    "type": "string",
+                    "enum": [
+                        "manual",
+                        "ttl",
+                        "auto",
+                        "segment_deleted"
+                    ],
+                    "example": "manual"
+                },
+                "segment": {
+                    "type": "string",
+                    "example": "AVITO_VOICE_MESSAGES"
+                }
+            }
+        },
         "httpapi.Membership": {
             "type": "object",
             "properties": {
@@ -569,6 +757,37 @@ const docTemplate = `{
                 }
             }
         },
+        "httpapi.ReportLink": {
+            "type": "object",
+            "properties": {
+                "expires_at": {
+                    "type": "string",
+                    "example": "2026-11-23T09:00:00Z"
+                },
+                "url": {
+                    "type": "string",
+                    "example": "http://127.0.0.1:8080/api/v1/reports/history/djEuMjAyMy0wOC4xMDAwLjE3NjQwMDAwMDA.3q2-7w"
+                }
+            }
+        },
+        "httpapi.ReportRequest": {
+            "type": "object",
+            "required": [
+                "period"
+            ],
+            "properties": {
+                "period": {
+                    "description": "Period is the month, UTC, as YYYY-MM.",
+                    "type": "string",
+                    "example": "2023-08"
+                },
+                "user_id": {
+                    "description": "UserID limits the report to one user; without it the report covers\nall users.",
+                    "type": "integer",
+                    "example": 1000
+                }
+            }
+        },
         "httpapi.Rollout": {
             "type": "object",
             "properties": {
@@ -641,6 +860,26 @@ const docTemplate = `{
                     "items": {
                         "$ref": "#/definitions/httpapi.Segment"
                     }
+                }
+            }
+        },
+        "httpapi.UserHistory": {
+            "type": "object",
+            "properties": {
+                "events": {
+                    "type": "array",
+                    "items": {
+                        "$ref": "#/definitions/httpapi.HistoryEvent"
+                    }
+                },
+                "next_after": {
+                    "description": "NextAfter is the after= cursor of the next page; null on the last.",
+                    "type": "string",
+                    "x-nullable": true
+                },
+                "user_id": {
+                    "type": "integer",
+                    "example": 1000
                 }
             }
         },

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -179,15 +180,25 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 }
 
 func startAPI(cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, tasks *worker.Client, errc chan<- error) (*http.Server, error) {
+	secret := []byte(cfg.Reports.Secret)
+	if len(secret) == 0 {
+		secret = make([]byte, 32)
+		_, _ = rand.Read(secret)
+		log.Warn("REPORT_SECRET is not set: report links are signed with a random secret and work only on this process until it stops")
+	}
 	router := httpapi.NewRouter(httpapi.Options{
 		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, log.Named("segments")),
 		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, time.Now, log.Named("users")),
+		Reports: service.NewReports(postgres.NewHistoryRepo(pool, cfg.Reports.Timeout), secret,
+			cfg.Reports.LinkTTL, time.Now),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 		},
 		Log:            log.Named("http"),
 		RequestTimeout: cfg.HTTP.RequestTimeout,
+		ReportTimeout:  cfg.Reports.Timeout,
+		PublicURL:      cfg.Reports.PublicURL,
 	})
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -17,6 +18,7 @@ type Config struct {
 	Postgres Postgres
 	Redis    Redis
 	Worker   Worker
+	Reports  Reports
 	Log      Log
 	// ShutdownTimeout bounds a graceful shutdown.
 	ShutdownTimeout time.Duration
@@ -61,6 +63,20 @@ type Worker struct {
 	RolloutWorkers int
 }
 
+// Reports configures history report links.
+type Reports struct {
+	// Secret signs report links; every replica must share it. Empty means
+	// a random secret per process (links then die with it).
+	Secret string
+	// LinkTTL is how long a report link works.
+	LinkTTL time.Duration
+	// PublicURL is the scheme and host links start with (behind a proxy);
+	// empty takes them from each request.
+	PublicURL string
+	// Timeout bounds one report download.
+	Timeout time.Duration
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error.
@@ -98,6 +114,12 @@ func Load(getenv func(string) string) (Config, error) {
 			RolloutBatch:   p.intRange("ROLLOUT_BATCH", 20000, 1, 10000000),
 			RolloutWorkers: p.intRange("ROLLOUT_WORKERS", 2, 1, 64),
 		},
+		Reports: Reports{
+			Secret:    p.secret("REPORT_SECRET", 32),
+			LinkTTL:   p.duration("REPORT_LINK_TTL", 24*time.Hour),
+			PublicURL: p.url("PUBLIC_BASE_URL"),
+			Timeout:   p.duration("REPORT_TIMEOUT", 10*time.Minute),
+		},
 		Log: Log{
 			Level:  p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 			Format: p.oneOf("LOG_FORMAT", "json", "json", "console"),
@@ -112,6 +134,9 @@ func Load(getenv func(string) string) (Config, error) {
 func (c Config) Redacted() Config {
 	c.Postgres.URL = redactURL(c.Postgres.URL)
 	c.Redis.URL = redactURL(c.Redis.URL)
+	if c.Reports.Secret != "" {
+		c.Reports.Secret = "(set)"
+	}
 	return c
 }
 
@@ -133,6 +158,29 @@ func (p *parser) str(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// secret reads a secret of at least minLen bytes; empty is allowed.
+func (p *parser) secret(key string, minLen int) string {
+	v := p.getenv(key)
+	if v != "" && len(v) < minLen {
+		p.errs = append(p.errs, fmt.Errorf("%s: want at least %d characters (e.g. openssl rand -hex 32)", key, minLen))
+	}
+	return v
+}
+
+// url reads an absolute http(s) URL; empty is allowed.
+func (p *parser) url(key string) string {
+	v := p.getenv(key)
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.errs = append(p.errs, fmt.Errorf("%s=%q: want an absolute http(s) URL such as https://segments.example.com", key, v))
+		return ""
+	}
+	return strings.TrimSuffix(v, "/")
 }
 
 func (p *parser) duration(key string, def time.Duration) time.Duration {

@@ -14,6 +14,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict means the change collides with existing state.
 	ErrConflict = errors.New("conflict")
+	// ErrForbidden means a credential (a signed link) is not valid.
+	ErrForbidden = errors.New("forbidden")
 )
 
 // Error is an error whose Message is safe and useful to show the caller.
@@ -51,6 +53,11 @@ func NotFoundf(format string, args ...any) error {
 // Conflictf returns an ErrConflict error with a formatted message.
 func Conflictf(format string, args ...any) error {
 	return &Error{Kind: ErrConflict, Message: fmt.Sprintf(format, args...)}
+}
+
+// Forbiddenf returns an ErrForbidden error with a formatted message.
+func Forbiddenf(format string, args ...any) error {
+	return &Error{Kind: ErrForbidden, Message: fmt.Sprintf(format, args...)}
 }
 
 // UnknownSlugs returns an ErrNotFound error naming every unknown slug.

@@ -182,6 +182,8 @@ func fieldMessage(fe validator.FieldError) string {
 		return "is required"
 	case "slug":
 		return fmt.Sprintf("must match %s, not %q", domain.SlugPattern, fe.Value())
+	case "period":
+		return fmt.Sprintf("must be a month as YYYY-MM (2023-08), not %q", fe.Value())
 	case "hundredths":
 		return fmt.Sprintf("must have at most two decimals, not %v", fe.Value())
 	case "gt":
@@ -216,6 +218,10 @@ func newValidator() *validator.Validate {
 	})
 	_ = v.RegisterValidation("slug", func(fl validator.FieldLevel) bool {
 		return domain.ValidSlug(fl.Field().String())
+	})
+	_ = v.RegisterValidation("period", func(fl validator.FieldLevel) bool {
+		_, err := domain.ParsePeriod(fl.Field().String())
+		return err == nil
 	})
 	_ = v.RegisterValidation("hundredths", func(fl validator.FieldLevel) bool {
 		x := fl.Field().Float() * 100

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,6 +33,8 @@ type testAPI struct {
 	t    *testing.T
 	h    http.Handler
 	pool *pgxpool.Pool
+	// skew moves the reports' clock (nanoseconds), to expire links.
+	skew atomic.Int64
 }
 
 func newAPI(t *testing.T) *testAPI {
@@ -44,18 +47,24 @@ func newAPI(t *testing.T) *testAPI {
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { rdb.Close() })
 	tasks := worker.NewClient(rdb, "httpapi-test")
-	h := httpapi.NewRouter(httpapi.Options{
+	a := &testAPI{t: t, pool: pool}
+	clock := func() time.Time { return time.Now().Add(time.Duration(a.skew.Load())) }
+	a.h = httpapi.NewRouter(httpapi.Options{
 		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, zap.NewNop()),
 		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, time.Now, zap.NewNop()),
+		Reports:  service.NewReports(postgres.NewHistoryRepo(pool, time.Minute), []byte(testSecret), 24*time.Hour, clock),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 		},
 		Log:            zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 		RequestTimeout: 30 * time.Second,
+		ReportTimeout:  time.Minute,
 	})
-	return &testAPI{t: t, h: h, pool: pool}
+	return a
 }
+
+const testSecret = "a test secret of at least 32 bytes, not a real one"
 
 // response is a recorded response with its body.
 type response struct {
@@ -88,6 +97,10 @@ func (a *testAPI) do(method, path string, body any, header ...string) response {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	for i := 0; i+1 < len(header); i += 2 {
+		if header[i] == "Host" {
+			req.Host = header[i+1]
+			continue
+		}
 		req.Header.Set(header[i], header[i+1])
 	}
 	rec := httptest.NewRecorder()

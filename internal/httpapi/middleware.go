@@ -48,9 +48,8 @@ func validRequestID(id string) bool {
 }
 
 // requestContext gives every request an id (the caller's X-Request-ID if
-// usable), a logger carrying it, and a deadline; it echoes the id in the
-// response.
-func requestContext(log *zap.Logger, timeout time.Duration) func(http.Handler) http.Handler {
+// usable) and a logger carrying it; it echoes the id in the response.
+func requestContext(log *zap.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			id := r.Header.Get(requestIDHeader)
@@ -60,11 +59,20 @@ func requestContext(log *zap.Logger, timeout time.Duration) func(http.Handler) h
 			w.Header().Set(requestIDHeader, id)
 			ctx := context.WithValue(r.Context(), requestIDKey, id)
 			ctx = logctx.With(ctx, log, zap.String("request_id", id))
-			if timeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, timeout)
-				defer cancel()
-			}
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// deadline bounds the work of each request; zero means no bound.
+func deadline(timeout time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		if timeout <= 0 {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), timeout)
+			defer cancel()
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
 	}

@@ -43,6 +43,7 @@ const (
 	typeNotFound        = "urn:segments:problem:not-found"
 	typeUnknownSegments = "urn:segments:problem:unknown-segments"
 	typeConflict        = "urn:segments:problem:conflict"
+	typeForbidden       = "urn:segments:problem:forbidden"
 )
 
 // domainProblems maps domain error kinds to responses: the one table that
@@ -56,6 +57,7 @@ var domainProblems = []struct {
 	{domain.ErrInvalid, http.StatusUnprocessableEntity, typeValidation, "Request is invalid"},
 	{domain.ErrNotFound, http.StatusNotFound, typeNotFound, "Not found"},
 	{domain.ErrConflict, http.StatusConflict, typeConflict, "Conflict"},
+	{domain.ErrForbidden, http.StatusForbidden, typeForbidden, "Forbidden"},
 }
 
 // respondError writes err as a problem. Domain errors become 4xx with their

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -22,21 +26,35 @@ type readmeExample struct {
 	response string
 }
 
+// readmeMonth is the month the README's report examples were recorded in;
+// the test moves them to the current month, since history is stamped now.
+const readmeMonth = "2026-11"
+
+// reportPath is where report links point; a link's token changes with
+// every run, so a README example that downloads one gets the token of the
+// link the example before it received.
+const reportPath = "/api/v1/reports/history/"
+
 // TestREADMEExamples runs every curl example in README.md, in order, on a
 // fresh database through the real router, and checks that each response is
-// the one the README shows (times and request ids aside).
+// the one the README shows (times, request ids and link tokens aside).
 func TestREADMEExamples(t *testing.T) {
 	examples := readmeExamples(t, "../../README.md")
 	if len(examples) < 10 {
 		t.Fatalf("found only %d curl examples in README.md", len(examples))
 	}
 	a := newAPI(t)
+	month := time.Now().UTC().Format("2006-01")
+	lastToken := ""
 	for _, ex := range examples {
-		req, err := parseCurl(ex.command)
+		req, err := parseCurl(strings.ReplaceAll(ex.command, readmeMonth, month))
 		if err != nil {
 			t.Fatalf("README.md:%d: %v", ex.line, err)
 		}
-		var header []string
+		if strings.HasPrefix(req.target, reportPath) {
+			req.target = reportPath + lastToken
+		}
+		header := []string{"Host", req.host}
 		for k, v := range req.header {
 			header = append(header, k, v)
 		}
@@ -45,17 +63,69 @@ func TestREADMEExamples(t *testing.T) {
 			body = *req.data
 		}
 		r := a.do(req.method, req.target, body, header...)
+		want := strings.ReplaceAll(ex.response, readmeMonth, month)
 
-		wantBody := ex.response
-		if ex.lang == "http" {
-			wantBody = checkHTTPHead(t, ex, r)
-		} else if r.status >= 300 && !strings.Contains(ex.response, fmt.Sprintf(`"status":%d`, r.status)) {
+		switch {
+		case req.writeOut != "":
+			checkSavedFile(t, ex, req, r, want)
+			continue
+		case ex.lang == "csv":
+			checkCSV(t, ex, r, want)
+			continue
+		case ex.lang == "http":
+			want = checkHTTPHead(t, ex, r)
+		case r.status >= 300 && !strings.Contains(want, fmt.Sprintf(`"status":%d`, r.status)):
 			t.Errorf("README.md:%d: %s answered %d: %s", ex.line, ex.command, r.status, r.body)
 			continue
 		}
-		if diff := cmp.Diff(normalizeJSON(t, wantBody), normalizeJSON(t, string(r.body))); diff != "" {
+		if diff := cmp.Diff(normalizeJSON(t, want), normalizeJSON(t, string(r.body))); diff != "" {
 			t.Errorf("README.md:%d: %s\nresponse differs from README (-readme +actual):\n%s\nactual: %s", ex.line, ex.command, diff, r.body)
 		}
+		var link struct{ URL string }
+		if json.Unmarshal(r.body, &link) == nil && strings.Contains(link.URL, reportPath) {
+			lastToken = link.URL[strings.Index(link.URL, reportPath)+len(reportPath):]
+		}
+	}
+}
+
+// checkCSV compares a CSV body row by row; the datetime column varies and
+// must only be RFC 3339 UTC.
+func checkCSV(t *testing.T, ex readmeExample, r response, want string) {
+	t.Helper()
+	if r.status != http.StatusOK {
+		t.Errorf("README.md:%d: status %d: %s", ex.line, r.status, r.body)
+		return
+	}
+	mask := func(s string) []string {
+		var rows []string
+		for i, line := range strings.Split(strings.TrimSpace(s), "\n") {
+			cols := strings.Split(line, ";")
+			if i > 0 && len(cols) == 5 {
+				if _, err := time.Parse(time.RFC3339Nano, cols[3]); err != nil || !strings.HasSuffix(cols[3], "Z") {
+					t.Errorf("README.md:%d: datetime %q is not RFC 3339 UTC", ex.line, cols[3])
+				}
+				cols[3] = "<datetime>"
+			}
+			rows = append(rows, strings.Join(cols, ";"))
+		}
+		return rows
+	}
+	if diff := cmp.Diff(mask(want), mask(string(r.body))); diff != "" {
+		t.Errorf("README.md:%d: CSV differs from README (-readme +actual):\n%s", ex.line, diff)
+	}
+}
+
+// checkSavedFile checks `curl -OJ -w '%{filename_effective}'`: the file
+// name curl prints is the one Content-Disposition gives.
+func checkSavedFile(t *testing.T, ex readmeExample, req curlRequest, r response, want string) {
+	t.Helper()
+	var name string
+	if _, err := fmt.Sscanf(r.header.Get("Content-Disposition"), "attachment; filename=%q", &name); err != nil || r.status != http.StatusOK {
+		t.Errorf("README.md:%d: status %d, Content-Disposition %q", ex.line, r.status, r.header.Get("Content-Disposition"))
+		return
+	}
+	if got := strings.ReplaceAll(req.writeOut, "%{filename_effective}", name); strings.TrimSpace(got) != strings.TrimSpace(want) {
+		t.Errorf("README.md:%d: curl would print %q, README shows %q", ex.line, got, want)
 	}
 }
 
@@ -86,7 +156,11 @@ func checkHTTPHead(t *testing.T, ex readmeExample, r response) string {
 
 // volatile fields differ on every run; a README value and an actual value
 // match if both are present (or both null).
-var volatile = map[string]bool{"created_at": true, "added_at": true, "expires_at": true, "request_id": true}
+var volatile = map[string]bool{"created_at": true, "added_at": true, "expires_at": true, "at": true, "request_id": true, "url": true}
+
+// historyCursor is the shape of a history page's next_after, which holds a
+// time and varies too.
+var historyCursor = regexp.MustCompile(`^[0-9]+-[0-9]+$`)
 
 func normalizeJSON(t *testing.T, s string) any {
 	t.Helper()
@@ -105,6 +179,10 @@ func normalizeJSON(t *testing.T, s string) any {
 			for k, e := range x {
 				if volatile[k] && e != nil {
 					x[k] = "<" + k + ">"
+					continue
+				}
+				if c, ok := e.(string); ok && k == "next_after" && historyCursor.MatchString(c) {
+					x[k] = "<cursor>"
 					continue
 				}
 				x[k] = walk(e)
@@ -156,8 +234,8 @@ func readmeExamples(t *testing.T, path string) []readmeExample {
 		if b.lang != "sh" || !strings.HasPrefix(b.text, "curl ") {
 			continue
 		}
-		if i+1 == len(blocks) || (blocks[i+1].lang != "json" && blocks[i+1].lang != "http") {
-			t.Fatalf("README.md:%d: a curl example must be followed by its response (```json or ```http)", b.line)
+		if i+1 == len(blocks) || !slices.Contains([]string{"json", "http", "csv", "text"}, blocks[i+1].lang) {
+			t.Fatalf("README.md:%d: a curl example must be followed by its output (```json, ```http, ```csv or ```text)", b.line)
 		}
 		out = append(out, readmeExample{
 			line:     b.line,
@@ -171,12 +249,15 @@ func readmeExamples(t *testing.T, path string) []readmeExample {
 
 // curlRequest is what a README curl command asks for.
 type curlRequest struct {
-	method, target string
-	header         map[string]string
-	data           *string
+	method, host, target string
+	header               map[string]string
+	data                 *string
+	// writeOut is -w's format, for a download saved with -OJ.
+	writeOut string
 }
 
-// parseCurl reads the curl options the README uses: -s, -i, -X, -H, -d.
+// parseCurl reads the curl options the README uses: -s, -i, -X, -H, -d,
+// and -OJ with -w.
 func parseCurl(cmd string) (curlRequest, error) {
 	words, err := shellWords(cmd)
 	if err != nil {
@@ -193,7 +274,12 @@ func parseCurl(cmd string) (curlRequest, error) {
 			return words[i], nil
 		}
 		switch w {
-		case "-s", "-i", "-si":
+		case "-s", "-i", "-si", "-OJ", "-sOJ":
+		case "-w":
+			if req.writeOut, err = next(); err != nil {
+				return req, err
+			}
+			req.writeOut = strings.ReplaceAll(req.writeOut, `\n`, "\n")
 		case "-X":
 			if req.method, err = next(); err != nil {
 				return req, err
@@ -219,7 +305,7 @@ func parseCurl(cmd string) (curlRequest, error) {
 			if err != nil {
 				return req, err
 			}
-			req.target = u.RequestURI()
+			req.host, req.target = u.Host, u.RequestURI()
 		}
 	}
 	if req.method == "" {

@@ -33,26 +33,41 @@ import (
 type Options struct {
 	Segments *service.Segments
 	Users    *service.Users
+	Reports  *service.Reports
 	// Checks are the dependencies /readyz asks.
 	Checks []Check
 	Log    *zap.Logger
 	// RequestTimeout bounds each request's work; zero means no bound.
 	RequestTimeout time.Duration
+	// ReportTimeout bounds a report download instead.
+	ReportTimeout time.Duration
+	// PublicURL is the scheme and host report links start with; empty
+	// takes them from each request.
+	PublicURL string
 }
 
 type handler struct {
-	segments *service.Segments
-	users    *service.Users
-	checks   []Check
-	validate *validator.Validate
+	segments  *service.Segments
+	users     *service.Users
+	reports   *service.Reports
+	checks    []Check
+	validate  *validator.Validate
+	publicURL string
 }
 
 // NewRouter returns the service's HTTP handler: every route is here.
 func NewRouter(o Options) http.Handler {
-	h := &handler{segments: o.Segments, users: o.Users, checks: o.Checks, validate: newValidator()}
+	h := &handler{
+		segments:  o.Segments,
+		users:     o.Users,
+		reports:   o.Reports,
+		checks:    o.Checks,
+		validate:  newValidator(),
+		publicURL: strings.TrimSuffix(o.PublicURL, "/"),
+	}
 
 	r := chi.NewRouter()
-	r.Use(requestContext(o.Log, o.RequestTimeout), accessLog(o.Log))
+	r.Use(requestContext(o.Log), accessLog(o.Log))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
 	})
@@ -63,21 +78,29 @@ func NewRouter(o Options) http.Handler {
 			fmt.Sprintf("%s is not allowed on %s; allowed: %s", req.Method, req.URL.Path, strings.Join(allowed, ", ")))
 	})
 
-	r.Get("/healthz", h.healthz)
-	r.Get("/readyz", h.readyz)
+	r.With(deadline(o.RequestTimeout)).Get("/healthz", h.healthz)
+	r.With(deadline(o.RequestTimeout)).Get("/readyz", h.readyz)
 	r.Get("/swagger", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/*", httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json")))
 
 	r.Route("/api/v1", func(r chi.Router) {
-		r.Post("/segments", h.createSegment)
-		r.Get("/segments", h.listSegments)
-		r.Get("/segments/{slug}", h.getSegment)
-		r.Delete("/segments/{slug}", h.deleteSegment)
+		r.Group(func(r chi.Router) {
+			r.Use(deadline(o.RequestTimeout))
+			r.Post("/segments", h.createSegment)
+			r.Get("/segments", h.listSegments)
+			r.Get("/segments/{slug}", h.getSegment)
+			r.Delete("/segments/{slug}", h.deleteSegment)
 
-		r.Post("/users", h.registerUsers)
-		r.Get("/users/{user_id}/segments", h.userSegments)
-		r.Post("/users/{user_id}/segments", h.changeUserSegments)
+			r.Post("/users", h.registerUsers)
+			r.Get("/users/{user_id}/segments", h.userSegments)
+			r.Post("/users/{user_id}/segments", h.changeUserSegments)
+			r.Get("/users/{user_id}/history", h.userHistory)
+
+			r.Post("/reports/history", h.createReport)
+		})
+		// A download streams for as long as the report takes.
+		r.With(deadline(o.ReportTimeout)).Get("/reports/history/{token}", h.downloadReport)
 	})
 	return r
 }

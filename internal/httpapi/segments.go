@@ -4,7 +4,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -117,14 +116,10 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 //	@Failure		400		{object}	Problem	"Bad limit"
 //	@Router			/segments [get]
 func (h *handler) listSegments(w http.ResponseWriter, r *http.Request) {
-	limit := defaultPageSize
-	if s := r.URL.Query().Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > maxPageSize {
-			statusProblem(w, r, http.StatusBadRequest, "limit must be a whole number from 1 to 1000")
-			return
-		}
-		limit = n
+	limit, err := limitParam(r.URL.Query().Get("limit"))
+	if err != nil {
+		statusProblem(w, r, http.StatusBadRequest, err.Error())
+		return
 	}
 	page, err := h.segments.List(r.Context(), r.URL.Query().Get("after"), limit)
 	if err != nil {

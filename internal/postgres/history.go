@@ -1,0 +1,77 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/domain"
+	"segments/internal/service"
+)
+
+var _ service.HistoryStore = (*HistoryRepo)(nil)
+
+// HistoryRepo reads membership history.
+type HistoryRepo struct {
+	pool *pgxpool.Pool
+	// copyTimeout bounds one CSV export on the server.
+	copyTimeout time.Duration
+}
+
+// NewHistoryRepo returns a HistoryRepo on pool; one CSV export may run for
+// up to copyTimeout.
+func NewHistoryRepo(pool *pgxpool.Pool, copyTimeout time.Duration) *HistoryRepo {
+	return &HistoryRepo{pool: pool, copyTimeout: copyTimeout}
+}
+
+// CopyHistoryCSV streams q's history as CSV to w with COPY … TO STDOUT:
+// PostgreSQL formats the rows and quotes per RFC 4180, pgx hands each chunk
+// to w as it arrives. COPY takes no bind parameters, so the period's bounds
+// and the user id, all typed values of ours, are written into the statement.
+func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery, w io.Writer) error {
+	const query = `COPY (
+		SELECT user_id, slug AS segment, operation,
+		       to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS datetime,
+		       reason
+		FROM membership_history
+		WHERE at >= '%s' AND at < '%s'%s
+		ORDER BY at, id
+	) TO STDOUT WITH (FORMAT csv, HEADER true, DELIMITER ';')`
+	user := ""
+	if q.UserID != 0 {
+		user = fmt.Sprintf(" AND user_id = %d", q.UserID)
+	}
+	sql := fmt.Sprintf(query, q.Period.Start().Format(time.RFC3339), q.Period.End().Format(time.RFC3339), user)
+
+	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		timeout := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())
+		if _, err := tx.Exec(ctx, timeout); err != nil {
+			return fmt.Errorf("set export timeout: %w", err)
+		}
+		if _, err := tx.Conn().PgConn().CopyTo(ctx, w, sql); err != nil {
+			return fmt.Errorf("export history of %s (user %d): %w", q.Period, q.UserID, err)
+		}
+		return nil
+	})
+}
+
+// UserHistory returns up to limit events of the user in [from, to) after
+// the cursor, in (at, id) order, from the primary key.
+func (r *HistoryRepo) UserHistory(ctx context.Context, userID int64, from, to time.Time, after service.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
+	const q = `
+		SELECT id, user_id, slug, operation, reason, at
+		FROM membership_history
+		WHERE user_id = $1 AND at >= $2 AND at < $3 AND (at, id) > ($4, $5)
+		ORDER BY at, id
+		LIMIT $6`
+	rows, _ := r.pool.Query(ctx, q, userID, from, to, after.At, after.ID, limit)
+	events, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.HistoryEvent])
+	if err != nil {
+		return nil, fmt.Errorf("history of user %d: %w", userID, err)
+	}
+	return events, nil
+}

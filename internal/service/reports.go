@@ -1,0 +1,143 @@
+package service
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"segments/internal/domain"
+)
+
+// HistoryStore is the storage Reports needs.
+type HistoryStore interface {
+	// CopyHistoryCSV streams q's history to w as CSV, in time order, with
+	// the database doing the formatting; memory stays flat whatever the size.
+	CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery, w io.Writer) error
+	// UserHistory returns up to limit events of the user in [from, to) that
+	// come after the cursor, in time order.
+	UserHistory(ctx context.Context, userID int64, from, to time.Time, after HistoryCursor, limit int) ([]domain.HistoryEvent, error)
+}
+
+// HistoryCursor is a position in time order: after the event at At with id
+// ID. The zero cursor is the beginning.
+type HistoryCursor struct {
+	At time.Time
+	ID int64
+}
+
+// String encodes the cursor for a next_after parameter.
+func (c HistoryCursor) String() string {
+	return strconv.FormatInt(c.At.UnixMicro(), 10) + "-" + strconv.FormatInt(c.ID, 10)
+}
+
+// ParseHistoryCursor reads what HistoryCursor.String wrote.
+func ParseHistoryCursor(s string) (HistoryCursor, error) {
+	at, id, ok := strings.Cut(s, "-")
+	micros, err1 := strconv.ParseInt(at, 10, 64)
+	n, err2 := strconv.ParseInt(id, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return HistoryCursor{}, fmt.Errorf("cursor %q is not one this service gave out", s)
+	}
+	return HistoryCursor{At: time.UnixMicro(micros).UTC(), ID: n}, nil
+}
+
+// HistoryPage is one page of a user's history.
+type HistoryPage struct {
+	Events []domain.HistoryEvent
+	// Next is the cursor of the next page; nil on the last page.
+	Next *HistoryCursor
+}
+
+// Reports hands out signed links to history reports and produces them.
+//
+// A link's token carries the period, the user (or none) and its expiry,
+// signed with HMAC-SHA256 under a secret all replicas share: nothing is
+// stored per report, any replica can serve any link, and a token cannot be
+// guessed or edited.
+type Reports struct {
+	store   HistoryStore
+	secret  []byte
+	linkTTL time.Duration
+	now     func() time.Time
+}
+
+// NewReports returns Reports signing with secret; links live for linkTTL.
+func NewReports(store HistoryStore, secret []byte, linkTTL time.Duration, now func() time.Time) *Reports {
+	return &Reports{store: store, secret: secret, linkTTL: linkTTL, now: now}
+}
+
+// tokenVersion prefixes every token payload, so that the format can change.
+const tokenVersion = "v1"
+
+var b64 = base64.RawURLEncoding
+
+// Link returns the token of a report of q and when it expires.
+func (r *Reports) Link(q domain.HistoryQuery) (token string, expiresAt time.Time) {
+	expiresAt = r.now().Add(r.linkTTL).Truncate(time.Second)
+	payload := b64.EncodeToString(fmt.Appendf(nil, "%s.%s.%d.%d", tokenVersion, q.Period, q.UserID, expiresAt.Unix()))
+	return payload + "." + r.sign(payload), expiresAt.UTC()
+}
+
+func (r *Reports) sign(payload string) string {
+	mac := hmac.New(sha256.New, r.secret)
+	mac.Write([]byte(payload))
+	return b64.EncodeToString(mac.Sum(nil))
+}
+
+// Open checks a token and returns the report it names. A token that is
+// malformed, tampered with, signed under another secret or expired gives
+// domain.ErrForbidden.
+func (r *Reports) Open(token string) (domain.HistoryQuery, error) {
+	bad := domain.Forbiddenf("the report link is not valid; ask for a new one")
+	payload, sig, ok := strings.Cut(token, ".")
+	if !ok || !hmac.Equal([]byte(sig), []byte(r.sign(payload))) {
+		return domain.HistoryQuery{}, bad
+	}
+	raw, err := b64.Strict().DecodeString(payload)
+	if err != nil {
+		return domain.HistoryQuery{}, bad
+	}
+	parts := strings.Split(string(raw), ".")
+	if len(parts) != 4 || parts[0] != tokenVersion {
+		return domain.HistoryQuery{}, bad
+	}
+	period, err1 := domain.ParsePeriod(parts[1])
+	userID, err2 := strconv.ParseInt(parts[2], 10, 64)
+	exp, err3 := strconv.ParseInt(parts[3], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || userID < 0 {
+		return domain.HistoryQuery{}, bad
+	}
+	if !r.now().Before(time.Unix(exp, 0)) {
+		return domain.HistoryQuery{}, domain.Forbiddenf("the report link expired at %s; ask for a new one", time.Unix(exp, 0).UTC().Format(time.RFC3339))
+	}
+	return domain.HistoryQuery{Period: period, UserID: userID}, nil
+}
+
+// WriteCSV streams the report of q to w: a header line
+// user_id;segment;operation;datetime;reason, then one line per event in
+// time order, times in RFC 3339 UTC.
+func (r *Reports) WriteCSV(ctx context.Context, q domain.HistoryQuery, w io.Writer) error {
+	return r.store.CopyHistoryCSV(ctx, q, w)
+}
+
+// UserHistory returns up to limit events of the user in [from, to) after
+// the cursor, and the cursor of the next page if there is one.
+func (r *Reports) UserHistory(ctx context.Context, userID int64, from, to time.Time, after HistoryCursor, limit int) (HistoryPage, error) {
+	events, err := r.store.UserHistory(ctx, userID, from, to, after, limit+1)
+	if err != nil {
+		return HistoryPage{}, err
+	}
+	page := HistoryPage{Events: events}
+	if len(events) > limit {
+		page.Events = events[:limit]
+		last := events[limit-1]
+		page.Next = &HistoryCursor{At: last.At, ID: last.ID}
+	}
+	return page, nil
+}

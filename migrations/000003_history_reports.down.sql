@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS membership_history_at_idx;
