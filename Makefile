@@ -25,8 +25,15 @@ run: build ## run the whole service (Docker Compose if a Docker engine answers, 
 	fi
 
 .PHONY: test
-test: lint docs-check ## everything CI runs: lint, docs check, unit and integration tests
+test: lint docs-check test-go e2e ## everything CI runs: lint, docs check, Go tests, end-to-end checks
+
+.PHONY: test-go
+test-go: ## unit and integration tests (real Postgres and Redis), with the race detector
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+.PHONY: e2e
+e2e: ## OpenAPI lint, Postman collection (newman), Swagger UI in headless Chromium
+	e2e/run.sh
 
 .PHONY: lint
 lint: ## gofmt and go vet

@@ -34,6 +34,7 @@ const docTemplate = `{
                     "reports"
                 ],
                 "summary": "Get a link to a month's history as CSV",
+                "operationId": "createHistoryReport",
                 "parameters": [
                     {
                         "description": "Which history",
@@ -90,6 +91,7 @@ const docTemplate = `{
                     "reports"
                 ],
                 "summary": "Download a history report",
+                "operationId": "downloadHistoryReport",
                 "parameters": [
                     {
                         "type": "string",
@@ -125,6 +127,7 @@ const docTemplate = `{
                     "segments"
                 ],
                 "summary": "List segments",
+                "operationId": "listSegments",
                 "parameters": [
                     {
                         "maximum": 1000,
@@ -169,6 +172,7 @@ const docTemplate = `{
                     "segments"
                 ],
                 "summary": "Create a segment",
+                "operationId": "createSegment",
                 "parameters": [
                     {
                         "description": "The new segment",
@@ -235,6 +239,7 @@ const docTemplate = `{
                     "segments"
                 ],
                 "summary": "Get a segment",
+                "operationId": "getSegment",
                 "parameters": [
                     {
                         "type": "string",
@@ -268,6 +273,7 @@ const docTemplate = `{
                     "segments"
                 ],
                 "summary": "Delete a segment",
+                "operationId": "deleteSegment",
                 "parameters": [
                     {
                         "type": "string",
@@ -303,6 +309,7 @@ const docTemplate = `{
                     "users"
                 ],
                 "summary": "Register users in bulk",
+                "operationId": "registerUsers",
                 "parameters": [
                     {
                         "description": "Ids to register",
@@ -358,6 +365,7 @@ const docTemplate = `{
                     "users"
                 ],
                 "summary": "Get a user's history",
+                "operationId": "getUserHistory",
                 "parameters": [
                     {
                         "minimum": 1,
@@ -421,6 +429,7 @@ const docTemplate = `{
                     "users"
                 ],
                 "summary": "Get a user's segments",
+                "operationId": "getUserSegments",
                 "parameters": [
                     {
                         "minimum": 1,
@@ -458,6 +467,7 @@ const docTemplate = `{
                     "users"
                 ],
                 "summary": "Add and remove a user's segments",
+                "operationId": "changeUserSegments",
                 "parameters": [
                     {
                         "minimum": 1,
@@ -620,11 +630,11 @@ const docTemplate = `{
             "properties": {
                 "detail": {
                     "type": "string",
-                    "example": "must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+                    "example": "must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not \"voice messages\""
                 },
                 "pointer": {
                     "type": "string",
-                    "example": "#/add/0"
+                    "example": "#/slug"
                 }
             }
         },
@@ -691,7 +701,7 @@ const docTemplate = `{
             "properties": {
                 "detail": {
                     "type": "string",
-                    "example": "the request breaks 1 rule"
+                    "example": "slug must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not \"voice messages\""
                 },
                 "errors": {
                     "description": "Errors lists, for validation problems, each wrong field as a JSON\npointer into the request body.",
@@ -723,7 +733,10 @@ const docTemplate = `{
                     "type": "array",
                     "items": {
                         "type": "string"
-                    }
+                    },
+                    "example": [
+                        "NO_SUCH_SEGMENT"
+                    ]
                 }
             }
         },

@@ -18,21 +18,21 @@ type Problem struct {
 	Type   string `json:"type" example:"urn:segments:problem:validation-failed"`
 	Title  string `json:"title" example:"Request is invalid"`
 	Status int    `json:"status" example:"422"`
-	Detail string `json:"detail,omitempty" example:"the request breaks 1 rule"`
+	Detail string `json:"detail,omitempty" example:"slug must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not \"voice messages\""`
 	// Errors lists, for validation problems, each wrong field as a JSON
 	// pointer into the request body.
 	Errors []FieldProblem `json:"errors,omitempty"`
 	// UnknownSlugs lists, for unknown-segments problems, every slug in the
 	// request that names no segment.
-	UnknownSlugs []string `json:"unknown_slugs,omitempty"`
+	UnknownSlugs []string `json:"unknown_slugs,omitempty" example:"NO_SUCH_SEGMENT"`
 	// RequestID lets the operator find the request in the logs.
 	RequestID string `json:"request_id,omitempty" example:"7f3c2a9e5b1d4c80"`
 }
 
 // FieldProblem is one wrong field of a request.
 type FieldProblem struct {
-	Pointer string `json:"pointer" example:"#/add/0"`
-	Detail  string `json:"detail" example:"must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"`
+	Pointer string `json:"pointer" example:"#/slug"`
+	Detail  string `json:"detail" example:"must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not \"voice messages\""`
 }
 
 // Problem types. Clients may switch on them; titles are for humans.

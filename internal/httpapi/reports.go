@@ -48,6 +48,7 @@ type UserHistory struct {
 
 // createReport godoc
 //
+//	@ID				createHistoryReport
 //	@Summary		Get a link to a month's history as CSV
 //	@Description	Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
 //	@Tags			reports
@@ -91,6 +92,7 @@ func (h *handler) baseURL(r *http.Request) string {
 
 // downloadReport godoc
 //
+//	@ID				downloadHistoryReport
 //	@Summary		Download a history report
 //	@Description	Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.
 //	@Tags			reports
@@ -141,6 +143,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 // userHistory godoc
 //
+//	@ID				getUserHistory
 //	@Summary		Get a user's history
 //	@Description	The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
 //	@Tags			users

@@ -71,6 +71,7 @@ func segmentFrom(s domain.Segment) Segment {
 
 // createSegment godoc
 //
+//	@ID				createSegment
 //	@Summary		Create a segment
 //	@Description	Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
 //	@Tags			segments
@@ -106,6 +107,7 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 
 // listSegments godoc
 //
+//	@ID				listSegments
 //	@Summary		List segments
 //	@Description	Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.
 //	@Tags			segments
@@ -138,6 +140,7 @@ func (h *handler) listSegments(w http.ResponseWriter, r *http.Request) {
 
 // getSegment godoc
 //
+//	@ID			getSegment
 //	@Summary	Get a segment
 //	@Tags		segments
 //	@Produce	json
@@ -156,6 +159,7 @@ func (h *handler) getSegment(w http.ResponseWriter, r *http.Request) {
 
 // deleteSegment godoc
 //
+//	@ID				deleteSegment
 //	@Summary		Delete a segment
 //	@Description	Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment.
 //	@Tags			segments

@@ -83,6 +83,7 @@ func userID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 
 // registerUsers godoc
 //
+//	@ID				registerUsers
 //	@Summary		Register users in bulk
 //	@Description	Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
 //	@Tags			users
@@ -110,6 +111,7 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 
 // userSegments godoc
 //
+//	@ID				getUserSegments
 //	@Summary		Get a user's segments
 //	@Description	Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
 //	@Tags			users
@@ -133,6 +135,7 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 
 // changeUserSegments godoc
 //
+//	@ID				changeUserSegments
 //	@Summary		Add and remove a user's segments
 //	@Description	Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
 //	@Tags			users
