@@ -28,8 +28,9 @@ run: build ## run the whole service (Docker Compose if a Docker engine answers, 
 test: lint docs-check test-go e2e ## everything CI runs: lint, docs check, Go tests, end-to-end checks
 
 .PHONY: test-go
-test-go: ## unit and integration tests (real Postgres and Redis), with the race detector
+test-go: ## unit and integration tests (real Postgres and Redis), with the race detector; deployment file checks
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd deploy && $(GO) test -count=1 ./...
 
 .PHONY: e2e
 e2e: ## OpenAPI lint, Postman collection (newman), Swagger UI in headless Chromium
@@ -39,6 +40,7 @@ e2e: ## OpenAPI lint, Postman collection (newman), Swagger UI in headless Chromi
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy && $(GO) vet ./...
 
 .PHONY: docs
 docs: ## regenerate the OpenAPI spec in docs/ from the annotations

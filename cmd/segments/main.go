@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynqmon"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -22,6 +24,7 @@ import (
 
 	"segments/internal/config"
 	"segments/internal/httpapi"
+	"segments/internal/metrics"
 	"segments/internal/postgres"
 	"segments/internal/service"
 	"segments/internal/worker"
@@ -36,6 +39,8 @@ commands:
   migrate up       apply every pending migration
   migrate down     roll back the newest migration
   migrate version  print the schema version
+  probe [path]     GET path (default /healthz) on HTTP_ADDR; exit 0 on 200
+                   (a container health check: the image has no shell)
 
 Configuration comes from environment variables; see .env.example.
 `
@@ -71,6 +76,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return migrateCmd(cfg, args[2:], stdout)
 	case "serve", "worker", "all":
 		return serve(ctx, cfg, log, cmd != "worker", cmd != "serve")
+	case "probe":
+		return probe(ctx, cfg, args[2:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -109,7 +116,8 @@ func migrateCmd(cfg config.Config, args []string, stdout io.Writer) error {
 }
 
 // serve runs the API, the worker, or both, until ctx ends; then it shuts
-// down in order: HTTP, worker, Redis, Postgres.
+// down in order: HTTP, worker, Redis, Postgres. A worker alone still
+// serves /healthz, /readyz and /metrics on HTTP_ADDR.
 func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bool) error {
 	shown := cfg.Redacted()
 	log.Info("starting", zap.Bool("api", api), zap.Bool("worker", work),
@@ -131,14 +139,39 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	defer rdb.Close()
 
+	m := metrics.New()
+	m.WatchPool(pool)
 	tasks := worker.NewClient(rdb, cfg.Worker.Queue)
-	errc := make(chan error, 2)
-	var srv *http.Server
+	opts := httpapi.Options{
+		Checks: []httpapi.Check{
+			{Name: "postgres", Ping: pool.Ping},
+			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+		},
+		Log:            log.Named("http"),
+		RequestTimeout: cfg.HTTP.RequestTimeout,
+		Observer:       m,
+		Metrics:        m.Handler(),
+	}
 	if api {
-		srv, err = startAPI(cfg, log, pool, rdb, tasks, errc)
-		if err != nil {
+		if err := apiOptions(&opts, cfg, log, pool, rdb, tasks, m); err != nil {
 			return err
 		}
+	}
+	if cfg.Admin.QueuesUI {
+		conn, err := asynq.ParseRedisURI(cfg.Redis.URL)
+		if err != nil {
+			return fmt.Errorf("parse redis url: %w", err)
+		}
+		ui := asynqmon.New(asynqmon.Options{RootPath: httpapi.QueuesUIPath, RedisConnOpt: conn})
+		defer ui.Close()
+		opts.QueuesUI = ui
+		log.Warn("the task queues UI is on at " + httpapi.QueuesUIPath + ": it can delete and retry tasks; keep it to operators")
+	}
+
+	errc := make(chan error, 1)
+	srv, err := startHTTP(cfg, log, httpapi.NewRouter(opts), errc)
+	if err != nil {
+		return err
 	}
 	var wrk *worker.Server
 	if work {
@@ -149,10 +182,10 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 			SweepInterval:   cfg.Worker.SweepInterval,
 			SweepBatch:      cfg.Worker.SweepBatch,
 		}, worker.Services{
-			Expiry: service.NewExpiry(postgres.NewExpiryRepo(pool), log.Named("expiry")),
-			Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), tasks,
+			Expiry: service.NewExpiry(postgres.NewExpiryRepo(pool), m, log.Named("expiry")),
+			Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), tasks, m,
 				cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, log.Named("rollouts")),
-		}, log)
+		}, m, log)
 		if err := wrk.Start(); err != nil {
 			return err
 		}
@@ -165,13 +198,11 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		log.Error("server failed; shutting down", zap.Error(err))
 	}
 
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		if serr := srv.Shutdown(sctx); serr != nil {
-			log.Error("http shutdown", zap.Error(serr))
-		}
-		cancel()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Error("http shutdown", zap.Error(serr))
 	}
+	cancel()
 	if wrk != nil {
 		wrk.Shutdown()
 	}
@@ -179,33 +210,39 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	return err
 }
 
-func startAPI(cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, tasks *worker.Client, errc chan<- error) (*http.Server, error) {
+// apiOptions adds the API's services, and the metrics only the API
+// exports (queue sizes, business figures), to o.
+func apiOptions(o *httpapi.Options, cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, tasks *worker.Client, m *metrics.Metrics) error {
 	secret := []byte(cfg.Reports.Secret)
 	if len(secret) == 0 {
 		secret = make([]byte, 32)
-		_, _ = rand.Read(secret)
+		if _, err := rand.Read(secret); err != nil {
+			return err
+		}
 		log.Warn("REPORT_SECRET is not set: report links are signed with a random secret and work only on this process until it stops")
 	}
-	router := httpapi.NewRouter(httpapi.Options{
-		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, log.Named("segments")),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, time.Now, log.Named("users")),
-		Reports: service.NewReports(postgres.NewHistoryRepo(pool, cfg.Reports.Timeout), secret,
-			cfg.Reports.LinkTTL, time.Now),
-		Checks: []httpapi.Check{
-			{Name: "postgres", Ping: pool.Ping},
-			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
-		},
-		Log:            log.Named("http"),
-		RequestTimeout: cfg.HTTP.RequestTimeout,
-		ReportTimeout:  cfg.Reports.Timeout,
-		PublicURL:      cfg.Reports.PublicURL,
-	})
+	segments := postgres.NewSegmentRepo(pool)
+	o.Segments = service.NewSegments(segments, tasks, m, log.Named("segments"))
+	o.Users = service.NewUsers(postgres.NewUserRepo(pool), tasks, m, time.Now, log.Named("users"))
+	o.Reports = service.NewReports(postgres.NewHistoryRepo(pool, cfg.Reports.Timeout), m, secret, cfg.Reports.LinkTTL, time.Now)
+	o.ReportTimeout = cfg.Reports.Timeout
+	o.PublicURL = cfg.Reports.PublicURL
+
+	m.WatchQueue(asynq.NewInspectorFromRedisClient(rdb), cfg.Worker.Queue, log)
+	m.WatchStats(func(ctx context.Context) (metrics.Stats, error) {
+		s, err := segments.Stats(ctx)
+		return metrics.Stats{Segments: s.Segments, Rollouts: s.Rollouts, RolloutUsersLeft: s.RolloutUsersLeft}, err
+	}, log)
+	return nil
+}
+
+func startHTTP(cfg config.Config, log *zap.Logger, handler http.Handler, errc chan<- error) (*http.Server, error) {
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTP.Addr, err)
 	}
 	srv := &http.Server{
-		Handler:           router,
+		Handler:           handler,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
@@ -219,6 +256,35 @@ func startAPI(cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis
 		}
 	}()
 	return srv, nil
+}
+
+// probe asks this host's service for a path and succeeds on 200.
+func probe(ctx context.Context, cfg config.Config, args []string, stdout io.Writer) error {
+	path := "/healthz"
+	if len(args) > 0 {
+		path = args[0]
+	}
+	_, port, err := net.SplitHostPort(cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR %q: %w", cfg.HTTP.Addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+port+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	fmt.Fprintf(stdout, "%d %s", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %d", path, resp.StatusCode)
+	}
+	return nil
 }
 
 func openRedis(url string) (*redis.Client, error) {

@@ -19,6 +19,7 @@ type Config struct {
 	Redis    Redis
 	Worker   Worker
 	Reports  Reports
+	Admin    Admin
 	Log      Log
 	// ShutdownTimeout bounds a graceful shutdown.
 	ShutdownTimeout time.Duration
@@ -77,6 +78,13 @@ type Reports struct {
 	Timeout time.Duration
 }
 
+// Admin configures operator tools.
+type Admin struct {
+	// QueuesUI serves the asynq web UI (asynqmon) under /admin/queues. It
+	// can delete and retry tasks: expose it to operators only.
+	QueuesUI bool
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error.
@@ -120,6 +128,9 @@ func Load(getenv func(string) string) (Config, error) {
 			PublicURL: p.url("PUBLIC_BASE_URL"),
 			Timeout:   p.duration("REPORT_TIMEOUT", 10*time.Minute),
 		},
+		Admin: Admin{
+			QueuesUI: p.boolean("ADMIN_QUEUES_UI", false),
+		},
 		Log: Log{
 			Level:  p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 			Format: p.oneOf("LOG_FORMAT", "json", "json", "console"),
@@ -158,6 +169,19 @@ func (p *parser) str(key, def string) string {
 		return v
 	}
 	return def
+}
+
+func (p *parser) boolean(key string, def bool) bool {
+	v := p.getenv(key)
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		p.errs = append(p.errs, fmt.Errorf("%s=%q: want true or false", key, v))
+		return def
+	}
+	return b
 }
 
 // secret reads a secret of at least minLen bytes; empty is allowed.

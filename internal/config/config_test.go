@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -62,5 +63,34 @@ func TestRedactedMasksPasswords(t *testing.T) {
 	}
 	if !strings.Contains(c.Postgres.URL, "hunter2") {
 		t.Error("Redacted changed the original")
+	}
+}
+
+// TestEveryKeyIsInEnvExample checks that .env.example lists every key Load
+// reads, and no other.
+func TestEveryKeyIsInEnvExample(t *testing.T) {
+	read := map[string]bool{}
+	if _, err := config.Load(func(k string) string { read[k] = true; return "" }); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("../../.env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, _, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			documented[k] = true
+		}
+	}
+	for k := range read {
+		if !documented[k] {
+			t.Errorf("%s is read but not in .env.example", k)
+		}
+	}
+	for k := range documented {
+		if !read[k] {
+			t.Errorf(".env.example lists %s, which nothing reads", k)
+		}
 	}
 }

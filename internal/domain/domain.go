@@ -134,4 +134,13 @@ type ChangeResult struct {
 	// Segments is the user's full list of memberships after the change,
 	// sorted by slug.
 	Segments []Membership
+	// Appeared counts the memberships the change created (Added less the
+	// ones whose expiry changed).
+	Appeared int
+	// Expired counts the user's expired memberships removed before the
+	// change (history reason ttl).
+	Expired int
+	// AutoAdded counts the percent segments the user got on being
+	// registered by this change.
+	AutoAdded int
 }

@@ -50,9 +50,9 @@ func newAPI(t *testing.T) *testAPI {
 	a := &testAPI{t: t, pool: pool}
 	clock := func() time.Time { return time.Now().Add(time.Duration(a.skew.Load())) }
 	a.h = httpapi.NewRouter(httpapi.Options{
-		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, zap.NewNop()),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, time.Now, zap.NewNop()),
-		Reports:  service.NewReports(postgres.NewHistoryRepo(pool, time.Minute), []byte(testSecret), 24*time.Hour, clock),
+		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), tasks, service.NopRecorder{}, zap.NewNop()),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), tasks, service.NopRecorder{}, time.Now, zap.NewNop()),
+		Reports:  service.NewReports(postgres.NewHistoryRepo(pool, time.Minute), service.NopRecorder{}, []byte(testSecret), 24*time.Hour, clock),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

@@ -17,14 +17,31 @@ import (
 
 type ctxKey int
 
-const requestIDKey ctxKey = 0
+const requestKey ctxKey = 0
 
 // requestIDHeader carries the request id in and out.
 const requestIDHeader = "X-Request-ID"
 
+// requestState is what the middleware keeps of a request in its context.
+type requestState struct {
+	id string
+	// unmatched is set when no route matched (a 404 or 405 of the router).
+	unmatched bool
+}
+
 func requestIDFrom(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
+	if st, ok := ctx.Value(requestKey).(*requestState); ok {
+		return st.id
+	}
+	return ""
+}
+
+// markUnmatched records that no route matched the request, so that it is
+// counted under the route "unmatched", not under a mount's pattern.
+func markUnmatched(ctx context.Context) {
+	if st, ok := ctx.Value(requestKey).(*requestState); ok {
+		st.unmatched = true
+	}
 }
 
 // loggerFrom returns the request's logger, which stamps every line with the
@@ -57,7 +74,7 @@ func requestContext(log *zap.Logger) func(http.Handler) http.Handler {
 				id = fmt.Sprintf("%016x", rand.Uint64())
 			}
 			w.Header().Set(requestIDHeader, id)
-			ctx := context.WithValue(r.Context(), requestIDKey, id)
+			ctx := context.WithValue(r.Context(), requestKey, &requestState{id: id})
 			ctx = logctx.With(ctx, log, zap.String("request_id", id))
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
@@ -78,15 +95,15 @@ func deadline(timeout time.Duration) func(http.Handler) http.Handler {
 	}
 }
 
-// accessLog logs one line per request, after it is served, and turns a
-// panic into a logged 500.
-func accessLog(log *zap.Logger) func(http.Handler) http.Handler {
+// accessLog logs one line per request, after it is served, reports it to
+// the observer (if any), and turns a panic into a logged 500.
+func accessLog(log *zap.Logger, observer RequestObserver) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
-		return accessLogHandler(log, next)
+		return accessLogHandler(log, observer, next)
 	}
 }
 
-func accessLogHandler(log *zap.Logger, next http.Handler) http.Handler {
+func accessLogHandler(log *zap.Logger, observer RequestObserver, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
@@ -100,9 +117,16 @@ func accessLogHandler(log *zap.Logger, next http.Handler) http.Handler {
 					statusProblem(ww, r, http.StatusInternalServerError, "the server failed to handle the request; report the request_id to the operators")
 				}
 			}
-			status := ww.Status()
+			status, elapsed := ww.Status(), time.Since(start)
 			if status == 0 {
 				status = http.StatusOK
+			}
+			route := chi.RouteContext(r.Context()).RoutePattern()
+			if st, ok := r.Context().Value(requestKey).(*requestState); ok && st.unmatched {
+				route = ""
+			}
+			if observer != nil {
+				observer.ObserveRequest(route, r.Method, status, elapsed)
 			}
 			if !log.Core().Enabled(zap.InfoLevel) {
 				return
@@ -111,10 +135,10 @@ func accessLogHandler(log *zap.Logger, next http.Handler) http.Handler {
 				zap.String("request_id", requestIDFrom(r.Context())),
 				zap.String("method", r.Method),
 				zap.String("path", r.URL.Path),
-				zap.String("route", chi.RouteContext(r.Context()).RoutePattern()),
+				zap.String("route", route),
 				zap.Int("status", status),
 				zap.Int("bytes", ww.BytesWritten()),
-				zap.Duration("duration", time.Since(start)),
+				zap.Duration("duration", elapsed),
 			)
 		}()
 		next.ServeHTTP(ww, r)

@@ -13,7 +13,7 @@ import (
 func TestPanicBecomesLoggedProblem(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	log := zap.New(core)
-	h := requestContext(log)(accessLog(log)(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	h := requestContext(log)(accessLog(log, nil)(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
 	})))
 	rec := httptest.NewRecorder()

@@ -36,7 +36,8 @@ type Options struct {
 	Reports  *service.Reports
 	// Checks are the dependencies /readyz asks.
 	Checks []Check
-	Log    *zap.Logger
+	// Log receives access logs and errors; nil discards them.
+	Log *zap.Logger
 	// RequestTimeout bounds each request's work; zero means no bound.
 	RequestTimeout time.Duration
 	// ReportTimeout bounds a report download instead.
@@ -44,7 +45,22 @@ type Options struct {
 	// PublicURL is the scheme and host report links start with; empty
 	// takes them from each request.
 	PublicURL string
+	// Observer, if set, records every request (route pattern, method,
+	// status, duration).
+	Observer RequestObserver
+	// Metrics, if set, is served at /metrics.
+	Metrics http.Handler
+	// QueuesUI, if set, is served under /admin/queues.
+	QueuesUI http.Handler
 }
+
+// RequestObserver records served requests, for monitoring.
+type RequestObserver interface {
+	ObserveRequest(route, method string, status int, d time.Duration)
+}
+
+// QueuesUIPath is where the task queues' web UI is mounted.
+const QueuesUIPath = "/admin/queues"
 
 type handler struct {
 	segments  *service.Segments
@@ -55,8 +71,13 @@ type handler struct {
 	publicURL string
 }
 
-// NewRouter returns the service's HTTP handler: every route is here.
+// NewRouter returns the service's HTTP handler: every route is here. With
+// no services in o it serves only the operational routes (/healthz,
+// /readyz, /metrics), as a worker does.
 func NewRouter(o Options) http.Handler {
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
 	h := &handler{
 		segments:  o.Segments,
 		users:     o.Users,
@@ -67,11 +88,13 @@ func NewRouter(o Options) http.Handler {
 	}
 
 	r := chi.NewRouter()
-	r.Use(requestContext(o.Log), accessLog(o.Log))
+	r.Use(requestContext(o.Log), accessLog(o.Log, o.Observer))
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		markUnmatched(r.Context())
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		markUnmatched(req.Context())
 		allowed := allowedMethods(r, req.URL.Path)
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
 		statusProblem(w, req, http.StatusMethodNotAllowed,
@@ -80,6 +103,16 @@ func NewRouter(o Options) http.Handler {
 
 	r.With(deadline(o.RequestTimeout)).Get("/healthz", h.healthz)
 	r.With(deadline(o.RequestTimeout)).Get("/readyz", h.readyz)
+	if o.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", o.Metrics)
+	}
+	if o.QueuesUI != nil {
+		r.Handle(QueuesUIPath, o.QueuesUI)
+		r.Handle(QueuesUIPath+"/*", o.QueuesUI)
+	}
+	if o.Segments == nil {
+		return r
+	}
 	r.Get("/swagger", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/*", httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json")))

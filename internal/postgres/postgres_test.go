@@ -110,8 +110,8 @@ func TestExpiredMembershipIsRecordedAsTTLAtItsExpiry(t *testing.T) {
 
 	// Deleting segment A removes the expired membership: history says it
 	// went by TTL when it expired, not by the deletion.
-	if err := segs.DeleteSegment(t.Context(), "A"); err != nil {
-		t.Fatal(err)
+	if expired, deleted, err := segs.DeleteSegment(t.Context(), "A"); err != nil || expired != 1 || deleted != 0 {
+		t.Fatalf("delete A: %d expired, %d deleted, %v", expired, deleted, err)
 	}
 	// A change for the user purges B the same way before anything else.
 	res, err := users.ChangeUserSegments(t.Context(), domain.SegmentChange{UserID: 1, Add: []string{"B"}})
@@ -120,6 +120,9 @@ func TestExpiredMembershipIsRecordedAsTTLAtItsExpiry(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"B"}, res.Added); diff != "" {
 		t.Errorf("added (-want +got):\n%s", diff)
+	}
+	if res.Expired != 1 || res.Appeared != 1 || res.AutoAdded != 0 {
+		t.Errorf("counts: %d expired, %d appeared, %d auto; want 1, 1, 0", res.Expired, res.Appeared, res.AutoAdded)
 	}
 
 	h := history(t, pool, 1)
@@ -161,7 +164,7 @@ func TestSegmentStoreErrors(t *testing.T) {
 	if _, err := repo.Segment(t.Context(), "B"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("get missing: %v, want ErrNotFound", err)
 	}
-	if err := repo.DeleteSegment(t.Context(), "B"); !errors.Is(err, domain.ErrNotFound) {
+	if _, _, err := repo.DeleteSegment(t.Context(), "B"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("delete missing: %v, want ErrNotFound", err)
 	}
 }

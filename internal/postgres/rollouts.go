@@ -97,10 +97,10 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 // RolloutBatch claims one unfinished batch that no other transaction holds,
 // gives the segment (history reason auto, source auto) to the chosen users
 // in it who lack it, and marks the batch done, all in one transaction. It
-// reports false when there was no batch to claim.
-func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (bool, error) {
-	claimed := false
-	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+// reports false when there was no batch to claim, and how many memberships
+// it created.
+func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claimed bool, added int64, err error) {
+	err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		// FOR KEY SHARE of the segment holds off its deletion until commit.
 		const claim = `
 			SELECT b.first_user, b.last_user, s.slug, s.population_seq,
@@ -136,10 +136,13 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (bool, 
 				INSERT INTO memberships (user_id, segment_id, source)
 				SELECT id, $1, 'auto' FROM chosen ORDER BY id
 				ON CONFLICT (user_id, segment_id) DO NOTHING
+				RETURNING 1
+			), progress AS (
+				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM chosen)
+				WHERE id = $1
 			)
-			UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM chosen)
-			WHERE id = $1`
-		if _, err := tx.Exec(ctx, assign, segmentID, first, last, population, slug, thHash, thUser); err != nil {
+			SELECT count(*) FROM given`
+		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, thHash, thUser).Scan(&added); err != nil {
 			return fmt.Errorf("assign users %d..%d: %w", first, last, err)
 		}
 		const done = `UPDATE rollout_batches SET done = true WHERE segment_id = $1 AND first_user = $2`
@@ -147,9 +150,9 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (bool, 
 		return err
 	})
 	if err != nil {
-		return false, fmt.Errorf("rollout batch of segment %d: %w", segmentID, err)
+		return false, 0, fmt.Errorf("rollout batch of segment %d: %w", segmentID, err)
 	}
-	return claimed, nil
+	return claimed, added, nil
 }
 
 // FinishRollout marks a running rollout done if every batch is done, and

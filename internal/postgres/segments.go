@@ -114,12 +114,14 @@ func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]
 	return segs, nil
 }
 
-// DeleteSegment deletes the segment named slug and every membership in it
-// (history reason segment_deleted), or returns domain.ErrNotFound. The
-// segment's row is locked first, so a concurrent change that adds it to a
-// user either completes before the delete or finds the slug unknown.
-func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
-	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
+// DeleteSegment deletes the segment named slug and every membership in it,
+// or returns domain.ErrNotFound. Memberships that had expired are removed
+// first (history reason ttl), the rest as segment_deleted; it returns both
+// counts. The segment's row is locked first, so a concurrent change that
+// adds it to a user either completes before the delete or finds the slug
+// unknown.
+func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) (expired, deleted int64, err error) {
+	err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		const lock = `SELECT id FROM segments WHERE slug = $1 FOR UPDATE`
 		var id int64
 		err := tx.QueryRow(ctx, lock, slug).Scan(&id)
@@ -129,17 +131,68 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
 		if err != nil {
 			return fmt.Errorf("lock segment %s: %w", slug, err)
 		}
+		if err := setReason(ctx, tx, "ttl"); err != nil {
+			return err
+		}
+		const delExpired = `DELETE FROM memberships WHERE segment_id = $1 AND expires_at <= clock_timestamp()`
+		tag, err := tx.Exec(ctx, delExpired, id)
+		if err != nil {
+			return fmt.Errorf("delete expired members of %s: %w", slug, err)
+		}
+		expired = tag.RowsAffected()
 		if err := setReason(ctx, tx, "segment_deleted"); err != nil {
 			return err
 		}
 		const delMembers = `DELETE FROM memberships WHERE segment_id = $1`
-		if _, err := tx.Exec(ctx, delMembers, id); err != nil {
+		if tag, err = tx.Exec(ctx, delMembers, id); err != nil {
 			return fmt.Errorf("delete members of %s: %w", slug, err)
 		}
+		deleted = tag.RowsAffected()
 		const delSegment = `DELETE FROM segments WHERE id = $1`
 		if _, err := tx.Exec(ctx, delSegment, id); err != nil {
 			return fmt.Errorf("delete segment %s: %w", slug, err)
 		}
 		return nil
 	})
+	return expired, deleted, err
+}
+
+// SegmentStats are figures for monitoring.
+type SegmentStats struct {
+	Segments int64
+	// Rollouts counts percent segments by rollout status.
+	Rollouts map[string]int64
+	// RolloutUsersLeft is how many users unfinished rollouts have yet to
+	// reach.
+	RolloutUsersLeft int64
+}
+
+// Stats reads SegmentStats: one small scan of segments.
+func (r *SegmentRepo) Stats(ctx context.Context) (SegmentStats, error) {
+	const q = `
+		SELECT coalesce(rollout_status, 'manual'), count(*),
+		       coalesce(sum(rollout_total - rollout_assigned) FILTER (WHERE rollout_status = 'running'), 0)
+		FROM segments
+		GROUP BY 1`
+	s := SegmentStats{Rollouts: map[string]int64{}}
+	rows, err := r.pool.Query(ctx, q)
+	if err != nil {
+		return s, fmt.Errorf("segment stats: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			status   string
+			n, users int64
+		)
+		if err := rows.Scan(&status, &n, &users); err != nil {
+			return s, fmt.Errorf("segment stats: %w", err)
+		}
+		s.Segments += n
+		s.RolloutUsersLeft += users
+		if status != "manual" {
+			s.Rollouts[status] = n
+		}
+	}
+	return s, rows.Err()
 }

@@ -23,14 +23,15 @@ func NewUserRepo(pool *pgxpool.Pool) *UserRepo {
 	return &UserRepo{pool: pool}
 }
 
-// RegisterUsers registers the ids not yet known and returns how many were new.
-func (r *UserRepo) RegisterUsers(ctx context.Context, ids []int64) (int64, error) {
-	const q = `SELECT register_users($1)`
-	var n int64
-	if err := r.pool.QueryRow(ctx, q, ids).Scan(&n); err != nil {
-		return 0, fmt.Errorf("register %d users: %w", len(ids), err)
+// RegisterUsers registers the ids not yet known, giving them their percent
+// segments, and returns how many users were new and how many memberships
+// they got.
+func (r *UserRepo) RegisterUsers(ctx context.Context, ids []int64) (registered, autoAdded int64, err error) {
+	const q = `SELECT registered, auto_added FROM register_users($1)`
+	if err := r.pool.QueryRow(ctx, q, ids).Scan(&registered, &autoAdded); err != nil {
+		return 0, 0, fmt.Errorf("register %d users: %w", len(ids), err)
 	}
-	return n, nil
+	return registered, autoAdded, nil
 }
 
 // UserSegments returns the user's active memberships sorted by slug, and
@@ -112,11 +113,18 @@ func (r *UserRepo) ChangeUserSegments(ctx context.Context, c domain.SegmentChang
 			unknown = append(unknown, m.Slug)
 		case "removed":
 			res.Removed = append(res.Removed, m.Slug)
-		case "added", "kept":
+		case "expired":
+			res.Expired++
+		case "auto":
+			res.AutoAdded++
+		case "added", "renewed", "kept":
 			m.AddedAt, m.Source = *addedAt, *source
 			res.Segments = append(res.Segments, m)
-			if change == "added" {
+			if change != "kept" {
 				res.Added = append(res.Added, m.Slug)
+			}
+			if change == "added" {
+				res.Appeared++
 			}
 		}
 	}

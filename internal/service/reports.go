@@ -62,14 +62,15 @@ type HistoryPage struct {
 // guessed or edited.
 type Reports struct {
 	store   HistoryStore
+	rec     Recorder
 	secret  []byte
 	linkTTL time.Duration
 	now     func() time.Time
 }
 
 // NewReports returns Reports signing with secret; links live for linkTTL.
-func NewReports(store HistoryStore, secret []byte, linkTTL time.Duration, now func() time.Time) *Reports {
-	return &Reports{store: store, secret: secret, linkTTL: linkTTL, now: now}
+func NewReports(store HistoryStore, rec Recorder, secret []byte, linkTTL time.Duration, now func() time.Time) *Reports {
+	return &Reports{store: store, rec: rec, secret: secret, linkTTL: linkTTL, now: now}
 }
 
 // tokenVersion prefixes every token payload, so that the format can change.
@@ -123,7 +124,9 @@ func (r *Reports) Open(token string) (domain.HistoryQuery, error) {
 // user_id;segment;operation;datetime;reason, then one line per event in
 // time order, times in RFC 3339 UTC.
 func (r *Reports) WriteCSV(ctx context.Context, q domain.HistoryQuery, w io.Writer) error {
-	return r.store.CopyHistoryCSV(ctx, q, w)
+	err := r.store.CopyHistoryCSV(ctx, q, w)
+	r.rec.ReportDownloaded(q.UserID == 0, err == nil)
+	return err
 }
 
 // UserHistory returns up to limit events of the user in [from, to) after

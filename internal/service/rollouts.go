@@ -26,8 +26,8 @@ type RolloutStore interface {
 	// domain.ErrNotFound if the segment is gone.
 	PrepareRollout(ctx context.Context, segmentID int64, batchSize int) (domain.Rollout, error)
 	// RolloutBatch processes one unfinished batch no one else holds and
-	// reports whether there was one.
-	RolloutBatch(ctx context.Context, segmentID int64) (bool, error)
+	// reports whether there was one and how many memberships it created.
+	RolloutBatch(ctx context.Context, segmentID int64) (claimed bool, added int64, err error)
 	// FinishRollout marks the rollout done if every batch is, and returns
 	// it. It returns domain.ErrNotFound if the segment is gone.
 	FinishRollout(ctx context.Context, segmentID int64) (domain.Rollout, error)
@@ -47,6 +47,7 @@ var ErrRolloutIncomplete = errors.New("rollout incomplete: batches remain")
 type Rollouts struct {
 	store     RolloutStore
 	scheduler RolloutScheduler
+	rec       Recorder
 	workers   int
 	batchSize int
 	log       *zap.Logger
@@ -54,8 +55,8 @@ type Rollouts struct {
 
 // NewRollouts returns Rollouts on store, running batches of batchSize users
 // on workers connections at once.
-func NewRollouts(store RolloutStore, scheduler RolloutScheduler, workers, batchSize int, log *zap.Logger) *Rollouts {
-	return &Rollouts{store: store, scheduler: scheduler, workers: workers, batchSize: batchSize, log: log}
+func NewRollouts(store RolloutStore, scheduler RolloutScheduler, rec Recorder, workers, batchSize int, log *zap.Logger) *Rollouts {
+	return &Rollouts{store: store, scheduler: scheduler, rec: rec, workers: workers, batchSize: batchSize, log: log}
 }
 
 // Run carries the rollout of segment segmentID to the end. It is safe to
@@ -75,7 +76,8 @@ func (r *Rollouts) Run(ctx context.Context, segmentID int64) error {
 	for range r.workers {
 		g.Go(func() error {
 			for {
-				claimed, err := r.store.RolloutBatch(gctx, segmentID)
+				claimed, added, err := r.store.RolloutBatch(gctx, segmentID)
+				r.rec.MembershipsChanged("add", "auto", added)
 				if err != nil || !claimed {
 					return err
 				}

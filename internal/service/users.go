@@ -14,9 +14,10 @@ import (
 
 // UserStore is the storage Users needs. Every method is atomic.
 type UserStore interface {
-	// RegisterUsers registers the ids not yet known and returns how many
-	// were new.
-	RegisterUsers(ctx context.Context, ids []int64) (int64, error)
+	// RegisterUsers registers the ids not yet known, giving them their
+	// percent segments, and returns how many were new and how many
+	// memberships they got.
+	RegisterUsers(ctx context.Context, ids []int64) (registered, autoAdded int64, err error)
 	// UserSegments returns the user's active memberships sorted by slug and
 	// whether the user is registered.
 	UserSegments(ctx context.Context, userID int64) ([]domain.Membership, bool, error)
@@ -34,6 +35,7 @@ const scheduleTimeout = 500 * time.Millisecond
 type Users struct {
 	store    UserStore
 	expiries ExpiryScheduler
+	rec      Recorder
 	now      func() time.Time
 	log      *zap.Logger
 }
@@ -41,14 +43,17 @@ type Users struct {
 // NewUsers returns Users on store. Added memberships that expire are
 // scheduled for removal with expiries; now tells the time (time.Now in
 // production).
-func NewUsers(store UserStore, expiries ExpiryScheduler, now func() time.Time, log *zap.Logger) *Users {
-	return &Users{store: store, expiries: expiries, now: now, log: log}
+func NewUsers(store UserStore, expiries ExpiryScheduler, rec Recorder, now func() time.Time, log *zap.Logger) *Users {
+	return &Users{store: store, expiries: expiries, rec: rec, now: now, log: log}
 }
 
-// Register registers ids in bulk and returns how many were new. Registering
-// a known id again is a no-op.
+// Register registers ids in bulk, each new user with the percent segments
+// its buckets admit it to, and returns how many were new. Registering a
+// known id again is a no-op.
 func (u *Users) Register(ctx context.Context, ids []int64) (int64, error) {
-	return u.store.RegisterUsers(ctx, ids)
+	registered, autoAdded, err := u.store.RegisterUsers(ctx, ids)
+	u.rec.MembershipsChanged("add", "auto", autoAdded)
+	return registered, err
 }
 
 // Segments returns the user's active segments sorted by slug, registering
@@ -58,7 +63,7 @@ func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership
 	if err != nil || known {
 		return ms, err
 	}
-	if _, err := u.store.RegisterUsers(ctx, []int64{userID}); err != nil {
+	if _, err := u.Register(ctx, []int64{userID}); err != nil {
 		return nil, err
 	}
 	ms, _, err = u.store.UserSegments(ctx, userID)
@@ -80,8 +85,15 @@ func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (dom
 		return domain.ChangeResult{}, err
 	}
 	res, err := u.store.ChangeUserSegments(ctx, c)
-	if err != nil || c.ExpiresAt == nil {
+	if err != nil {
 		return res, err
+	}
+	u.rec.MembershipsChanged("add", "auto", int64(res.AutoAdded))
+	u.rec.MembershipsChanged("remove", "ttl", int64(res.Expired))
+	u.rec.MembershipsChanged("add", "manual", int64(res.Appeared))
+	u.rec.MembershipsChanged("remove", "manual", int64(len(res.Removed)))
+	if c.ExpiresAt == nil {
+		return res, nil
 	}
 	for _, m := range res.Segments {
 		if m.ExpiresAt == nil || !slices.Contains(res.Added, m.Slug) {

@@ -20,10 +20,10 @@ type fakeUsers struct {
 	known      bool
 }
 
-func (f *fakeUsers) RegisterUsers(_ context.Context, ids []int64) (int64, error) {
+func (f *fakeUsers) RegisterUsers(_ context.Context, ids []int64) (int64, int64, error) {
 	f.registered = append(f.registered, ids...)
 	f.known = true
-	return int64(len(ids)), nil
+	return int64(len(ids)), 0, nil
 }
 
 func (f *fakeUsers) UserSegments(context.Context, int64) ([]domain.Membership, bool, error) {
@@ -42,7 +42,7 @@ func (nopScheduler) ScheduleExpiry(context.Context, domain.Expiry) error { retur
 func TestChangeSegmentsNormalizes(t *testing.T) {
 	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
 	store := &fakeUsers{}
-	users := service.NewUsers(store, nopScheduler{}, func() time.Time { return now }, zap.NewNop())
+	users := service.NewUsers(store, nopScheduler{}, service.NopRecorder{}, func() time.Time { return now }, zap.NewNop())
 
 	_, err := users.ChangeSegments(t.Context(), domain.SegmentChange{
 		UserID: 1, Add: []string{"A", "B", "A"}, Remove: []string{"C", "C"}, TTL: 48 * time.Hour,
@@ -79,7 +79,7 @@ func TestChangeSegmentsRules(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &fakeUsers{}
-			users := service.NewUsers(store, nopScheduler{}, func() time.Time { return now }, zap.NewNop())
+			users := service.NewUsers(store, nopScheduler{}, service.NopRecorder{}, func() time.Time { return now }, zap.NewNop())
 			_, err := users.ChangeSegments(t.Context(), tc.change)
 			var de *domain.Error
 			if !errors.As(err, &de) || !errors.Is(err, domain.ErrInvalid) {
@@ -97,7 +97,7 @@ func TestChangeSegmentsRules(t *testing.T) {
 
 func TestSegmentsRegistersUnknownUserOnce(t *testing.T) {
 	store := &fakeUsers{}
-	users := service.NewUsers(store, nopScheduler{}, time.Now, zap.NewNop())
+	users := service.NewUsers(store, nopScheduler{}, service.NopRecorder{}, time.Now, zap.NewNop())
 	for range 2 {
 		if _, err := users.Segments(t.Context(), 1000); err != nil {
 			t.Fatal(err)

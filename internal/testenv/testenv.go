@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -176,4 +177,15 @@ func redact(raw string) string {
 type provider interface {
 	postgres(ctx context.Context, e *Env) (string, error)
 	redis(ctx context.Context, e *Env) (string, error)
+}
+
+// ServerDir returns a fresh directory path for a server's data, removed
+// when tb ends. Unlike tb.TempDir, its parents are open to traverse, so a
+// server running as another user (postgres, when tests run as root) can
+// use it.
+func ServerDir(tb testing.TB) string {
+	tb.Helper()
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-%s-%d", strings.NewReplacer("/", "-").Replace(tb.Name()), rand.Uint64()))
+	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }

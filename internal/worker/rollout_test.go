@@ -87,7 +87,7 @@ func (s *stack) waitRollout(slug string) httpapi.Segment {
 }
 
 func (s *stack) rollouts() *service.Rollouts {
-	return service.NewRollouts(postgres.NewRolloutRepo(s.pool), nopScheduler{}, 2, 7, zap.NewNop())
+	return service.NewRollouts(postgres.NewRolloutRepo(s.pool), nopScheduler{}, service.NopRecorder{}, 2, 7, zap.NewNop())
 }
 
 type nopScheduler struct{}
@@ -253,14 +253,14 @@ func TestRolloutCutShortAndRunAgainEndsExact(t *testing.T) {
 		t.Fatalf("prepare: %+v, %v", ro, err)
 	}
 	for range 3 {
-		if ok, err := store.RolloutBatch(t.Context(), seg.ID); !ok || err != nil {
+		if ok, _, err := store.RolloutBatch(t.Context(), seg.ID); !ok || err != nil {
 			t.Fatalf("batch: %v %v", ok, err)
 		}
 	}
 	// A batch whose transaction dies part-way.
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := store.RolloutBatch(ctx, seg.ID); err == nil {
+	if _, _, err := store.RolloutBatch(ctx, seg.ID); err == nil {
 		t.Fatal("a cancelled batch succeeded")
 	}
 	partial := len(s.members("PART"))

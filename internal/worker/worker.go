@@ -38,6 +38,13 @@ type Services struct {
 	Rollouts *service.Rollouts
 }
 
+// TaskObserver records finished tasks, for monitoring. Outcome is success,
+// deferred (retried later by design: an early expiry, an unfinished
+// rollout) or failure.
+type TaskObserver interface {
+	ObserveTask(taskType, outcome string, d time.Duration)
+}
+
 // Server is an asynq server with the service's handlers, and the scheduler
 // of its periodic tasks.
 type Server struct {
@@ -56,8 +63,9 @@ func notFailure(err error) bool {
 	return errors.As(err, &early) || errors.Is(err, service.ErrRolloutIncomplete)
 }
 
-// NewServer returns a Server reading cfg.Queue on rdb.
-func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, log *zap.Logger) *Server {
+// NewServer returns a Server reading cfg.Queue on rdb; obs (if not nil)
+// sees every task.
+func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObserver, log *zap.Logger) *Server {
 	log = log.Named("worker")
 	s := &Server{cfg: cfg, svc: svc, log: log, mux: asynq.NewServeMux()}
 	s.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
@@ -95,7 +103,19 @@ func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, log *zap.Log
 	})
 	s.mux.Use(func(next asynq.Handler) asynq.Handler {
 		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
-			return next.ProcessTask(logctx.With(ctx, log, taskFields(ctx, t)...), t)
+			start := time.Now()
+			err := next.ProcessTask(logctx.With(ctx, log, taskFields(ctx, t)...), t)
+			if obs != nil {
+				outcome := "success"
+				switch {
+				case err != nil && notFailure(err):
+					outcome = "deferred"
+				case err != nil:
+					outcome = "failure"
+				}
+				obs.ObserveTask(t.Type(), outcome, time.Since(start))
+			}
+			return err
 		})
 	})
 	s.mux.HandleFunc(TypeExpireMembership, s.handleExpire)

@@ -76,8 +76,8 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	queue := fmt.Sprintf("test-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
 	client := worker.NewClient(rdb, queue)
 	api := httpapi.NewRouter(httpapi.Options{
-		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), client, log),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), client, time.Now, log),
+		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), client, service.NopRecorder{}, log),
+		Users:    service.NewUsers(postgres.NewUserRepo(pool), client, service.NopRecorder{}, time.Now, log),
 		Log:      log,
 	})
 	srv := worker.NewServer(rdb, worker.Config{
@@ -87,9 +87,9 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		SweepInterval:   o.sweepInterval,
 		SweepBatch:      100,
 	}, worker.Services{
-		Expiry:   service.NewExpiry(postgres.NewExpiryRepo(pool), log),
-		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), client, 2, o.rolloutBatch, log),
-	}, log)
+		Expiry:   service.NewExpiry(postgres.NewExpiryRepo(pool), service.NopRecorder{}, log),
+		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), client, service.NopRecorder{}, 2, o.rolloutBatch, log),
+	}, nil, log)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,263 @@
+// Package metrics exposes the service's Prometheus metrics: HTTP requests,
+// the database pool, the task queue, tasks, and business counts. Every
+// label has a bounded set of values: route patterns, not paths; no user ids
+// and no slugs.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"segments/internal/service"
+)
+
+const namespace = "segments"
+
+var _ service.Recorder = (*Metrics)(nil)
+
+// Metrics holds the service's metrics in a registry of its own.
+type Metrics struct {
+	reg          *prometheus.Registry
+	httpRequests *prometheus.CounterVec
+	httpDuration *prometheus.HistogramVec
+	memberships  *prometheus.CounterVec
+	reports      *prometheus.CounterVec
+	tasks        *prometheus.CounterVec
+	taskDuration *prometheus.HistogramVec
+}
+
+// latencyBuckets suit a service whose reads take about a millisecond.
+var latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// New returns Metrics with the Go runtime and process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "http", Name: "requests_total",
+			Help: "HTTP requests served, by route pattern, method and status code.",
+		}, []string{"route", "method", "status"}),
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "http", Name: "request_duration_seconds",
+			Help:    "Time to serve an HTTP request, by route pattern and method.",
+			Buckets: latencyBuckets,
+		}, []string{"route", "method"}),
+		memberships: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "membership_changes_total",
+			Help: "Memberships that appeared (operation add) or disappeared (remove), by history reason.",
+		}, []string{"operation", "reason"}),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "report_downloads_total",
+			Help: "History report downloads, by scope (user or all) and outcome (ok or error).",
+		}, []string{"scope", "outcome"}),
+		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "tasks", Name: "processed_total",
+			Help: "Background tasks run, by type and outcome (success, deferred: retried later by design, failure).",
+		}, []string{"type", "outcome"}),
+		taskDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "tasks", Name: "duration_seconds",
+			Help:    "Time to run a background task, by type.",
+			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300},
+		}, []string{"type"}),
+	}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration)
+	// Every business series exists from the start, so that rates and
+	// dashboards need no absent() guards.
+	for _, c := range [][2]string{{"add", "manual"}, {"add", "auto"}, {"remove", "manual"}, {"remove", "ttl"}, {"remove", "segment_deleted"}} {
+		m.memberships.WithLabelValues(c[0], c[1])
+	}
+	for _, scope := range []string{"user", "all"} {
+		for _, outcome := range []string{"ok", "error"} {
+			m.reports.WithLabelValues(scope, outcome)
+		}
+	}
+	return m
+}
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// knownMethods bounds the method label.
+var knownMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true, "OPTIONS": true}
+
+// ObserveRequest records a served request. route is the matched pattern
+// ("" for none).
+func (m *Metrics) ObserveRequest(route, method string, status int, d time.Duration) {
+	if route == "" {
+		route = "unmatched"
+	}
+	if !knownMethods[method] {
+		method = "other"
+	}
+	m.httpRequests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	m.httpDuration.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// MembershipsChanged implements service.Recorder.
+func (m *Metrics) MembershipsChanged(operation, reason string, n int64) {
+	if n > 0 {
+		m.memberships.WithLabelValues(operation, reason).Add(float64(n))
+	}
+}
+
+// ReportDownloaded implements service.Recorder.
+func (m *Metrics) ReportDownloaded(allUsers, ok bool) {
+	scope, outcome := "user", "ok"
+	if allUsers {
+		scope = "all"
+	}
+	if !ok {
+		outcome = "error"
+	}
+	m.reports.WithLabelValues(scope, outcome).Inc()
+}
+
+// ObserveTask records a finished task.
+func (m *Metrics) ObserveTask(taskType, outcome string, d time.Duration) {
+	m.tasks.WithLabelValues(taskType, outcome).Inc()
+	m.taskDuration.WithLabelValues(taskType).Observe(d.Seconds())
+}
+
+// WatchPool exports the database pool's statistics.
+func (m *Metrics) WatchPool(pool *pgxpool.Pool) {
+	m.reg.MustRegister(poolCollector{pool})
+}
+
+// WatchQueue exports the sizes of queue, asked of Redis at each scrape.
+func (m *Metrics) WatchQueue(inspector *asynq.Inspector, queue string, log *zap.Logger) {
+	m.reg.MustRegister(queueCollector{inspector: inspector, queue: queue, log: log})
+}
+
+// Stats are business figures read from the database at each scrape.
+type Stats struct {
+	Segments int64
+	// Rollouts counts percent segments by rollout status.
+	Rollouts map[string]int64
+	// RolloutUsersLeft is how many users unfinished rollouts have yet to
+	// reach.
+	RolloutUsersLeft int64
+}
+
+// WatchStats exports the figures stats returns at each scrape.
+func (m *Metrics) WatchStats(stats func(context.Context) (Stats, error), log *zap.Logger) {
+	m.reg.MustRegister(statsCollector{stats: stats, log: log})
+}
+
+var (
+	poolConns = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "connections"),
+		"Database connections in the pool, by state.", []string{"state"}, nil)
+	poolMax = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "max_connections"),
+		"The pool's size limit.", nil, nil)
+	poolAcquires = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "acquires_total"),
+		"Connections acquired from the pool.", nil, nil)
+	poolEmpty = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "empty_acquires_total"),
+		"Acquires that had to wait for a connection.", nil, nil)
+	poolWait = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "acquire_wait_seconds_total"),
+		"Time spent acquiring connections.", nil, nil)
+	poolCanceled = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "canceled_acquires_total"),
+		"Acquires cancelled by their context.", nil, nil)
+)
+
+type poolCollector struct{ pool *pgxpool.Pool }
+
+func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolEmpty, poolWait, poolCanceled} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.AcquiredConns()), "acquired")
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.IdleConns()), "idle")
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.ConstructingConns()), "constructing")
+	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolEmpty, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolWait, prometheus.CounterValue, s.AcquireDuration().Seconds())
+	ch <- prometheus.MustNewConstMetric(poolCanceled, prometheus.CounterValue, float64(s.CanceledAcquireCount()))
+}
+
+// scrapeTimeout bounds what a collector asks of Redis or Postgres.
+const scrapeTimeout = 2 * time.Second
+
+var queueTasks = prometheus.NewDesc(prometheus.BuildFQName(namespace, "task_queue", "tasks"),
+	"Tasks in the queue, by state.", []string{"state"}, nil)
+
+type queueCollector struct {
+	inspector *asynq.Inspector
+	queue     string
+	log       *zap.Logger
+}
+
+func (queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- queueTasks }
+
+func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
+	info, err := c.inspector.GetQueueInfo(c.queue)
+	if err != nil {
+		// An empty queue that was never written to is not an error.
+		if !isQueueNotFound(err) {
+			c.log.Warn("could not read the task queue for metrics", zap.Error(err))
+			return
+		}
+		info = &asynq.QueueInfo{}
+	}
+	for state, n := range map[string]int{"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
+		"retry": info.Retry, "archived": info.Archived, "completed": info.Completed} {
+		ch <- prometheus.MustNewConstMetric(queueTasks, prometheus.GaugeValue, float64(n), state)
+	}
+}
+
+var (
+	segmentsTotal = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "segments"),
+		"Segments that exist.", nil, nil)
+	rollouts = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "rollouts"),
+		"Percent segments by rollout status.", []string{"status"}, nil)
+	rolloutLeft = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "rollout_users_left"),
+		"Users that unfinished rollouts have yet to reach.", nil, nil)
+)
+
+type statsCollector struct {
+	stats func(context.Context) (Stats, error)
+	log   *zap.Logger
+}
+
+func (statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- segmentsTotal
+	ch <- rollouts
+	ch <- rolloutLeft
+}
+
+func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	s, err := c.stats(ctx)
+	if err != nil {
+		c.log.Warn("could not read business figures for metrics", zap.Error(err))
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(segmentsTotal, prometheus.GaugeValue, float64(s.Segments))
+	for _, status := range []string{"pending", "running", "done", "failed"} {
+		ch <- prometheus.MustNewConstMetric(rollouts, prometheus.GaugeValue, float64(s.Rollouts[status]), status)
+	}
+	ch <- prometheus.MustNewConstMetric(rolloutLeft, prometheus.GaugeValue, float64(s.RolloutUsersLeft))
+}
+
+// isQueueNotFound reports whether err says the queue was never written to.
+func isQueueNotFound(err error) bool {
+	return strings.Contains(err.Error(), "does not exist") || errors.Is(err, asynq.ErrQueueNotFound)
+}
