@@ -66,3 +66,8 @@ migrate-version: build ## print the schema version of DATABASE_URL
 .PHONY: clean
 clean: ## remove build output (keeps .data/)
 	rm -rf bin build
+
+.PHONY: bench
+bench: ## measure the service end to end on this machine (BENCHMARKS.md); not part of test
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/domain ./internal/httpapi ./internal/service
+	$(GO) run ./cmd/bench $(BENCH_FLAGS)

@@ -1,0 +1,491 @@
+// Command bench measures the service end to end on this machine and prints
+// one table: it starts PostgreSQL and Redis the way the tests do (or uses
+// BENCH_DATABASE_URL / BENCH_REDIS_URL), seeds users, segments, memberships
+// and their history with COPY, starts the service binary (API and worker as
+// separate processes, built with -trimpath) and sends bounded load to it on
+// loopback. See BENCHMARKS.md.
+//
+//	go run ./cmd/bench [-users 100000] [-duration 20s] …
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/loadgen"
+	"segments/internal/localserver"
+	"segments/internal/postgres"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	users, segments, perUser int
+	conns                    int
+	duration                 time.Duration
+	rate                     float64
+	out                      string
+}
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.IntVar(&o.users, "users", 100000, "registered users (up to 10,000,000)")
+	fs.IntVar(&o.segments, "segments", 20, "segments SEG_1..SEG_N")
+	fs.IntVar(&o.perUser, "per-user", 5, "segments each user holds")
+	fs.IntVar(&o.conns, "conns", 32, "connections of the closed-loop phases")
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "length of each closed-loop phase (at most 2m)")
+	fs.Float64Var(&o.rate, "rate", 1000, "reads per second (open loop) measured idle and during the rollout")
+	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m")
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	log := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
+
+	dbURL, redisURL, cleanup, err := servers(ctx, log)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	if _, _, err := postgres.Migrate(dbURL, "up"); err != nil {
+		return err
+	}
+	pool, err := postgres.Open(ctx, dbURL, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	start := time.Now()
+	if err := seed(ctx, pool, o); err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	log("seeded %d users × %d of %d segments in %s", o.users, o.perUser, o.segments, time.Since(start).Round(time.Millisecond))
+
+	svc, err := startService(ctx, o, dbURL, redisURL, log)
+	if err != nil {
+		return err
+	}
+	defer svc.stop()
+
+	rep := &report{opts: o}
+	if err := phases(ctx, o, svc, pool, rep, log); err != nil {
+		return err
+	}
+	rep.print(stdout)
+	return nil
+}
+
+// servers returns database and Redis URLs: BENCH_DATABASE_URL and
+// BENCH_REDIS_URL if set, else servers started from the local binaries
+// with PostgreSQL's default settings (durable, unlike the tests').
+func servers(ctx context.Context, log func(string, ...any)) (db, rd string, cleanup func(), err error) {
+	var stops []func()
+	cleanup = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	if db = os.Getenv("BENCH_DATABASE_URL"); db == "" {
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-bench-%d", os.Getpid()))
+		stops = append(stops, func() { _ = os.RemoveAll(dir) })
+		pg, err := localserver.StartPostgres(ctx, localserver.PostgresOptions{Dir: filepath.Join(dir, "pg")})
+		if err != nil {
+			return "", "", cleanup, err
+		}
+		stops = append(stops, func() { _ = pg.Stop() })
+		db = pg.URL("postgres")
+		log("started PostgreSQL on port %d (default settings)", pg.Port())
+	}
+	if rd = os.Getenv("BENCH_REDIS_URL"); rd == "" {
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-bench-redis-%d", os.Getpid()))
+		stops = append(stops, func() { _ = os.RemoveAll(dir) })
+		r, err := localserver.StartRedis(ctx, localserver.RedisOptions{Dir: dir})
+		if err != nil {
+			return "", "", cleanup, err
+		}
+		stops = append(stops, func() { _ = r.Stop() })
+		rd = r.URL(0)
+	}
+	return db, rd, cleanup, nil
+}
+
+// seed fills the database with COPY: users 1..N, segments SEG_1..SEG_S,
+// and perUser memberships per user (history via the triggers, reason
+// manual), a million users per transaction.
+func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
+	var slugs []string
+	for i := 1; i <= o.segments; i++ {
+		slugs = append(slugs, fmt.Sprintf("SEG_%d", i))
+	}
+	const qSegments = `INSERT INTO segments (slug) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`
+	if _, err := pool.Exec(ctx, qSegments, slugs); err != nil {
+		return err
+	}
+	rows, _ := pool.Query(ctx, `SELECT id FROM segments WHERE slug = ANY ($1) ORDER BY id`, slugs)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
+	}
+	const chunk = 1_000_000
+	for from := 1; from <= o.users; from += chunk {
+		to := min(from+chunk-1, o.users)
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			i := int64(from - 1)
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"id"}, pgx.CopyFromFunc(func() ([]any, error) {
+				if i >= int64(to) {
+					return nil, nil
+				}
+				i++
+				return []any{i}, nil
+			})); err != nil {
+				return fmt.Errorf("copy users: %w", err)
+			}
+			if _, err := tx.Exec(ctx, `SELECT set_config('segments.reason', 'manual', true)`); err != nil {
+				return err
+			}
+			u, k := int64(from), 0
+			perm := rand.Perm(o.segments)
+			_, err := tx.CopyFrom(ctx, pgx.Identifier{"memberships"}, []string{"user_id", "segment_id"}, pgx.CopyFromFunc(func() ([]any, error) {
+				if u > int64(to) {
+					return nil, nil
+				}
+				row := []any{u, ids[perm[k]]}
+				if k++; k == o.perUser {
+					k, u = 0, u+1
+					perm = rand.Perm(o.segments)
+				}
+				return row, nil
+			}))
+			if err != nil {
+				return fmt.Errorf("copy memberships: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	_, err = pool.Exec(ctx, `VACUUM ANALYZE`)
+	return err
+}
+
+// service is the API and the worker, running.
+type service struct {
+	base      string
+	api, wrkr *exec.Cmd
+}
+
+func (s *service) stop() {
+	for _, c := range []*exec.Cmd{s.api, s.wrkr} {
+		if c != nil && c.Process != nil {
+			_ = c.Process.Signal(syscall.SIGTERM)
+			_ = c.Wait()
+		}
+	}
+}
+
+func startService(ctx context.Context, o options, dbURL, redisURL string, log func(string, ...any)) (*service, error) {
+	bin, err := filepath.Abs(filepath.Join(o.out, "segments"))
+	if err != nil {
+		return nil, err
+	}
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/segments")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build: %w\n%s", err, out)
+	}
+	apiPort, err := localserver.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	workerPort, err := localserver.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(),
+		"DATABASE_URL="+dbURL, "REDIS_URL="+redisURL, "LOG_LEVEL=warn",
+		"REPORT_SECRET=bench-secret-bench-secret-bench-secret", "WORKER_QUEUE=bench")
+	start := func(cmd string, port int) (*exec.Cmd, error) {
+		c := exec.Command(bin, cmd)
+		c.Env = append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port))
+		logFile, err := os.Create(filepath.Join(o.out, cmd+".log"))
+		if err != nil {
+			return nil, err
+		}
+		c.Stdout, c.Stderr = logFile, logFile
+		return c, c.Start()
+	}
+	s := &service{base: fmt.Sprintf("http://127.0.0.1:%d", apiPort)}
+	if s.api, err = start("serve", apiPort); err != nil {
+		return nil, err
+	}
+	if s.wrkr, err = start("worker", workerPort); err != nil {
+		s.stop()
+		return nil, err
+	}
+	for _, base := range []string{s.base, fmt.Sprintf("http://127.0.0.1:%d", workerPort)} {
+		if err := waitReady(ctx, base); err != nil {
+			s.stop()
+			return nil, err
+		}
+	}
+	log("service up: API pid %d at %s, worker pid %d", s.api.Process.Pid, s.base, s.wrkr.Process.Pid)
+	return s, nil
+}
+
+func waitReady(ctx context.Context, base string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not become ready", base)
+}
+
+// rssMB reads a process's resident set (VmRSS) or its peak (VmHWM), in MB.
+func rssMB(pid int, field string) float64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// row is one line of the table.
+type row struct {
+	name   string
+	res    loadgen.Result
+	wall   time.Duration
+	detail string
+}
+
+type report struct {
+	opts options
+	rows []row
+}
+
+func (r *report) add(name string, res loadgen.Result, wall time.Duration, detail string) {
+	r.rows = append(r.rows, row{name, res, wall, detail})
+}
+
+func (r *report) print(w io.Writer) {
+	commit := "unknown"
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		commit = strings.TrimSpace(string(out))
+	}
+	fmt.Fprintf(w, "\nSegments benchmark, %s, commit %s, %d CPUs, %s\n", time.Now().UTC().Format(time.RFC3339), commit, runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(w, "data: %d users × %d of %d segments; closed-loop phases: %d connections for %s\n\n",
+		r.opts.users, r.opts.perUser, r.opts.segments, r.opts.conns, r.opts.duration)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\trequests\treq/s\tp50\tp99\terrors\twall\t")
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
+	for _, x := range r.rows {
+		cols := []string{x.name, "", "", "", "", "", "", x.detail}
+		if x.res.Requests > 0 {
+			cols[1], cols[2] = strconv.Itoa(x.res.Requests), fmt.Sprintf("%.0f", x.res.Throughput())
+			cols[3], cols[4], cols[5] = ms(x.res.Percentile(50)), ms(x.res.Percentile(99)), strconv.Itoa(x.res.Errors)
+		}
+		if x.wall > 0 {
+			cols[6] = fmt.Sprintf("%.2f s", x.wall.Seconds())
+		}
+		fmt.Fprintln(tw, strings.Join(cols, "\t"))
+	}
+	tw.Flush()
+}
+
+// phases runs the load, in order, and fills the report.
+func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, log func(string, ...any)) error {
+	client := loadgen.NewClient(o.conns)
+	closed := loadgen.Config{Conns: o.conns, Duration: o.duration, Requests: 5_000_000}
+	users := int64(o.users)
+
+	log("phase: reads (closed loop)")
+	res, err := loadgen.Run(ctx, client, closed, loadgen.UserSegments(s.base, users))
+	if err != nil {
+		return err
+	}
+	rep.add("GET /users/{id}/segments", res, 0, "")
+
+	log("phase: changes, add 2 remove 1 (closed loop)")
+	res, err = loadgen.Run(ctx, client, closed, loadgen.ChangeSegments(s.base, users, o.segments))
+	if err != nil {
+		return err
+	}
+	rep.add("POST /users/{id}/segments", res, 0, "")
+
+	openLoop := loadgen.Config{Conns: o.conns, Duration: 10 * time.Second, Requests: 5_000_000, Rate: o.rate}
+	log("phase: reads at %.0f/s, idle", o.rate)
+	res, err = loadgen.Run(ctx, client, openLoop, loadgen.UserSegments(s.base, users))
+	if err != nil {
+		return err
+	}
+	rep.add(fmt.Sprintf("GET at %.0f/s, idle", o.rate), res, 0, "")
+
+	log("phase: 50 %% rollout over %d users, with reads at %.0f/s", o.users, o.rate)
+	workerBefore := rssMB(s.wrkr.Process.Pid, "VmRSS")
+	reads := make(chan loadgen.Result, 1)
+	rctx, stopReads := context.WithCancel(ctx)
+	go func() {
+		cfg := openLoop
+		cfg.Duration = 10 * time.Minute
+		r, _ := loadgen.Run(rctx, client, cfg, loadgen.UserSegments(s.base, users))
+		reads <- r
+	}()
+	time.Sleep(500 * time.Millisecond)
+	slug := fmt.Sprintf("ROLLOUT_%d", time.Now().Unix())
+	startRollout := time.Now()
+	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":50}`, slug), nil); err != nil {
+		stopReads()
+		return err
+	}
+	var seg struct {
+		CreatedAt time.Time `json:"created_at"`
+		Rollout   struct {
+			Status          string
+			Assigned, Total int64
+		}
+	}
+	for {
+		if err := getJSON(s.base+"/api/v1/segments/"+slug, &seg); err != nil {
+			stopReads()
+			return err
+		}
+		if seg.Rollout.Status == "done" || seg.Rollout.Status == "failed" {
+			break
+		}
+		if time.Since(startRollout) > 10*time.Minute {
+			stopReads()
+			return errors.New("the rollout did not finish in 10 minutes")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	rolloutWall := time.Since(startRollout)
+	stopReads()
+	during := <-reads
+	rep.add(fmt.Sprintf("50 %% rollout (%d of %d users)", seg.Rollout.Assigned, o.users), loadgen.Result{}, rolloutWall,
+		fmt.Sprintf("worker RSS %.0f → peak %.0f MB; status %s (status polled every 200 ms)", workerBefore, rssMB(s.wrkr.Process.Pid, "VmHWM"), seg.Rollout.Status))
+	rep.add(fmt.Sprintf("GET at %.0f/s, during rollout", o.rate), during, 0, "")
+
+	log("phase: one user's month report")
+	period := time.Now().UTC().Format("2006-01")
+	var links []string
+	for range 200 {
+		var l struct{ URL string }
+		body := fmt.Sprintf(`{"period":%q,"user_id":%d}`, period, 1+rand.Int64N(users))
+		if err := postJSON(s.base+"/api/v1/reports/history", body, &l); err != nil {
+			return err
+		}
+		links = append(links, l.URL)
+	}
+	res, err = loadgen.Run(ctx, client, loadgen.Config{Conns: 8, Duration: o.duration, Requests: 20000},
+		func(i int) (*http.Request, error) { return http.NewRequest(http.MethodGet, links[i%len(links)], nil) })
+	if err != nil {
+		return err
+	}
+	rep.add("user month report (8 conns)", res, 0, "")
+
+	log("phase: all users' month report")
+	var rowsInMonth int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM membership_history WHERE at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`).Scan(&rowsInMonth); err != nil {
+		return err
+	}
+	var l struct{ URL string }
+	if err := postJSON(s.base+"/api/v1/reports/history", fmt.Sprintf(`{"period":%q}`, period), &l); err != nil {
+		return err
+	}
+	apiBefore := rssMB(s.api.Process.Pid, "VmHWM")
+	t0 := time.Now()
+	resp, err := http.Get(l.URL)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("all-users report: status %d, %v", resp.StatusCode, err)
+	}
+	rep.add(fmt.Sprintf("all-users month report (%d rows)", rowsInMonth), loadgen.Result{}, time.Since(t0),
+		fmt.Sprintf("%.1f MB of CSV; API peak RSS %.0f → %.0f MB", float64(n)/1e6, apiBefore, rssMB(s.api.Process.Pid, "VmHWM")))
+	return nil
+}
+
+func postJSON(url, body string, out any) error {
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	return decodeResponse(resp, out)
+}
+
+func getJSON(url string, out any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	return decodeResponse(resp, out)
+}
+
+func decodeResponse(resp *http.Response, out any) error {
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s %s: %d %s", resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, b)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(b, out)
+}

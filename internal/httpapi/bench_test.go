@@ -1,0 +1,76 @@
+package httpapi
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"segments/internal/domain"
+	"segments/internal/service"
+)
+
+// BenchmarkDecodeChangeRequest decodes and validates a typical change: two
+// slugs to add, one to remove, a TTL.
+func BenchmarkDecodeChangeRequest(b *testing.B) {
+	v := newValidator()
+	body := `{"add":["AVITO_VOICE_MESSAGES","AVITO_DISCOUNT_30"],"remove":["AVITO_PERFORMANCE_VAS"],"ttl_seconds":172800}`
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest(http.MethodPost, "/api/v1/users/1000/segments", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		var req ChangeSegmentsRequest
+		if !decode(httptest.NewRecorder(), r, v, &req) {
+			b.Fatal("decode failed")
+		}
+	}
+}
+
+// csvStore streams a fixed CSV in 64 KiB chunks, as pgx's CopyTo does.
+type csvStore struct{ data []byte }
+
+func (s csvStore) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w io.Writer) error {
+	for rest := s.data; len(rest) > 0; {
+		n := min(len(rest), 64<<10)
+		if _, err := w.Write(rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+func (csvStore) UserHistory(context.Context, int64, time.Time, time.Time, service.HistoryCursor, int) ([]domain.HistoryEvent, error) {
+	return nil, nil
+}
+
+// BenchmarkReportDownload runs the CSV download handler over a 10,000-row
+// report: token check, headers, and the copy to the response.
+func BenchmarkReportDownload(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("user_id;segment;operation;datetime;reason\n")
+	for range 10000 {
+		sb.WriteString("1000;AVITO_VOICE_MESSAGES;add;2026-11-22T08:12:59.710810Z;manual\n")
+	}
+	reports := service.NewReports(csvStore{[]byte(sb.String())}, service.NopRecorder{}, []byte("a benchmark secret of 32 bytes!!"), time.Hour, time.Now)
+	h := &handler{reports: reports}
+	token, _ := reports.Link(domain.HistoryQuery{Period: domain.Period{Year: 2026, Month: 11}, UserID: 1000})
+	rctx := chi.NewRouteContext()
+	rctx.URLParams.Add("token", token)
+	b.SetBytes(int64(sb.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest(http.MethodGet, "/api/v1/reports/history/"+token, nil)
+		r = r.WithContext(context.WithValue(r.Context(), chi.RouteCtxKey, rctx))
+		w := httptest.NewRecorder()
+		h.downloadReport(w, r)
+		if w.Code != http.StatusOK {
+			b.Fatalf("status %d", w.Code)
+		}
+	}
+}

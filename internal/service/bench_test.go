@@ -1,0 +1,21 @@
+package service_test
+
+import (
+	"testing"
+	"time"
+
+	"segments/internal/domain"
+	"segments/internal/service"
+)
+
+func BenchmarkReportLinkAndOpen(b *testing.B) {
+	r := service.NewReports(nil, service.NopRecorder{}, []byte("a benchmark secret of 32 bytes!!"), time.Hour, time.Now)
+	q := domain.HistoryQuery{Period: domain.Period{Year: 2026, Month: 11}, UserID: 1000}
+	b.ReportAllocs()
+	for b.Loop() {
+		token, _ := r.Link(q)
+		if _, err := r.Open(token); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
