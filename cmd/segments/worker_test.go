@@ -51,17 +51,6 @@ func count(t *testing.T, pool *pgxpool.Pool, sql string) int64 {
 	return n
 }
 
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestWorkerKilledMidSweepLosesAndDuplicatesNothing lets 100,000
 // memberships expire with no task to remove them, starts a worker whose
 // sweep removes them in small batches, kills it with SIGKILL part-way, and
@@ -104,7 +93,7 @@ func TestWorkerKilledMidSweepLosesAndDuplicatesNothing(t *testing.T) {
 		return count(t, pool, `SELECT count(*) FROM membership_history WHERE operation = 'remove'`)
 	}
 	w := startWorker(t, vars)
-	waitUntil(t, 30*time.Second, "the sweep did not start", func() bool { return removed() >= 2000 })
+	testenv.Eventually(t, 30*time.Second, "the sweep did not start", func() bool { return removed() >= 2000 })
 	if err := w.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +107,7 @@ func TestWorkerKilledMidSweepLosesAndDuplicatesNothing(t *testing.T) {
 	testenv.AssertHistoryReplays(t, pool)
 
 	w = startWorker(t, vars)
-	waitUntil(t, 60*time.Second, "the second worker did not finish the sweep", func() bool {
+	testenv.Eventually(t, 60*time.Second, "the second worker did not finish the sweep", func() bool {
 		return count(t, pool, `SELECT count(*) FROM memberships`) == 0
 	})
 	if err := w.Process.Signal(syscall.SIGTERM); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -151,7 +152,18 @@ func (a *testAPI) createSegment(slug string) {
 	a.mustDo(http.StatusCreated, "POST", "/api/v1/segments", map[string]any{"slug": slug}, nil)
 }
 
-// query runs a SQL query returning one value.
+// column runs a SQL query and returns its single text column.
+func (a *testAPI) column(sql string, args ...any) []string {
+	a.t.Helper()
+	rows, _ := a.pool.Query(context.Background(), sql, args...)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		a.t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
+// scalar runs a SQL query returning one value.
 func (a *testAPI) scalar(sql string, args ...any) int64 {
 	a.t.Helper()
 	var n int64

@@ -328,18 +328,7 @@ func TestUserSegmentsSortedByBytesAndNeverExpired(t *testing.T) {
 	if diff := cmp.Diff([]string{"b"}, res.Added); diff != "" {
 		t.Errorf("re-add after expiry: added (-want +got):\n%s", diff)
 	}
-	rows, err := a.pool.Query(t.Context(), `SELECT operation || '/' || reason FROM membership_history WHERE user_id = 9 AND slug = 'b' ORDER BY at, id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ops []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		ops = append(ops, s)
-	}
+	ops := a.column(`SELECT operation || '/' || reason FROM membership_history WHERE user_id = 9 AND slug = 'b' ORDER BY at, id`)
 	if diff := cmp.Diff([]string{"add/manual", "remove/ttl", "add/manual"}, ops); diff != "" {
 		t.Errorf("history of b (-want +got):\n%s", diff)
 	}

@@ -189,3 +189,17 @@ func ServerDir(tb testing.TB) string {
 	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
 }
+
+// Eventually polls cond every 20 ms until it holds, and fails tb if it does
+// not within timeout: for states that background work reaches in its own
+// time (a task ran, a server answers), never for timing claims.
+func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

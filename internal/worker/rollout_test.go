@@ -79,7 +79,7 @@ func (s *stack) members(slug string) []int64 {
 func (s *stack) waitRollout(slug string) httpapi.Segment {
 	s.t.Helper()
 	var seg httpapi.Segment
-	eventually(s.t, 60*time.Second, "the rollout of "+slug+" did not finish", func() bool {
+	testenv.Eventually(s.t, 60*time.Second, "the rollout of "+slug+" did not finish", func() bool {
 		s.mustDo("GET", "/api/v1/segments/"+slug, nil, &seg)
 		return seg.Rollout != nil && seg.Rollout.Status == "done"
 	})

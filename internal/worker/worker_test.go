@@ -170,18 +170,6 @@ func (s *stack) taskGone(e domain.Expiry) bool {
 	return err != nil
 }
 
-// eventually polls cond every 20ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 type ttlRemoval struct {
 	at    time.Time
 	count int64
@@ -223,7 +211,7 @@ func TestMembershipExpiresOnTime(t *testing.T) {
 		t.Errorf("at its expiry the membership is still read: %v", held)
 	}
 	// The task removes the row soon after.
-	eventually(t, 5*time.Second, "the expired row is still in the table", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the expired row is still in the table", func() bool {
 		return s.scalar(`SELECT count(*) FROM memberships`) == 0
 	})
 	r := s.ttlRemovals(1, "DISCOUNT")
@@ -248,7 +236,7 @@ func TestOldExpiryTaskSparesARenewedMembership(t *testing.T) {
 	old := *first.Segments[0].ExpiresAt
 	for _, slug := range []string{"EXTENDED", "PERMANENT"} {
 		e := domain.Expiry{UserID: 1, Slug: slug, ExpiresAt: old}
-		eventually(t, 5*time.Second, "the old expiry task of "+slug+" did not run", func() bool { return s.taskGone(e) })
+		testenv.Eventually(t, 5*time.Second, "the old expiry task of "+slug+" did not run", func() bool { return s.taskGone(e) })
 	}
 	if held := s.held(1); len(held) != 2 {
 		t.Fatalf("after the old tasks ran, user holds %v, want both", held)
@@ -259,7 +247,7 @@ func TestOldExpiryTaskSparesARenewedMembership(t *testing.T) {
 
 	// The extended one goes at its new expiry; the permanent one stays.
 	newExpiry := *renewed.Segments[0].ExpiresAt
-	eventually(t, 6*time.Second, "the extended membership was not removed", func() bool {
+	testenv.Eventually(t, 6*time.Second, "the extended membership was not removed", func() bool {
 		return s.scalar(`SELECT count(*) FROM memberships`) == 1
 	})
 	if r := s.ttlRemovals(1, "EXTENDED"); r.count != 1 || !r.at.Equal(newExpiry) {
@@ -293,7 +281,7 @@ func TestThousandMembershipsExpiringInTheSameSecond(t *testing.T) {
 	if n := s.scalar(`SELECT count(*) FROM memberships WHERE expires_at = $1`, expiresAt); n != users {
 		t.Fatalf("%d memberships expire at %v, want %d", n, expiresAt, users)
 	}
-	eventually(t, 20*time.Second, "not every membership was removed", func() bool {
+	testenv.Eventually(t, 20*time.Second, "not every membership was removed", func() bool {
 		return s.scalar(`SELECT count(*) FROM memberships`) == 0
 	})
 	var removals, distinct, atExpiry int64
@@ -356,7 +344,7 @@ func TestExpiryWithRedisDown(t *testing.T) {
 	}
 	back := time.Now()
 	// One sweep interval, plus the worker's reconnection and the sweep itself.
-	eventually(t, sweep+3*time.Second, "the sweep did not remove the expired membership within an interval of Redis coming back", func() bool {
+	testenv.Eventually(t, sweep+3*time.Second, "the sweep did not remove the expired membership within an interval of Redis coming back", func() bool {
 		return s.scalar(`SELECT count(*) FROM memberships`) == 0
 	})
 	t.Logf("removed %s after Redis came back (sweep interval %s)", time.Since(back).Round(10*time.Millisecond), sweep)
@@ -411,7 +399,7 @@ func TestChangesRaceExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, "expired memberships remain", func() bool {
+	testenv.Eventually(t, 10*time.Second, "expired memberships remain", func() bool {
 		return s.scalar(`SELECT count(*) FROM memberships`) == 0
 	})
 	t.Logf("%d history rows", s.scalar(`SELECT count(*) FROM membership_history`))
