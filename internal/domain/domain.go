@@ -8,15 +8,9 @@ import (
 	"time"
 )
 
-// Limits of one request, fixed by the API contract.
-const (
-	// MaxSlugsPerChange bounds add plus remove in one membership change.
-	MaxSlugsPerChange = 1000
-	// MaxUsersPerRegistration bounds one bulk registration.
-	MaxUsersPerRegistration = 10000
-	// MaxDescriptionLength bounds a segment's description, in characters.
-	MaxDescriptionLength = 1000
-)
+// MaxSlugsPerChange bounds add plus remove in one membership change (the
+// API contract). The HTTP layer's validation holds the other limits.
+const MaxSlugsPerChange = 1000
 
 // slugPattern is the contract's slug syntax; the database checks it too.
 var slugPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)

@@ -28,8 +28,3 @@ func ChangeSegments(base string, users int64, segments int) Request {
 		return req, nil
 	}
 }
-
-// Get requests one fixed path.
-func Get(url string) Request {
-	return func(int) (*http.Request, error) { return http.NewRequest(http.MethodGet, url, nil) }
-}

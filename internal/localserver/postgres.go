@@ -120,6 +120,3 @@ func (p *Postgres) Port() int { return p.port }
 
 // Stop shuts the server down cleanly (a fast shutdown) and waits for it.
 func (p *Postgres) Stop() error { return p.proc.stop() }
-
-// Done is closed when the server process has exited.
-func (p *Postgres) Done() <-chan struct{} { return p.proc.done }

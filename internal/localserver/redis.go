@@ -98,6 +98,3 @@ func (r *Redis) URL(db int) string { return fmt.Sprintf("redis://%s/%d", r.Addr(
 
 // Stop shuts the server down and waits for it.
 func (r *Redis) Stop() error { return r.proc.stop() }
-
-// Done is closed when the server process has exited.
-func (r *Redis) Done() <-chan struct{} { return r.proc.done }

@@ -27,8 +27,8 @@ type UserStore interface {
 	ChangeUserSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error)
 }
 
-// scheduleTimeout bounds scheduling one expiry, so that a Redis outage
-// slows a change by at most this much.
+// scheduleTimeout bounds scheduling a change's expiries (or a rollout), so
+// that a Redis outage slows a request by at most this much.
 const scheduleTimeout = 500 * time.Millisecond
 
 // Users manages the user registry and users' segments.
@@ -78,7 +78,8 @@ func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership
 //
 // Once the change is committed, each added membership with an expiry is
 // scheduled for removal. A failure to schedule (Redis down) is logged and
-// does not fail the change: the sweep removes the membership instead.
+// does not fail the change: after the first failure the rest are left to
+// the sweep, so that an outage costs a change one scheduleTimeout at most.
 func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {
 	c, err := u.normalize(c)
 	if err != nil {
@@ -95,17 +96,18 @@ func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (dom
 	if c.ExpiresAt == nil {
 		return res, nil
 	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
+	defer cancel()
 	for _, m := range res.Segments {
 		if m.ExpiresAt == nil || !slices.Contains(res.Added, m.Slug) {
 			continue
 		}
 		e := domain.Expiry{UserID: res.UserID, Slug: m.Slug, ExpiresAt: *m.ExpiresAt}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 		if err := u.expiries.ScheduleExpiry(sctx, e); err != nil {
 			logctx.From(ctx, u.log).Warn("could not schedule expiry; the sweep will remove it",
-				zap.Int64("user_id", e.UserID), zap.String("slug", e.Slug), zap.Time("expires_at", e.ExpiresAt), zap.Error(err))
+				zap.Int64("user_id", e.UserID), zap.Strings("slugs", res.Added), zap.Time("expires_at", e.ExpiresAt), zap.Error(err))
+			break
 		}
-		cancel()
 	}
 	return res, nil
 }

@@ -107,3 +107,35 @@ func TestSegmentsRegistersUnknownUserOnce(t *testing.T) {
 		t.Errorf("registered (-want +got):\n%s", diff)
 	}
 }
+
+// failingScheduler fails every call and counts them.
+type failingScheduler struct{ calls int }
+
+func (f *failingScheduler) ScheduleExpiry(context.Context, domain.Expiry) error {
+	f.calls++
+	return errors.New("redis: connection refused")
+}
+
+// expiringStore answers every change as if all its adds appeared with the
+// change's expiry.
+type expiringStore struct{ fakeUsers }
+
+func (s *expiringStore) ChangeUserSegments(_ context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {
+	res := domain.ChangeResult{UserID: c.UserID, Added: c.Add}
+	for _, slug := range c.Add {
+		res.Segments = append(res.Segments, domain.Membership{Slug: slug, ExpiresAt: c.ExpiresAt})
+	}
+	return res, nil
+}
+
+func TestSchedulingStopsAtTheFirstFailure(t *testing.T) {
+	sched := &failingScheduler{}
+	users := service.NewUsers(&expiringStore{}, sched, service.NopRecorder{}, time.Now, zap.NewNop())
+	res, err := users.ChangeSegments(t.Context(), domain.SegmentChange{UserID: 1, Add: []string{"A", "B", "C"}, TTL: time.Hour})
+	if err != nil || len(res.Added) != 3 {
+		t.Fatalf("the change failed with Redis down: %+v, %v", res, err)
+	}
+	if sched.calls != 1 {
+		t.Errorf("%d scheduling attempts with Redis down, want 1", sched.calls)
+	}
+}
