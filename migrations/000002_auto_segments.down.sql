@@ -1,9 +1,11 @@
 -- Back to the core schema: percent segments go, the functions return to
 -- their 000001 versions.
+DROP FUNCTION register_users(bigint[]);
+
 -- register_users adds the ids that are not registered yet and returns how
 -- many were new. Ids are inserted in order so that concurrent calls with
 -- overlapping ids cannot deadlock.
-CREATE OR REPLACE FUNCTION register_users(p_ids bigint[]) RETURNS bigint
+CREATE FUNCTION register_users(p_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     n bigint;

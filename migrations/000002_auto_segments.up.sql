@@ -81,9 +81,18 @@ $$;
 
 -- register_users registers the ids not yet known, gives each new user the
 -- percent segments its buckets admit it to (history reason auto), and
--- returns how many were new. Ids are inserted in order so that concurrent
--- calls with overlapping ids cannot deadlock.
-CREATE OR REPLACE FUNCTION register_users(p_ids bigint[]) RETURNS bigint
+-- returns how many users were new and how many memberships they got. Ids
+-- are inserted in order so that concurrent calls with overlapping ids
+-- cannot deadlock.
+--
+-- change_user_segments: as in 000001, but a new user is registered through
+-- register_users, so it gets its percent segments first; and for
+-- monitoring it also returns ('renewed', slug) for a held segment whose
+-- expiry changed, ('expired', slug) for each expired membership it purged
+-- and ('auto', slug) for each percent segment a user it registered got.
+-- 'added' means a membership that appeared.
+DROP FUNCTION register_users(bigint[]);
+CREATE FUNCTION register_users(p_ids bigint[], OUT registered bigint, OUT auto_added bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_new bigint[];
@@ -96,8 +105,10 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(ins.id) INTO v_new FROM ins;
+    registered := coalesce(cardinality(v_new), 0);
+    auto_added := 0;
     IF v_new IS NULL THEN
-        RETURN 0;
+        RETURN;
     END IF;
 
     PERFORM set_config('segments.reason', 'auto', true);
@@ -110,12 +121,10 @@ BEGIN
                     FOR KEY SHARE) AS s
      WHERE segment_bucket(s.slug, n.id) < s.auto_percent * 100
      ORDER BY n.id, s.id;
-    RETURN cardinality(v_new);
+    GET DIAGNOSTICS auto_added = ROW_COUNT;
 END
 $$;
 
--- change_user_segments: as before, but a new user is registered through
--- register_users, so it gets its percent segments first.
 CREATE OR REPLACE FUNCTION change_user_segments(
     p_user_id    bigint,
     p_add        text[],
@@ -125,13 +134,16 @@ CREATE OR REPLACE FUNCTION change_user_segments(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_now     timestamptz;
-    v_known   text[];
-    v_add     bigint[];
-    v_remove  bigint[];
-    v_unknown text[];
-    v_added   bigint[];
-    v_removed text[];
+    v_now      timestamptz;
+    v_known    text[];
+    v_add      bigint[];
+    v_remove   bigint[];
+    v_unknown  text[];
+    v_auto     bigint[];
+    v_expired  text[];
+    v_inserted bigint[];
+    v_renewed  bigint[];
+    v_removed  text[];
 BEGIN
     SELECT array_agg(l.slug),
            array_agg(l.id) FILTER (WHERE l.slug = ANY (p_add)),
@@ -156,6 +168,7 @@ BEGIN
 
     IF NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p_user_id) THEN
         PERFORM register_users(ARRAY[p_user_id]);
+        SELECT array_agg(m.segment_id) INTO v_auto FROM memberships m WHERE m.user_id = p_user_id;
     END IF;
     PERFORM 1 FROM users u WHERE u.id = p_user_id FOR NO KEY UPDATE;
 
@@ -165,7 +178,13 @@ BEGIN
     END IF;
 
     PERFORM set_config('segments.reason', 'ttl', true);
-    DELETE FROM memberships m WHERE m.user_id = p_user_id AND m.expires_at <= v_now;
+    WITH d AS (
+        DELETE FROM memberships m
+         WHERE m.user_id = p_user_id AND m.expires_at <= v_now
+        RETURNING m.segment_id
+    )
+    SELECT array_agg(s.slug) INTO v_expired
+      FROM d JOIN segments s ON s.id = d.segment_id;
 
     PERFORM set_config('segments.reason', 'manual', true);
     WITH d AS (
@@ -184,12 +203,17 @@ BEGIN
         ON CONFLICT (user_id, segment_id) DO UPDATE
            SET expires_at = EXCLUDED.expires_at
          WHERE m.expires_at IS DISTINCT FROM EXCLUDED.expires_at
-        RETURNING m.segment_id
+        RETURNING m.segment_id, (xmax = 0) AS inserted
     )
-    SELECT array_agg(i.segment_id) INTO v_added FROM i;
+    SELECT array_agg(i.segment_id) FILTER (WHERE i.inserted),
+           array_agg(i.segment_id) FILTER (WHERE NOT i.inserted)
+      INTO v_inserted, v_renewed
+      FROM i;
 
     RETURN QUERY
-    SELECT CASE WHEN m.segment_id = ANY (v_added) THEN 'added' ELSE 'kept' END,
+    SELECT CASE WHEN m.segment_id = ANY (v_inserted) THEN 'added'
+                WHEN m.segment_id = ANY (v_renewed) THEN 'renewed'
+                ELSE 'kept' END,
            s.slug, m.added_at, m.expires_at, m.source
       FROM memberships m
       JOIN segments s ON s.id = m.segment_id
@@ -198,6 +222,13 @@ BEGIN
     UNION ALL
     SELECT 'removed', r.slug COLLATE "C", NULL, NULL, NULL
       FROM unnest(v_removed) AS r(slug)
+    UNION ALL
+    SELECT 'expired', e.slug COLLATE "C", NULL, NULL, NULL
+      FROM unnest(v_expired) AS e(slug)
+    UNION ALL
+    SELECT 'auto', s.slug, NULL, NULL, NULL
+      FROM segments s
+     WHERE s.id = ANY (v_auto)
     ORDER BY 2;
 END
 $$;
