@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -17,16 +16,15 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"segments/internal/app"
 	"segments/internal/config"
 	"segments/internal/httpapi"
 	"segments/internal/metrics"
 	"segments/internal/postgres"
-	"segments/internal/service"
 	"segments/internal/worker"
 )
 
@@ -141,7 +139,10 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 
 	m := metrics.New()
 	m.WatchPool(pool)
-	tasks := worker.NewClient(rdb, cfg.Worker.Queue)
+	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Recorder: m, Log: log})
+	if err != nil {
+		return err
+	}
 	opts := httpapi.Options{
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
@@ -153,9 +154,13 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		Metrics:        m.Handler(),
 	}
 	if api {
-		if err := apiOptions(&opts, cfg, log, pool, rdb, tasks, m); err != nil {
-			return err
-		}
+		// The API serves the use cases, and exports the figures only it
+		// exports (queue sizes, business figures).
+		opts.Segments, opts.Users, opts.Reports = svc.Segments, svc.Users, svc.Reports
+		opts.ReportTimeout = cfg.Reports.Timeout
+		opts.PublicURL = cfg.Reports.PublicURL
+		m.WatchQueue(asynq.NewInspectorFromRedisClient(rdb), cfg.Worker.Queue, log)
+		m.WatchStats(svc.Stats, log)
 	}
 	if cfg.Admin.QueuesUI {
 		conn, err := asynq.ParseRedisURI(cfg.Redis.URL)
@@ -175,17 +180,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	var wrk *worker.Server
 	if work {
-		wrk = worker.NewServer(rdb, worker.Config{
-			Concurrency:     cfg.Worker.Concurrency,
-			Queue:           cfg.Worker.Queue,
-			ShutdownTimeout: cfg.ShutdownTimeout,
-			SweepInterval:   cfg.Worker.SweepInterval,
-			SweepBatch:      cfg.Worker.SweepBatch,
-		}, worker.Services{
-			Expiry: service.NewExpiry(postgres.NewExpiryRepo(pool), m, log.Named("expiry")),
-			Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), tasks, m,
-				cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, log.Named("rollouts")),
-		}, m, log)
+		wrk = worker.NewServer(rdb, app.WorkerConfig(cfg), svc.WorkerServices(), m, log)
 		if err := wrk.Start(); err != nil {
 			return err
 		}
@@ -208,32 +203,6 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	log.Info("stopped")
 	return err
-}
-
-// apiOptions adds the API's services, and the metrics only the API
-// exports (queue sizes, business figures), to o.
-func apiOptions(o *httpapi.Options, cfg config.Config, log *zap.Logger, pool *pgxpool.Pool, rdb *redis.Client, tasks *worker.Client, m *metrics.Metrics) error {
-	secret := []byte(cfg.Reports.Secret)
-	if len(secret) == 0 {
-		secret = make([]byte, 32)
-		if _, err := rand.Read(secret); err != nil {
-			return err
-		}
-		log.Warn("REPORT_SECRET is not set: report links are signed with a random secret and work only on this process until it stops")
-	}
-	segments := postgres.NewSegmentRepo(pool)
-	o.Segments = service.NewSegments(segments, tasks, m, log.Named("segments"))
-	o.Users = service.NewUsers(postgres.NewUserRepo(pool), tasks, m, time.Now, log.Named("users"))
-	o.Reports = service.NewReports(postgres.NewHistoryRepo(pool, cfg.Reports.Timeout), m, secret, cfg.Reports.LinkTTL, time.Now)
-	o.ReportTimeout = cfg.Reports.Timeout
-	o.PublicURL = cfg.Reports.PublicURL
-
-	m.WatchQueue(asynq.NewInspectorFromRedisClient(rdb), cfg.Worker.Queue, log)
-	m.WatchStats(func(ctx context.Context) (metrics.Stats, error) {
-		s, err := segments.Stats(ctx)
-		return metrics.Stats{Segments: s.Segments, Rollouts: s.Rollouts, RolloutUsersLeft: s.RolloutUsersLeft}, err
-	}, log)
-	return nil
 }
 
 func startHTTP(cfg config.Config, log *zap.Logger, handler http.Handler, errc chan<- error) (*http.Server, error) {

@@ -95,7 +95,10 @@ func TestMetricsExposeTheNamedSeries(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, metrics = get(t, base+"/metrics")
+		// The sweep may remove the membership before its task runs: wait
+		// for both.
 		if strings.Contains(metrics, `segments_membership_changes_total{operation="remove",reason="ttl"} 1`) &&
+			strings.Contains(metrics, `segments_tasks_processed_total{outcome="success",type="membership:expire"} 1`) &&
 			strings.Contains(metrics, `segments_rollouts{status="done"} 1`) {
 			break
 		}

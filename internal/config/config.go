@@ -62,6 +62,10 @@ type Worker struct {
 	RolloutBatch int
 	// RolloutWorkers is how many rollout transactions run at once.
 	RolloutWorkers int
+	// RolloutMaxRetry is how often a failing rollout task is retried
+	// (backing off from 1 s to 1 min) before its rollout is marked failed;
+	// the periodic resume takes failed rollouts up again.
+	RolloutMaxRetry int
 }
 
 // Reports configures history report links.
@@ -115,12 +119,13 @@ func Load(getenv func(string) string) (Config, error) {
 			URL: p.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
 		},
 		Worker: Worker{
-			Concurrency:    p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
-			Queue:          p.str("WORKER_QUEUE", "segments"),
-			SweepInterval:  p.duration("SWEEP_INTERVAL", 30*time.Second),
-			SweepBatch:     p.intRange("SWEEP_BATCH", 1000, 1, 1000000),
-			RolloutBatch:   p.intRange("ROLLOUT_BATCH", 20000, 1, 10000000),
-			RolloutWorkers: p.intRange("ROLLOUT_WORKERS", 2, 1, 64),
+			Concurrency:     p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
+			Queue:           p.str("WORKER_QUEUE", "segments"),
+			SweepInterval:   p.duration("SWEEP_INTERVAL", 30*time.Second),
+			SweepBatch:      p.intRange("SWEEP_BATCH", 1000, 1, 1000000),
+			RolloutBatch:    p.intRange("ROLLOUT_BATCH", 20000, 1, 10000000),
+			RolloutWorkers:  p.intRange("ROLLOUT_WORKERS", 2, 1, 64),
+			RolloutMaxRetry: p.intRange("ROLLOUT_MAX_RETRY", 8, 0, 100),
 		},
 		Reports: Reports{
 			Secret:    p.secret("REPORT_SECRET", 32),

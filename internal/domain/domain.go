@@ -128,13 +128,14 @@ type ChangeResult struct {
 	// Segments is the user's full list of memberships after the change,
 	// sorted by slug.
 	Segments []Membership
-	// Appeared counts the memberships the change created (Added less the
-	// ones whose expiry changed).
-	Appeared int
-	// Expired counts the user's expired memberships removed before the
-	// change (history reason ttl).
-	Expired int
-	// AutoAdded counts the percent segments the user got on being
-	// registered by this change.
-	AutoAdded int
+}
+
+// SegmentStats are figures about all segments, for monitoring.
+type SegmentStats struct {
+	Segments int64
+	// Rollouts counts percent segments by rollout status.
+	Rollouts map[RolloutStatus]int64
+	// RolloutUsersLeft is how many users running rollouts have yet to
+	// reach.
+	RolloutUsersLeft int64
 }

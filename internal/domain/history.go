@@ -3,8 +3,48 @@ package domain
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
+
+// Operation is what happened to a membership: it appeared or disappeared.
+type Operation string
+
+// Operations recorded in history.
+const (
+	OperationAdd    Operation = "add"
+	OperationRemove Operation = "remove"
+)
+
+// Reason says why a membership appeared or disappeared. The service sets
+// it for each transaction that changes memberships; history records it.
+type Reason string
+
+// Reasons recorded in history.
+const (
+	// ReasonManual: a caller added or removed the segment.
+	ReasonManual Reason = "manual"
+	// ReasonTTL: the membership expired. It is recorded at the expiry,
+	// whoever removes the row and whenever.
+	ReasonTTL Reason = "ttl"
+	// ReasonAuto: a percent segment was given by its rollout or at
+	// registration.
+	ReasonAuto Reason = "auto"
+	// ReasonSegmentDeleted: the segment was deleted.
+	ReasonSegmentDeleted Reason = "segment_deleted"
+)
+
+// Changes lists every (operation, reason) pair that history can hold.
+var Changes = []struct {
+	Operation Operation
+	Reason    Reason
+}{
+	{OperationAdd, ReasonManual},
+	{OperationAdd, ReasonAuto},
+	{OperationRemove, ReasonManual},
+	{OperationRemove, ReasonTTL},
+	{OperationRemove, ReasonSegmentDeleted},
+}
 
 // Period is a calendar month in UTC.
 type Period struct {
@@ -48,7 +88,30 @@ type HistoryEvent struct {
 	ID        int64
 	UserID    int64
 	Slug      string
-	Operation string // add or remove
-	Reason    string // manual, ttl, auto or segment_deleted
+	Operation Operation
+	Reason    Reason
 	At        time.Time
+}
+
+// HistoryCursor is a position in history's time order: after the event at
+// At with id ID. The zero cursor is the beginning.
+type HistoryCursor struct {
+	At time.Time
+	ID int64
+}
+
+// String encodes the cursor for a next_after parameter.
+func (c HistoryCursor) String() string {
+	return strconv.FormatInt(c.At.UnixMicro(), 10) + "-" + strconv.FormatInt(c.ID, 10)
+}
+
+// ParseHistoryCursor reads what HistoryCursor.String wrote.
+func ParseHistoryCursor(s string) (HistoryCursor, error) {
+	at, id, ok := strings.Cut(s, "-")
+	micros, err1 := strconv.ParseInt(at, 10, 64)
+	n, err2 := strconv.ParseInt(id, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return HistoryCursor{}, fmt.Errorf("cursor %q is not one this service gave out", s)
+	}
+	return HistoryCursor{At: time.UnixMicro(micros).UTC(), ID: n}, nil
 }

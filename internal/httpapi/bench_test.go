@@ -45,7 +45,7 @@ func (s csvStore) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w io.
 	return nil
 }
 
-func (csvStore) UserHistory(context.Context, int64, time.Time, time.Time, service.HistoryCursor, int) ([]domain.HistoryEvent, error) {
+func (csvStore) UserHistory(context.Context, int64, time.Time, time.Time, domain.HistoryCursor, int) ([]domain.HistoryEvent, error) {
 	return nil, nil
 }
 

@@ -229,10 +229,3 @@ func newValidator() *validator.Validate {
 	})
 	return v
 }
-
-// respond writes v as JSON with status.
-func respond(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}

@@ -95,52 +95,61 @@ func deadline(timeout time.Duration) func(http.Handler) http.Handler {
 	}
 }
 
-// accessLog logs one line per request, after it is served, reports it to
-// the observer (if any), and turns a panic into a logged 500.
+// accessLog logs one line per request, after it is served, and reports it
+// to the observer (if any).
 func accessLog(log *zap.Logger, observer RequestObserver) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
-		return accessLogHandler(log, observer, next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			defer func() {
+				status, elapsed := ww.Status(), time.Since(start)
+				if status == 0 {
+					status = http.StatusOK
+				}
+				route := chi.RouteContext(r.Context()).RoutePattern()
+				if st, ok := r.Context().Value(requestKey).(*requestState); ok && st.unmatched {
+					route = ""
+				}
+				if observer != nil {
+					observer.ObserveRequest(route, r.Method, status, elapsed)
+				}
+				if !log.Core().Enabled(zap.InfoLevel) {
+					return
+				}
+				log.Info("request",
+					zap.String("request_id", requestIDFrom(r.Context())),
+					zap.String("method", r.Method),
+					zap.String("path", r.URL.Path),
+					zap.String("route", route),
+					zap.Int("status", status),
+					zap.Int("bytes", ww.BytesWritten()),
+					zap.Duration("duration", elapsed),
+				)
+			}()
+			next.ServeHTTP(ww, r)
+		})
 	}
 }
 
-func accessLogHandler(log *zap.Logger, observer RequestObserver, next http.Handler) http.Handler {
+// recoverer turns a handler's panic into a logged 500 (if nothing was
+// written yet). http.ErrAbortHandler passes through: it is how a handler
+// cuts a response off on purpose.
+func recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		defer func() {
-			if rec := recover(); rec != nil {
-				if rec == http.ErrAbortHandler {
-					panic(rec)
-				}
-				loggerFrom(r.Context()).Error("panic", zap.Any("panic", rec), zap.ByteString("stack", debug.Stack()))
-				if ww.Status() == 0 {
-					statusProblem(ww, r, http.StatusInternalServerError, "the server failed to handle the request; report the request_id to the operators")
-				}
-			}
-			status, elapsed := ww.Status(), time.Since(start)
-			if status == 0 {
-				status = http.StatusOK
-			}
-			route := chi.RouteContext(r.Context()).RoutePattern()
-			if st, ok := r.Context().Value(requestKey).(*requestState); ok && st.unmatched {
-				route = ""
-			}
-			if observer != nil {
-				observer.ObserveRequest(route, r.Method, status, elapsed)
-			}
-			if !log.Core().Enabled(zap.InfoLevel) {
+			rec := recover()
+			if rec == nil {
 				return
 			}
-			log.Info("request",
-				zap.String("request_id", requestIDFrom(r.Context())),
-				zap.String("method", r.Method),
-				zap.String("path", r.URL.Path),
-				zap.String("route", route),
-				zap.Int("status", status),
-				zap.Int("bytes", ww.BytesWritten()),
-				zap.Duration("duration", elapsed),
-			)
+			if rec == http.ErrAbortHandler {
+				panic(rec)
+			}
+			loggerFrom(r.Context()).Error("panic", zap.Any("panic", rec), zap.ByteString("stack", debug.Stack()))
+			if ww, ok := w.(middleware.WrapResponseWriter); !ok || ww.Status() == 0 {
+				statusProblem(w, r, http.StatusInternalServerError, "the server failed to handle the request; report the request_id to the operators")
+			}
 		}()
-		next.ServeHTTP(ww, r)
+		next.ServeHTTP(w, r)
 	})
 }

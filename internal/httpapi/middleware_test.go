@@ -13,9 +13,9 @@ import (
 func TestPanicBecomesLoggedProblem(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	log := zap.New(core)
-	h := requestContext(log)(accessLog(log, nil)(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	h := requestContext(log)(accessLog(log, nil)(recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
-	})))
+	}))))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/x", nil))
 

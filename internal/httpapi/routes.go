@@ -88,7 +88,7 @@ func NewRouter(o Options) http.Handler {
 	}
 
 	r := chi.NewRouter()
-	r.Use(requestContext(o.Log), accessLog(o.Log, o.Observer))
+	r.Use(requestContext(o.Log), accessLog(o.Log, o.Observer), recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r.Context())
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)

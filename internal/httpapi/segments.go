@@ -11,12 +11,6 @@ import (
 	"segments/internal/domain"
 )
 
-// Paging of GET /segments.
-const (
-	defaultPageSize = 100
-	maxPageSize     = 1000
-)
-
 // CreateSegmentRequest is the body of POST /segments.
 type CreateSegmentRequest struct {
 	Slug        string `json:"slug" validate:"required,slug" example:"AVITO_VOICE_MESSAGES"`

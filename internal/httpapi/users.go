@@ -2,10 +2,7 @@ package httpapi
 
 import (
 	"net/http"
-	"strconv"
 	"time"
-
-	"github.com/go-chi/chi/v5"
 
 	"segments/internal/domain"
 )
@@ -66,19 +63,6 @@ func membershipsFrom(ms []domain.Membership) []Membership {
 		}
 	}
 	return out
-}
-
-// userID reads the user_id path parameter. On failure it has written a 400
-// and returns false.
-func userID(w http.ResponseWriter, r *http.Request) (int64, bool) {
-	s := chi.URLParam(r, "user_id")
-	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || !domain.ValidUserID(id) {
-		statusProblem(w, r, http.StatusBadRequest,
-			"user_id must be a whole number from 1 to 9223372036854775807, not "+strconv.Quote(s))
-		return 0, false
-	}
-	return id, true
 }
 
 // registerUsers godoc
@@ -177,4 +161,75 @@ func (h *handler) changeUserSegments(w http.ResponseWriter, r *http.Request) {
 		Removed:  res.Removed,
 		Segments: membershipsFrom(res.Segments),
 	})
+}
+
+// HistoryEvent is one membership that appeared or disappeared.
+type HistoryEvent struct {
+	Segment   string    `json:"segment" example:"AVITO_VOICE_MESSAGES"`
+	Operation string    `json:"operation" enums:"add,remove" example:"add"`
+	Reason    string    `json:"reason" enums:"manual,ttl,auto,segment_deleted" example:"manual"`
+	At        time.Time `json:"at" example:"2023-08-01T12:00:00Z"`
+}
+
+// UserHistory is one page of a user's history, in time order.
+type UserHistory struct {
+	UserID int64          `json:"user_id" example:"1000"`
+	Events []HistoryEvent `json:"events"`
+	// NextAfter is the after= cursor of the next page; null on the last.
+	NextAfter *string `json:"next_after" extensions:"x-nullable"`
+}
+
+// userHistory godoc
+//
+//	@ID				getUserHistory
+//	@Summary		Get a user's history
+//	@Description	The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
+//	@Tags			users
+//	@Produce		json
+//	@Param			user_id	path		int		true	"User id (1 to 2^63-1)"	minimum(1)
+//	@Param			from	query		string	false	"Events at or after this time (RFC 3339)"
+//	@Param			to		query		string	false	"Events before this time (RFC 3339)"
+//	@Param			limit	query		int		false	"Page size (1 to 1000)"	default(100)	minimum(1)	maximum(1000)
+//	@Param			after	query		string	false	"Cursor from the previous page"
+//	@Success		200		{object}	UserHistory
+//	@Failure		400		{object}	Problem	"Bad user id or query parameter"
+//	@Router			/users/{user_id}/history [get]
+func (h *handler) userHistory(w http.ResponseWriter, r *http.Request) {
+	id, ok := userID(w, r)
+	if !ok {
+		return
+	}
+	query := r.URL.Query()
+	from, err1 := timeParam(query.Get("from"), time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC))
+	to, err2 := timeParam(query.Get("to"), time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC))
+	limit, err3 := limitParam(query.Get("limit"))
+	var after domain.HistoryCursor
+	var err4 error
+	if s := query.Get("after"); s != "" {
+		after, err4 = domain.ParseHistoryCursor(s)
+	}
+	for _, err := range []error{err1, err2, err3, err4} {
+		if err != nil {
+			statusProblem(w, r, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	if !from.Before(to) {
+		statusProblem(w, r, http.StatusBadRequest, "from must be before to")
+		return
+	}
+	page, err := h.reports.UserHistory(r.Context(), id, from, to, after, limit)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	resp := UserHistory{UserID: id, Events: make([]HistoryEvent, len(page.Events))}
+	for i, e := range page.Events {
+		resp.Events[i] = HistoryEvent{Segment: e.Slug, Operation: string(e.Operation), Reason: string(e.Reason), At: e.At.UTC()}
+	}
+	if page.Next != nil {
+		s := page.Next.String()
+		resp.NextAfter = &s
+	}
+	respond(w, http.StatusOK, resp)
 }

@@ -19,12 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
-	"segments/internal/service"
+	"segments/internal/domain"
 )
 
 const namespace = "segments"
-
-var _ service.Recorder = (*Metrics)(nil)
 
 // Metrics holds the service's metrics in a registry of its own.
 type Metrics struct {
@@ -75,8 +73,8 @@ func New() *Metrics {
 		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
-	for _, c := range [][2]string{{"add", "manual"}, {"add", "auto"}, {"remove", "manual"}, {"remove", "ttl"}, {"remove", "segment_deleted"}} {
-		m.memberships.WithLabelValues(c[0], c[1])
+	for _, c := range domain.Changes {
+		m.memberships.WithLabelValues(string(c.Operation), string(c.Reason))
 	}
 	for _, scope := range []string{"user", "all"} {
 		for _, outcome := range []string{"ok", "error"} {
@@ -107,14 +105,14 @@ func (m *Metrics) ObserveRequest(route, method string, status int, d time.Durati
 	m.httpDuration.WithLabelValues(route, method).Observe(d.Seconds())
 }
 
-// MembershipsChanged implements service.Recorder.
-func (m *Metrics) MembershipsChanged(operation, reason string, n int64) {
+// MembershipsChanged counts n memberships that appeared or disappeared.
+func (m *Metrics) MembershipsChanged(op domain.Operation, reason domain.Reason, n int64) {
 	if n > 0 {
-		m.memberships.WithLabelValues(operation, reason).Add(float64(n))
+		m.memberships.WithLabelValues(string(op), string(reason)).Add(float64(n))
 	}
 }
 
-// ReportDownloaded implements service.Recorder.
+// ReportDownloaded counts a report download.
 func (m *Metrics) ReportDownloaded(allUsers, ok bool) {
 	scope, outcome := "user", "ok"
 	if allUsers {
@@ -142,18 +140,8 @@ func (m *Metrics) WatchQueue(inspector *asynq.Inspector, queue string, log *zap.
 	m.reg.MustRegister(queueCollector{inspector: inspector, queue: queue, log: log})
 }
 
-// Stats are business figures read from the database at each scrape.
-type Stats struct {
-	Segments int64
-	// Rollouts counts percent segments by rollout status.
-	Rollouts map[string]int64
-	// RolloutUsersLeft is how many users unfinished rollouts have yet to
-	// reach.
-	RolloutUsersLeft int64
-}
-
 // WatchStats exports the figures stats returns at each scrape.
-func (m *Metrics) WatchStats(stats func(context.Context) (Stats, error), log *zap.Logger) {
+func (m *Metrics) WatchStats(stats func(context.Context) (domain.SegmentStats, error), log *zap.Logger) {
 	m.reg.MustRegister(statsCollector{stats: stats, log: log})
 }
 
@@ -232,7 +220,7 @@ var (
 )
 
 type statsCollector struct {
-	stats func(context.Context) (Stats, error)
+	stats func(context.Context) (domain.SegmentStats, error)
 	log   *zap.Logger
 }
 
@@ -251,8 +239,8 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(segmentsTotal, prometheus.GaugeValue, float64(s.Segments))
-	for _, status := range []string{"pending", "running", "done", "failed"} {
-		ch <- prometheus.MustNewConstMetric(rollouts, prometheus.GaugeValue, float64(s.Rollouts[status]), status)
+	for _, status := range []domain.RolloutStatus{domain.RolloutPending, domain.RolloutRunning, domain.RolloutDone, domain.RolloutFailed} {
+		ch <- prometheus.MustNewConstMetric(rollouts, prometheus.GaugeValue, float64(s.Rollouts[status]), string(status))
 	}
 	ch <- prometheus.MustNewConstMetric(rolloutLeft, prometheus.GaugeValue, float64(s.RolloutUsersLeft))
 }

@@ -9,20 +9,18 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"segments/internal/domain"
-	"segments/internal/service"
 )
-
-var _ service.ExpiryStore = (*ExpiryRepo)(nil)
 
 // ExpiryRepo removes expired memberships. History records each removal as
 // reason ttl at the membership's expiry (the history trigger does this).
 type ExpiryRepo struct {
 	pool *pgxpool.Pool
+	rec  Recorder
 }
 
-// NewExpiryRepo returns an ExpiryRepo on pool.
-func NewExpiryRepo(pool *pgxpool.Pool) *ExpiryRepo {
-	return &ExpiryRepo{pool: pool}
+// NewExpiryRepo returns an ExpiryRepo on pool that reports removals to rec.
+func NewExpiryRepo(pool *pgxpool.Pool, rec Recorder) *ExpiryRepo {
+	return &ExpiryRepo{pool: pool, rec: rec}
 }
 
 // ExpireMembership deletes the membership e names if it still expires at
@@ -30,7 +28,7 @@ func NewExpiryRepo(pool *pgxpool.Pool) *ExpiryRepo {
 // the database's clock.
 func (r *ExpiryRepo) ExpireMembership(ctx context.Context, e domain.Expiry) (deleted bool, now time.Time, err error) {
 	err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		if err := setReason(ctx, tx, "ttl"); err != nil {
+		if err := setReason(ctx, tx, domain.ReasonTTL); err != nil {
 			return err
 		}
 		const q = `
@@ -47,6 +45,9 @@ func (r *ExpiryRepo) ExpireMembership(ctx context.Context, e domain.Expiry) (del
 	if err != nil {
 		return false, time.Time{}, fmt.Errorf("expire %s of user %d: %w", e.Slug, e.UserID, err)
 	}
+	if deleted {
+		r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, 1)
+	}
 	return deleted, now, nil
 }
 
@@ -57,7 +58,7 @@ func (r *ExpiryRepo) ExpireMembership(ctx context.Context, e domain.Expiry) (del
 func (r *ExpiryRepo) DeleteExpired(ctx context.Context, limit int) (int64, error) {
 	var n int64
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		if err := setReason(ctx, tx, "ttl"); err != nil {
+		if err := setReason(ctx, tx, domain.ReasonTTL); err != nil {
 			return err
 		}
 		const q = `
@@ -79,5 +80,6 @@ func (r *ExpiryRepo) DeleteExpired(ctx context.Context, limit int) (int64, error
 	if err != nil {
 		return 0, fmt.Errorf("delete expired memberships: %w", err)
 	}
+	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, n)
 	return n, nil
 }

@@ -10,10 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"segments/internal/domain"
-	"segments/internal/service"
 )
-
-var _ service.HistoryStore = (*HistoryRepo)(nil)
 
 // HistoryRepo reads membership history.
 type HistoryRepo struct {
@@ -61,7 +58,7 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 
 // UserHistory returns up to limit events of the user in [from, to) after
 // the cursor, in (at, id) order, from the primary key.
-func (r *HistoryRepo) UserHistory(ctx context.Context, userID int64, from, to time.Time, after service.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
+func (r *HistoryRepo) UserHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
 	const q = `
 		SELECT id, user_id, slug, operation, reason, at
 		FROM membership_history

@@ -1,9 +1,16 @@
 // Package postgres implements the service's stores on PostgreSQL with pgx.
 //
-// Every exported store method is atomic: it runs in one transaction (often
-// one statement or one SQL function call) and either applies fully or not at
-// all. Driver errors are translated to domain errors here; nothing above this
-// package sees pgx types.
+// Every statement the service runs is here, as a const in the method that
+// runs it; migrations hold only the schema and its triggers. Every exported
+// store method is atomic: it runs in one transaction (often one statement,
+// or one batch that PostgreSQL runs as one implicit transaction in one
+// network round trip) and either applies fully or not at all. Driver errors
+// are translated to domain errors here; nothing above this package sees pgx
+// types.
+//
+// The stores report every membership they add or remove, by history
+// reason, to a Recorder once their transaction has committed: the counts
+// come from what each statement returned, so they are exact.
 package postgres
 
 import (
@@ -20,8 +27,21 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"segments/internal/domain"
 	"segments/migrations"
 )
+
+// Recorder counts memberships that appeared or disappeared, by history
+// reason, for monitoring. It is called after the transaction committed.
+type Recorder interface {
+	MembershipsChanged(op domain.Operation, reason domain.Reason, n int64)
+}
+
+// NopRecorder counts nothing.
+type NopRecorder struct{}
+
+// MembershipsChanged does nothing.
+func (NopRecorder) MembershipsChanged(domain.Operation, domain.Reason, int64) {}
 
 // PoolConfig tunes the connection pool.
 type PoolConfig struct {
@@ -126,11 +146,7 @@ func newMigrator(url string) (*migrate.Migrate, error) {
 }
 
 // SQLSTATE codes this package translates.
-const (
-	uniqueViolation       = "23505"
-	foreignKeyViolation   = "23503"
-	invalidParameterValue = "22023"
-)
+const uniqueViolation = "23505"
 
 // pgCode returns err's SQLSTATE, or "" if err did not come from the server.
 func pgCode(err error) string {
@@ -147,11 +163,14 @@ func withTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) erro
 	return pgx.BeginFunc(ctx, pool, fn)
 }
 
-// setReason tells the history triggers why the transaction changes
-// memberships.
-func setReason(ctx context.Context, tx pgx.Tx, reason string) error {
-	const q = `SELECT set_config('segments.reason', $1, true)`
-	if _, err := tx.Exec(ctx, q, reason); err != nil {
+// setReasonSQL tells the history triggers why the transaction changes
+// memberships (the schema refuses a change without a reason). Each
+// transaction kind sets it in one place, through setReason or a batch.
+const setReasonSQL = `SELECT set_config('segments.reason', $1, true)`
+
+// setReason runs setReasonSQL in tx.
+func setReason(ctx context.Context, tx pgx.Tx, reason domain.Reason) error {
+	if _, err := tx.Exec(ctx, setReasonSQL, reason); err != nil {
 		return fmt.Errorf("set history reason %s: %w", reason, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +20,35 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Run(m, &env) }
+
+// counts is a postgres.Recorder that keeps what it is told.
+type counts struct {
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func (c *counts) MembershipsChanged(op domain.Operation, reason domain.Reason, n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int64{}
+	}
+	c.n[string(op)+" "+string(reason)] += n
+}
+
+// take returns the counts so far (only the non-zero ones) and forgets them.
+func (c *counts) take() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int64{}
+	for k, v := range c.n {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	c.n = nil
+	return out
+}
 
 func mustExec(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
 	tb.Helper()
@@ -56,7 +86,7 @@ func history(tb testing.TB, pool *pgxpool.Pool, userID int64) []historyRow {
 
 func TestMembershipChangesNeedAReason(t *testing.T) {
 	pool := env.NewPool(t)
-	mustCreate(t, postgres.NewSegmentRepo(pool), "A")
+	mustCreate(t, postgres.NewSegmentRepo(pool, postgres.NopRecorder{}), "A")
 	mustExec(t, pool, `INSERT INTO users (id) VALUES (1)`)
 
 	_, err := pool.Exec(t.Context(), `INSERT INTO memberships (user_id, segment_id) SELECT 1, id FROM segments`)
@@ -97,8 +127,9 @@ func TestMembershipChangesNeedAReason(t *testing.T) {
 
 func TestExpiredMembershipIsRecordedAsTTLAtItsExpiry(t *testing.T) {
 	pool := env.NewPool(t)
-	segs := postgres.NewSegmentRepo(pool)
-	users := postgres.NewUserRepo(pool)
+	rec := &counts{}
+	segs := postgres.NewSegmentRepo(pool, rec)
+	users := postgres.NewUserRepo(pool, rec)
 	mustCreate(t, segs, "A", "B")
 
 	expiredAt := time.Now().Add(300 * time.Millisecond).Truncate(time.Microsecond)
@@ -107,11 +138,15 @@ func TestExpiredMembershipIsRecordedAsTTLAtItsExpiry(t *testing.T) {
 	}
 	// Let both expire; nobody removes them yet.
 	time.Sleep(time.Until(expiredAt) + 50*time.Millisecond)
+	rec.take()
 
 	// Deleting segment A removes the expired membership: history says it
 	// went by TTL when it expired, not by the deletion.
-	if expired, deleted, err := segs.DeleteSegment(t.Context(), "A"); err != nil || expired != 1 || deleted != 0 {
-		t.Fatalf("delete A: %d expired, %d deleted, %v", expired, deleted, err)
+	if err := segs.DeleteSegment(t.Context(), "A"); err != nil {
+		t.Fatalf("delete A: %v", err)
+	}
+	if diff := cmp.Diff(map[string]int64{"remove ttl": 1}, rec.take()); diff != "" {
+		t.Errorf("deletion counted (-want +got):\n%s", diff)
 	}
 	// A change for the user purges B the same way before anything else.
 	res, err := users.ChangeUserSegments(t.Context(), domain.SegmentChange{UserID: 1, Add: []string{"B"}})
@@ -121,8 +156,8 @@ func TestExpiredMembershipIsRecordedAsTTLAtItsExpiry(t *testing.T) {
 	if diff := cmp.Diff([]string{"B"}, res.Added); diff != "" {
 		t.Errorf("added (-want +got):\n%s", diff)
 	}
-	if res.Expired != 1 || res.Appeared != 1 || res.AutoAdded != 0 {
-		t.Errorf("counts: %d expired, %d appeared, %d auto; want 1, 1, 0", res.Expired, res.Appeared, res.AutoAdded)
+	if diff := cmp.Diff(map[string]int64{"remove ttl": 1, "add manual": 1}, rec.take()); diff != "" {
+		t.Errorf("change counted (-want +got):\n%s", diff)
 	}
 
 	h := history(t, pool, 1)
@@ -142,9 +177,9 @@ func TestExpiredMembershipIsRecordedAsTTLAtItsExpiry(t *testing.T) {
 
 func TestChangeRefusesAnExpiryThatHasPassed(t *testing.T) {
 	pool := env.NewPool(t)
-	mustCreate(t, postgres.NewSegmentRepo(pool), "A")
+	mustCreate(t, postgres.NewSegmentRepo(pool, postgres.NopRecorder{}), "A")
 	past := time.Now().Add(-time.Millisecond)
-	_, err := postgres.NewUserRepo(pool).ChangeUserSegments(t.Context(), domain.SegmentChange{UserID: 1, Add: []string{"A"}, ExpiresAt: &past})
+	_, err := postgres.NewUserRepo(pool, postgres.NopRecorder{}).ChangeUserSegments(t.Context(), domain.SegmentChange{UserID: 1, Add: []string{"A"}, ExpiresAt: &past})
 	if !errors.Is(err, domain.ErrInvalid) {
 		t.Fatalf("err = %v, want ErrInvalid", err)
 	}
@@ -156,7 +191,7 @@ func TestChangeRefusesAnExpiryThatHasPassed(t *testing.T) {
 
 func TestSegmentStoreErrors(t *testing.T) {
 	pool := env.NewPool(t)
-	repo := postgres.NewSegmentRepo(pool)
+	repo := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
 	mustCreate(t, repo, "A")
 	if _, err := repo.CreateSegment(t.Context(), domain.NewSegment{Slug: "A"}); !errors.Is(err, domain.ErrConflict) {
 		t.Errorf("duplicate create: %v, want ErrConflict", err)
@@ -164,7 +199,7 @@ func TestSegmentStoreErrors(t *testing.T) {
 	if _, err := repo.Segment(t.Context(), "B"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("get missing: %v, want ErrNotFound", err)
 	}
-	if _, _, err := repo.DeleteSegment(t.Context(), "B"); !errors.Is(err, domain.ErrNotFound) {
+	if err := repo.DeleteSegment(t.Context(), "B"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("delete missing: %v, want ErrNotFound", err)
 	}
 }
@@ -188,4 +223,34 @@ func TestMigrateDownAndUp(t *testing.T) {
 	if v, _, err = postgres.Migrate(url, "up"); err != nil || v == 0 {
 		t.Fatalf("up again: version %d: %v", v, err)
 	}
+}
+
+func TestFirstReadRegistersTheUserOnce(t *testing.T) {
+	pool := env.NewPool(t)
+	rec := &counts{}
+	segs := postgres.NewSegmentRepo(pool, rec)
+	users := postgres.NewUserRepo(pool, rec)
+	all := domain.MaxPercent
+	if _, err := segs.CreateSegment(t.Context(), domain.NewSegment{Slug: "EVERYONE", AutoPercent: &all}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, segs, "MANUAL")
+
+	for i := range 2 {
+		ms, err := users.UserSegments(t.Context(), 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) != 1 || ms[0].Slug != "EVERYONE" || ms[0].Source != domain.SourceAuto || ms[0].ExpiresAt != nil {
+			t.Fatalf("read %d: %+v, want the percent segment", i+1, ms)
+		}
+	}
+	var n int64
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM users WHERE id = 1000`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d users 1000 (%v)", n, err)
+	}
+	if diff := cmp.Diff(map[string]int64{"add auto": 1}, rec.take()); diff != "" {
+		t.Errorf("counted (-want +got):\n%s", diff)
+	}
+	testenv.AssertHistoryReplays(t, pool)
 }

@@ -9,19 +9,18 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"segments/internal/domain"
-	"segments/internal/service"
 )
-
-var _ service.RolloutStore = (*RolloutRepo)(nil)
 
 // RolloutRepo runs the rollouts of percent segments.
 type RolloutRepo struct {
 	pool *pgxpool.Pool
+	rec  Recorder
 }
 
-// NewRolloutRepo returns a RolloutRepo on pool.
-func NewRolloutRepo(pool *pgxpool.Pool) *RolloutRepo {
-	return &RolloutRepo{pool: pool}
+// NewRolloutRepo returns a RolloutRepo on pool that reports the
+// memberships it creates to rec.
+func NewRolloutRepo(pool *pgxpool.Pool, rec Recorder) *RolloutRepo {
+	return &RolloutRepo{pool: pool, rec: rec}
 }
 
 func segmentGone(id int64) error { return domain.NotFoundf("segment %d does not exist", id) }
@@ -29,8 +28,9 @@ func segmentGone(id int64) error { return domain.NotFoundf("segment %d does not 
 // PrepareRollout turns a pending rollout into a running one: it counts the
 // population N, chooses the threshold of the round(N·p/100) users with the
 // lowest (segment_hash, id), and splits the population into batches of
-// batchSize users. A rollout past pending is returned as it is. It returns
-// domain.ErrNotFound if the segment is gone.
+// batchSize users. A failed rollout is taken up again where it stopped
+// (running if it was prepared, else pending). A running or done rollout is
+// returned as it is. It returns domain.ErrNotFound if the segment is gone.
 func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batchSize int) (domain.Rollout, error) {
 	var ro domain.Rollout
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
@@ -49,8 +49,20 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 		if errors.Is(err, pgx.ErrNoRows) {
 			return segmentGone(segmentID)
 		}
-		if err != nil || ro.Status != domain.RolloutPending {
+		if err != nil {
 			return err
+		}
+		if ro.Status == domain.RolloutFailed {
+			const revive = `
+				UPDATE segments SET rollout_status = CASE WHEN rollout_total IS NULL THEN 'pending' ELSE 'running' END
+				WHERE id = $1
+				RETURNING rollout_status`
+			if err := tx.QueryRow(ctx, revive, segmentID).Scan(&ro.Status); err != nil {
+				return fmt.Errorf("take up failed rollout: %w", err)
+			}
+		}
+		if ro.Status != domain.RolloutPending {
+			return nil
 		}
 		if chosen == 0 {
 			const done = `UPDATE segments SET rollout_status = 'done', rollout_total = 0 WHERE id = $1`
@@ -124,7 +136,7 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 			return fmt.Errorf("claim a batch: %w", err)
 		}
 		claimed = true
-		if err := setReason(ctx, tx, "auto"); err != nil {
+		if err := setReason(ctx, tx, domain.ReasonAuto); err != nil {
 			return err
 		}
 		const assign = `
@@ -152,36 +164,39 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 	if err != nil {
 		return false, 0, fmt.Errorf("rollout batch of segment %d: %w", segmentID, err)
 	}
+	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, added)
 	return claimed, added, nil
 }
 
-// FinishRollout marks a running rollout done if every batch is done, and
-// returns the rollout as it stands. It returns domain.ErrNotFound if the
-// segment is gone.
+// FinishRollout marks a running rollout done if every batch is done (and
+// drops its batches), in one transaction, and returns the rollout as it
+// stands. It returns domain.ErrNotFound if the segment is gone.
 func (r *RolloutRepo) FinishRollout(ctx context.Context, segmentID int64) (domain.Rollout, error) {
-	const q = `
-		UPDATE segments s SET
-			rollout_status = CASE
-				WHEN rollout_status = 'running'
-				 AND NOT EXISTS (SELECT 1 FROM rollout_batches b WHERE b.segment_id = s.id AND NOT b.done)
-				THEN 'done' ELSE rollout_status END
-		WHERE id = $1 AND auto_percent IS NOT NULL
-		RETURNING rollout_status, rollout_assigned, coalesce(rollout_total, 0)`
 	var ro domain.Rollout
-	err := r.pool.QueryRow(ctx, q, segmentID).Scan(&ro.Status, &ro.Assigned, &ro.Total)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ro, segmentGone(segmentID)
-	}
-	if err != nil {
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		const finish = `
+			UPDATE segments s SET
+				rollout_status = CASE
+					WHEN rollout_status = 'running'
+					 AND NOT EXISTS (SELECT 1 FROM rollout_batches b WHERE b.segment_id = s.id AND NOT b.done)
+					THEN 'done' ELSE rollout_status END
+			WHERE id = $1 AND auto_percent IS NOT NULL
+			RETURNING rollout_status, rollout_assigned, coalesce(rollout_total, 0)`
+		err := tx.QueryRow(ctx, finish, segmentID).Scan(&ro.Status, &ro.Assigned, &ro.Total)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return segmentGone(segmentID)
+		}
+		if err != nil || ro.Status != domain.RolloutDone {
+			return err
+		}
+		const cleanup = `DELETE FROM rollout_batches WHERE segment_id = $1`
+		_, err = tx.Exec(ctx, cleanup, segmentID)
+		return err
+	})
+	if err != nil && !errors.Is(err, domain.ErrNotFound) {
 		return ro, fmt.Errorf("finish rollout of segment %d: %w", segmentID, err)
 	}
-	if ro.Status == domain.RolloutDone {
-		const cleanup = `DELETE FROM rollout_batches WHERE segment_id = $1`
-		if _, err := r.pool.Exec(ctx, cleanup, segmentID); err != nil {
-			return ro, fmt.Errorf("clean up rollout of segment %d: %w", segmentID, err)
-		}
-	}
-	return ro, nil
+	return ro, err
 }
 
 // FailRollout marks an unfinished rollout failed.
@@ -193,10 +208,10 @@ func (r *RolloutRepo) FailRollout(ctx context.Context, segmentID int64) error {
 	return nil
 }
 
-// UnfinishedRollouts returns the ids of segments whose rollout is pending or
-// running.
+// UnfinishedRollouts returns the ids of segments whose rollout is pending,
+// running or failed.
 func (r *RolloutRepo) UnfinishedRollouts(ctx context.Context) ([]int64, error) {
-	const q = `SELECT id FROM segments WHERE rollout_status IN ('pending', 'running') ORDER BY id`
+	const q = `SELECT id FROM segments WHERE rollout_status IN ('pending', 'running', 'failed') ORDER BY id`
 	rows, _ := r.pool.Query(ctx, q)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {

@@ -9,19 +9,18 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"segments/internal/domain"
-	"segments/internal/service"
 )
-
-var _ service.SegmentStore = (*SegmentRepo)(nil)
 
 // SegmentRepo stores segments.
 type SegmentRepo struct {
 	pool *pgxpool.Pool
+	rec  Recorder
 }
 
-// NewSegmentRepo returns a SegmentRepo on pool.
-func NewSegmentRepo(pool *pgxpool.Pool) *SegmentRepo {
-	return &SegmentRepo{pool: pool}
+// NewSegmentRepo returns a SegmentRepo on pool that reports the
+// memberships a deletion removes to rec.
+func NewSegmentRepo(pool *pgxpool.Pool, rec Recorder) *SegmentRepo {
+	return &SegmentRepo{pool: pool, rec: rec}
 }
 
 // segmentColumns selects a segment with its count of active members (an
@@ -60,8 +59,8 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 	var seg domain.Segment
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		if ns.AutoPercent != nil {
-			const lock = `SELECT pg_advisory_xact_lock(registry_lock())`
-			if _, err := tx.Exec(ctx, lock); err != nil {
+			const lock = `SELECT pg_advisory_xact_lock($1)`
+			if _, err := tx.Exec(ctx, lock, registryLock); err != nil {
 				return fmt.Errorf("take the registry lock: %w", err)
 			}
 		}
@@ -116,12 +115,12 @@ func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]
 
 // DeleteSegment deletes the segment named slug and every membership in it,
 // or returns domain.ErrNotFound. Memberships that had expired are removed
-// first (history reason ttl), the rest as segment_deleted; it returns both
-// counts. The segment's row is locked first, so a concurrent change that
-// adds it to a user either completes before the delete or finds the slug
-// unknown.
-func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) (expired, deleted int64, err error) {
-	err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
+// first (history reason ttl), the rest as segment_deleted. The segment's
+// row is locked first, so a concurrent change that adds it to a user
+// either completes before the delete or finds the slug unknown.
+func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
+	var expired, deleted int64
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		const lock = `SELECT id FROM segments WHERE slug = $1 FOR UPDATE`
 		var id int64
 		err := tx.QueryRow(ctx, lock, slug).Scan(&id)
@@ -131,18 +130,18 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) (expired, 
 		if err != nil {
 			return fmt.Errorf("lock segment %s: %w", slug, err)
 		}
-		if err := setReason(ctx, tx, "ttl"); err != nil {
-			return err
+		// One instant for the whole deletion, so that the members counted as
+		// expired are exactly those the trigger records as ttl.
+		const begin = `SELECT set_config('segments.reason', $1, true), set_config('segments.now', clock_timestamp()::text, true)`
+		if _, err := tx.Exec(ctx, begin, domain.ReasonSegmentDeleted); err != nil {
+			return fmt.Errorf("begin deleting %s: %w", slug, err)
 		}
-		const delExpired = `DELETE FROM memberships WHERE segment_id = $1 AND expires_at <= clock_timestamp()`
+		const delExpired = `DELETE FROM memberships WHERE segment_id = $1 AND expires_at <= current_setting('segments.now')::timestamptz`
 		tag, err := tx.Exec(ctx, delExpired, id)
 		if err != nil {
 			return fmt.Errorf("delete expired members of %s: %w", slug, err)
 		}
 		expired = tag.RowsAffected()
-		if err := setReason(ctx, tx, "segment_deleted"); err != nil {
-			return err
-		}
 		const delMembers = `DELETE FROM memberships WHERE segment_id = $1`
 		if tag, err = tx.Exec(ctx, delMembers, id); err != nil {
 			return fmt.Errorf("delete members of %s: %w", slug, err)
@@ -154,27 +153,22 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) (expired, 
 		}
 		return nil
 	})
-	return expired, deleted, err
+	if err != nil {
+		return err
+	}
+	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, expired)
+	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonSegmentDeleted, deleted)
+	return nil
 }
 
-// SegmentStats are figures for monitoring.
-type SegmentStats struct {
-	Segments int64
-	// Rollouts counts percent segments by rollout status.
-	Rollouts map[string]int64
-	// RolloutUsersLeft is how many users unfinished rollouts have yet to
-	// reach.
-	RolloutUsersLeft int64
-}
-
-// Stats reads SegmentStats: one small scan of segments.
-func (r *SegmentRepo) Stats(ctx context.Context) (SegmentStats, error) {
+// Stats reads figures about all segments: one small scan of segments.
+func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 	const q = `
 		SELECT coalesce(rollout_status, 'manual'), count(*),
 		       coalesce(sum(rollout_total - rollout_assigned) FILTER (WHERE rollout_status = 'running'), 0)
 		FROM segments
 		GROUP BY 1`
-	s := SegmentStats{Rollouts: map[string]int64{}}
+	s := domain.SegmentStats{Rollouts: map[domain.RolloutStatus]int64{}}
 	rows, err := r.pool.Query(ctx, q)
 	if err != nil {
 		return s, fmt.Errorf("segment stats: %w", err)
@@ -191,7 +185,7 @@ func (r *SegmentRepo) Stats(ctx context.Context) (SegmentStats, error) {
 		s.Segments += n
 		s.RolloutUsersLeft += users
 		if status != "manual" {
-			s.Rollouts[status] = n
+			s.Rollouts[domain.RolloutStatus(status)] = n
 		}
 	}
 	return s, rows.Err()

@@ -39,13 +39,12 @@ func (e *NotYetExpiredError) Error() string {
 // Expiry removes memberships whose time is up.
 type Expiry struct {
 	store ExpiryStore
-	rec   Recorder
 	log   *zap.Logger
 }
 
 // NewExpiry returns Expiry on store.
-func NewExpiry(store ExpiryStore, rec Recorder, log *zap.Logger) *Expiry {
-	return &Expiry{store: store, rec: rec, log: log}
+func NewExpiry(store ExpiryStore, log *zap.Logger) *Expiry {
+	return &Expiry{store: store, log: log}
 }
 
 // Expire removes the membership e if it still expires at e.ExpiresAt: a
@@ -56,9 +55,6 @@ func (x *Expiry) Expire(ctx context.Context, e domain.Expiry) error {
 	deleted, now, err := x.store.ExpireMembership(ctx, e)
 	if err != nil {
 		return err
-	}
-	if deleted {
-		x.rec.MembershipsChanged("remove", "ttl", 1)
 	}
 	if !deleted && now.Before(e.ExpiresAt) {
 		return &NotYetExpiredError{Wait: e.ExpiresAt.Sub(now)}
@@ -74,7 +70,6 @@ func (x *Expiry) Sweep(ctx context.Context, batch int) (int64, error) {
 	for {
 		n, err := x.store.DeleteExpired(ctx, batch)
 		total += n
-		x.rec.MembershipsChanged("remove", "ttl", n)
 		if err != nil {
 			return total, err
 		}

@@ -1,11 +1,8 @@
 package service
 
-// Recorder counts what the service does, for monitoring. Counts are exact:
-// they come from what each transaction reports it did.
+// Recorder counts what the services do, for monitoring. (Membership
+// changes are counted by the stores, from what each transaction did.)
 type Recorder interface {
-	// MembershipsChanged counts n memberships that appeared (operation
-	// "add") or disappeared ("remove"), by history reason.
-	MembershipsChanged(operation, reason string, n int64)
 	// ReportDownloaded counts a report download of one user or of all,
 	// and whether it completed.
 	ReportDownloaded(allUsers, ok bool)
@@ -13,9 +10,6 @@ type Recorder interface {
 
 // NopRecorder counts nothing.
 type NopRecorder struct{}
-
-// MembershipsChanged does nothing.
-func (NopRecorder) MembershipsChanged(string, string, int64) {}
 
 // ReportDownloaded does nothing.
 func (NopRecorder) ReportDownloaded(bool, bool) {}

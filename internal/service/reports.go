@@ -21,37 +21,14 @@ type HistoryStore interface {
 	CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery, w io.Writer) error
 	// UserHistory returns up to limit events of the user in [from, to) that
 	// come after the cursor, in time order.
-	UserHistory(ctx context.Context, userID int64, from, to time.Time, after HistoryCursor, limit int) ([]domain.HistoryEvent, error)
-}
-
-// HistoryCursor is a position in time order: after the event at At with id
-// ID. The zero cursor is the beginning.
-type HistoryCursor struct {
-	At time.Time
-	ID int64
-}
-
-// String encodes the cursor for a next_after parameter.
-func (c HistoryCursor) String() string {
-	return strconv.FormatInt(c.At.UnixMicro(), 10) + "-" + strconv.FormatInt(c.ID, 10)
-}
-
-// ParseHistoryCursor reads what HistoryCursor.String wrote.
-func ParseHistoryCursor(s string) (HistoryCursor, error) {
-	at, id, ok := strings.Cut(s, "-")
-	micros, err1 := strconv.ParseInt(at, 10, 64)
-	n, err2 := strconv.ParseInt(id, 10, 64)
-	if !ok || err1 != nil || err2 != nil {
-		return HistoryCursor{}, fmt.Errorf("cursor %q is not one this service gave out", s)
-	}
-	return HistoryCursor{At: time.UnixMicro(micros).UTC(), ID: n}, nil
+	UserHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error)
 }
 
 // HistoryPage is one page of a user's history.
 type HistoryPage struct {
 	Events []domain.HistoryEvent
 	// Next is the cursor of the next page; nil on the last page.
-	Next *HistoryCursor
+	Next *domain.HistoryCursor
 }
 
 // Reports hands out signed links to history reports and produces them.
@@ -131,7 +108,7 @@ func (r *Reports) WriteCSV(ctx context.Context, q domain.HistoryQuery, w io.Writ
 
 // UserHistory returns up to limit events of the user in [from, to) after
 // the cursor, and the cursor of the next page if there is one.
-func (r *Reports) UserHistory(ctx context.Context, userID int64, from, to time.Time, after HistoryCursor, limit int) (HistoryPage, error) {
+func (r *Reports) UserHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) (HistoryPage, error) {
 	events, err := r.store.UserHistory(ctx, userID, from, to, after, limit+1)
 	if err != nil {
 		return HistoryPage{}, err
@@ -140,7 +117,7 @@ func (r *Reports) UserHistory(ctx context.Context, userID int64, from, to time.T
 	if len(events) > limit {
 		page.Events = events[:limit]
 		last := events[limit-1]
-		page.Next = &HistoryCursor{At: last.At, ID: last.ID}
+		page.Next = &domain.HistoryCursor{At: last.At, ID: last.ID}
 	}
 	return page, nil
 }

@@ -21,9 +21,10 @@ type RolloutScheduler interface {
 // RolloutStore is the storage Rollouts needs. Every method is atomic.
 type RolloutStore interface {
 	// PrepareRollout turns a pending rollout into a running one (choosing
-	// its users and splitting them into batches of batchSize) and returns
-	// the rollout; one past pending is returned as it is. It returns
-	// domain.ErrNotFound if the segment is gone.
+	// its users and splitting them into batches of batchSize), takes up a
+	// failed one where it stopped, and returns the rollout; a running or
+	// done one is returned as it is. It returns domain.ErrNotFound if the
+	// segment is gone.
 	PrepareRollout(ctx context.Context, segmentID int64, batchSize int) (domain.Rollout, error)
 	// RolloutBatch processes one unfinished batch no one else holds and
 	// reports whether there was one and how many memberships it created.
@@ -33,8 +34,8 @@ type RolloutStore interface {
 	FinishRollout(ctx context.Context, segmentID int64) (domain.Rollout, error)
 	// FailRollout marks an unfinished rollout failed.
 	FailRollout(ctx context.Context, segmentID int64) error
-	// UnfinishedRollouts lists the segments whose rollout is pending or
-	// running.
+	// UnfinishedRollouts lists the segments whose rollout is pending,
+	// running or failed.
 	UnfinishedRollouts(ctx context.Context) ([]int64, error)
 }
 
@@ -47,7 +48,6 @@ var ErrRolloutIncomplete = errors.New("rollout incomplete: batches remain")
 type Rollouts struct {
 	store     RolloutStore
 	scheduler RolloutScheduler
-	rec       Recorder
 	workers   int
 	batchSize int
 	log       *zap.Logger
@@ -55,8 +55,8 @@ type Rollouts struct {
 
 // NewRollouts returns Rollouts on store, running batches of batchSize users
 // on workers connections at once.
-func NewRollouts(store RolloutStore, scheduler RolloutScheduler, rec Recorder, workers, batchSize int, log *zap.Logger) *Rollouts {
-	return &Rollouts{store: store, scheduler: scheduler, rec: rec, workers: workers, batchSize: batchSize, log: log}
+func NewRollouts(store RolloutStore, scheduler RolloutScheduler, workers, batchSize int, log *zap.Logger) *Rollouts {
+	return &Rollouts{store: store, scheduler: scheduler, workers: workers, batchSize: batchSize, log: log}
 }
 
 // Run carries the rollout of segment segmentID to the end. It is safe to
@@ -76,8 +76,7 @@ func (r *Rollouts) Run(ctx context.Context, segmentID int64) error {
 	for range r.workers {
 		g.Go(func() error {
 			for {
-				claimed, added, err := r.store.RolloutBatch(gctx, segmentID)
-				r.rec.MembershipsChanged("add", "auto", added)
+				claimed, _, err := r.store.RolloutBatch(gctx, segmentID)
 				if err != nil || !claimed {
 					return err
 				}
@@ -106,8 +105,8 @@ func (r *Rollouts) Fail(ctx context.Context, segmentID int64) error {
 	return r.store.FailRollout(ctx, segmentID)
 }
 
-// Resume queues every unfinished rollout again; a rollout already queued
-// or running is not queued twice.
+// Resume queues every unfinished rollout again, failed ones included; a
+// rollout already queued or running is not queued twice.
 func (r *Rollouts) Resume(ctx context.Context) error {
 	ids, err := r.store.UnfinishedRollouts(ctx)
 	if err != nil {

@@ -18,23 +18,23 @@ type SegmentStore interface {
 	CreateSegment(ctx context.Context, s domain.NewSegment) (domain.Segment, error)
 	Segment(ctx context.Context, slug string) (domain.Segment, error)
 	Segments(ctx context.Context, after string, limit int) ([]domain.Segment, error)
-	// DeleteSegment deletes the segment and its memberships and returns how
-	// many had expired (history ttl) and how many were deleted with it.
-	DeleteSegment(ctx context.Context, slug string) (expired, deleted int64, err error)
+	// DeleteSegment deletes the segment and its memberships (history:
+	// segment_deleted, or ttl for those that had expired), or returns
+	// domain.ErrNotFound.
+	DeleteSegment(ctx context.Context, slug string) error
 }
 
 // Segments manages segments.
 type Segments struct {
 	store    SegmentStore
 	rollouts RolloutScheduler
-	rec      Recorder
 	log      *zap.Logger
 }
 
 // NewSegments returns Segments on store; the rollouts of percent segments
 // are queued with rollouts.
-func NewSegments(store SegmentStore, rollouts RolloutScheduler, rec Recorder, log *zap.Logger) *Segments {
-	return &Segments{store: store, rollouts: rollouts, rec: rec, log: log}
+func NewSegments(store SegmentStore, rollouts RolloutScheduler, log *zap.Logger) *Segments {
+	return &Segments{store: store, rollouts: rollouts, log: log}
 }
 
 // Create creates a segment. It returns domain.ErrConflict if the slug is
@@ -89,11 +89,5 @@ func (s *Segments) List(ctx context.Context, after string, limit int) (Page, err
 // reason segment_deleted) and the slug becomes free. It returns
 // domain.ErrNotFound if there is no such segment.
 func (s *Segments) Delete(ctx context.Context, slug string) error {
-	expired, deleted, err := s.store.DeleteSegment(ctx, slug)
-	if err != nil {
-		return err
-	}
-	s.rec.MembershipsChanged("remove", "ttl", expired)
-	s.rec.MembershipsChanged("remove", "segment_deleted", deleted)
-	return nil
+	return s.store.DeleteSegment(ctx, slug)
 }

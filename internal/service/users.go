@@ -15,12 +15,11 @@ import (
 // UserStore is the storage Users needs. Every method is atomic.
 type UserStore interface {
 	// RegisterUsers registers the ids not yet known, giving them their
-	// percent segments, and returns how many were new and how many
-	// memberships they got.
-	RegisterUsers(ctx context.Context, ids []int64) (registered, autoAdded int64, err error)
-	// UserSegments returns the user's active memberships sorted by slug and
-	// whether the user is registered.
-	UserSegments(ctx context.Context, userID int64) ([]domain.Membership, bool, error)
+	// percent segments, and returns how many were new.
+	RegisterUsers(ctx context.Context, ids []int64) (int64, error)
+	// UserSegments returns the user's active memberships sorted by slug,
+	// registering the user (with its percent segments) if it is unknown.
+	UserSegments(ctx context.Context, userID int64) ([]domain.Membership, error)
 	// ChangeUserSegments applies a validated change, registering the user if
 	// new. It returns domain.ErrNotFound with every unknown slug and nothing
 	// changed.
@@ -35,7 +34,6 @@ const scheduleTimeout = 500 * time.Millisecond
 type Users struct {
 	store    UserStore
 	expiries ExpiryScheduler
-	rec      Recorder
 	now      func() time.Time
 	log      *zap.Logger
 }
@@ -43,31 +41,21 @@ type Users struct {
 // NewUsers returns Users on store. Added memberships that expire are
 // scheduled for removal with expiries; now tells the time (time.Now in
 // production).
-func NewUsers(store UserStore, expiries ExpiryScheduler, rec Recorder, now func() time.Time, log *zap.Logger) *Users {
-	return &Users{store: store, expiries: expiries, rec: rec, now: now, log: log}
+func NewUsers(store UserStore, expiries ExpiryScheduler, now func() time.Time, log *zap.Logger) *Users {
+	return &Users{store: store, expiries: expiries, now: now, log: log}
 }
 
 // Register registers ids in bulk, each new user with the percent segments
 // its buckets admit it to, and returns how many were new. Registering a
 // known id again is a no-op.
 func (u *Users) Register(ctx context.Context, ids []int64) (int64, error) {
-	registered, autoAdded, err := u.store.RegisterUsers(ctx, ids)
-	u.rec.MembershipsChanged("add", "auto", autoAdded)
-	return registered, err
+	return u.store.RegisterUsers(ctx, ids)
 }
 
 // Segments returns the user's active segments sorted by slug, registering
-// the user first if the service has never seen it.
+// the user (with its percent segments) if the service has never seen it.
 func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership, error) {
-	ms, known, err := u.store.UserSegments(ctx, userID)
-	if err != nil || known {
-		return ms, err
-	}
-	if _, err := u.Register(ctx, []int64{userID}); err != nil {
-		return nil, err
-	}
-	ms, _, err = u.store.UserSegments(ctx, userID)
-	return ms, err
+	return u.store.UserSegments(ctx, userID)
 }
 
 // ChangeSegments adds and removes segments of one user atomically. It
@@ -86,15 +74,8 @@ func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (dom
 		return domain.ChangeResult{}, err
 	}
 	res, err := u.store.ChangeUserSegments(ctx, c)
-	if err != nil {
+	if err != nil || c.ExpiresAt == nil {
 		return res, err
-	}
-	u.rec.MembershipsChanged("add", "auto", int64(res.AutoAdded))
-	u.rec.MembershipsChanged("remove", "ttl", int64(res.Expired))
-	u.rec.MembershipsChanged("add", "manual", int64(res.Appeared))
-	u.rec.MembershipsChanged("remove", "manual", int64(len(res.Removed)))
-	if c.ExpiresAt == nil {
-		return res, nil
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 	defer cancel()

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 
+	"segments/internal/apitest"
 	"segments/internal/domain"
 	"segments/internal/service"
 )
@@ -17,17 +18,15 @@ import (
 type fakeUsers struct {
 	got        *domain.SegmentChange
 	registered []int64
-	known      bool
 }
 
-func (f *fakeUsers) RegisterUsers(_ context.Context, ids []int64) (int64, int64, error) {
+func (f *fakeUsers) RegisterUsers(_ context.Context, ids []int64) (int64, error) {
 	f.registered = append(f.registered, ids...)
-	f.known = true
-	return int64(len(ids)), 0, nil
+	return int64(len(ids)), nil
 }
 
-func (f *fakeUsers) UserSegments(context.Context, int64) ([]domain.Membership, bool, error) {
-	return []domain.Membership{}, f.known, nil
+func (f *fakeUsers) UserSegments(context.Context, int64) ([]domain.Membership, error) {
+	return []domain.Membership{}, nil
 }
 
 func (f *fakeUsers) ChangeUserSegments(_ context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {
@@ -35,14 +34,10 @@ func (f *fakeUsers) ChangeUserSegments(_ context.Context, c domain.SegmentChange
 	return domain.ChangeResult{UserID: c.UserID}, nil
 }
 
-type nopScheduler struct{}
-
-func (nopScheduler) ScheduleExpiry(context.Context, domain.Expiry) error { return nil }
-
 func TestChangeSegmentsNormalizes(t *testing.T) {
 	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
 	store := &fakeUsers{}
-	users := service.NewUsers(store, nopScheduler{}, service.NopRecorder{}, func() time.Time { return now }, zap.NewNop())
+	users := service.NewUsers(store, apitest.NopScheduler{}, func() time.Time { return now }, zap.NewNop())
 
 	_, err := users.ChangeSegments(t.Context(), domain.SegmentChange{
 		UserID: 1, Add: []string{"A", "B", "A"}, Remove: []string{"C", "C"}, TTL: 48 * time.Hour,
@@ -79,7 +74,7 @@ func TestChangeSegmentsRules(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &fakeUsers{}
-			users := service.NewUsers(store, nopScheduler{}, service.NopRecorder{}, func() time.Time { return now }, zap.NewNop())
+			users := service.NewUsers(store, apitest.NopScheduler{}, func() time.Time { return now }, zap.NewNop())
 			_, err := users.ChangeSegments(t.Context(), tc.change)
 			var de *domain.Error
 			if !errors.As(err, &de) || !errors.Is(err, domain.ErrInvalid) {
@@ -92,19 +87,6 @@ func TestChangeSegmentsRules(t *testing.T) {
 				t.Error("an invalid change reached the store")
 			}
 		})
-	}
-}
-
-func TestSegmentsRegistersUnknownUserOnce(t *testing.T) {
-	store := &fakeUsers{}
-	users := service.NewUsers(store, nopScheduler{}, service.NopRecorder{}, time.Now, zap.NewNop())
-	for range 2 {
-		if _, err := users.Segments(t.Context(), 1000); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if diff := cmp.Diff([]int64{1000}, store.registered); diff != "" {
-		t.Errorf("registered (-want +got):\n%s", diff)
 	}
 }
 
@@ -130,7 +112,7 @@ func (s *expiringStore) ChangeUserSegments(_ context.Context, c domain.SegmentCh
 
 func TestSchedulingStopsAtTheFirstFailure(t *testing.T) {
 	sched := &failingScheduler{}
-	users := service.NewUsers(&expiringStore{}, sched, service.NopRecorder{}, time.Now, zap.NewNop())
+	users := service.NewUsers(&expiringStore{}, sched, time.Now, zap.NewNop())
 	res, err := users.ChangeSegments(t.Context(), domain.SegmentChange{UserID: 1, Add: []string{"A", "B", "C"}, TTL: time.Hour})
 	if err != nil || len(res.Added) != 3 {
 		t.Fatalf("the change failed with Redis down: %+v, %v", res, err)

@@ -12,13 +12,16 @@ import (
 	"time"
 
 	gocmp "github.com/google/go-cmp/cmp"
+	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
+	"segments/internal/apitest"
 	"segments/internal/domain"
 	"segments/internal/httpapi"
 	"segments/internal/postgres"
 	"segments/internal/service"
 	"segments/internal/testenv"
+	"segments/internal/worker"
 )
 
 // lowest returns the k users with the lowest (SegmentHash, id): the users a
@@ -87,12 +90,8 @@ func (s *stack) waitRollout(slug string) httpapi.Segment {
 }
 
 func (s *stack) rollouts() *service.Rollouts {
-	return service.NewRollouts(postgres.NewRolloutRepo(s.pool), nopScheduler{}, service.NopRecorder{}, 2, 7, zap.NewNop())
+	return service.NewRollouts(postgres.NewRolloutRepo(s.pool, postgres.NopRecorder{}), apitest.NopScheduler{}, 2, 7, zap.NewNop())
 }
-
-type nopScheduler struct{}
-
-func (nopScheduler) ScheduleRollout(context.Context, int64) error { return nil }
 
 func (s *stack) segmentID(slug string) int64 {
 	return s.scalar(`SELECT id FROM segments WHERE slug = $1`, slug)
@@ -244,11 +243,11 @@ func TestRolloutCutShortAndRunAgainEndsExact(t *testing.T) {
 	users := ids(1, 1000)
 	s.register(users)
 	// Created through the store, so that no worker runs its rollout.
-	seg, err := postgres.NewSegmentRepo(s.pool).CreateSegment(t.Context(), domain.NewSegment{Slug: "PART", AutoPercent: ptr(domain.Percent(4000))})
+	seg, err := postgres.NewSegmentRepo(s.pool, postgres.NopRecorder{}).CreateSegment(t.Context(), domain.NewSegment{Slug: "PART", AutoPercent: ptr(domain.Percent(4000))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := postgres.NewRolloutRepo(s.pool)
+	store := postgres.NewRolloutRepo(s.pool, postgres.NopRecorder{})
 	if ro, err := store.PrepareRollout(t.Context(), seg.ID, 100); err != nil || ro.Status != domain.RolloutRunning || ro.Total != 400 {
 		t.Fatalf("prepare: %+v, %v", ro, err)
 	}
@@ -384,3 +383,50 @@ func TestRegistrationsDuringARollout(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestRolloutThatExhaustsItsRetriesFailsAndIsTakenUpAgain(t *testing.T) {
+	t.Parallel()
+	// The worker's statements give up after 300 ms, its rollout tasks
+	// after one retry, and resume runs every second.
+	s := newStack(t, stackOptions{sweepInterval: time.Second, rolloutMaxRetry: 1, workerStatementTimeout: 300 * time.Millisecond})
+	users := ids(1, 300)
+	s.register(users)
+
+	// While this transaction holds the users table, no rollout can count
+	// its population.
+	tx, err := s.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE users IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "STUCK", "auto_percent": 40}, nil)
+
+	var seg httpapi.Segment
+	testenv.Eventually(t, 30*time.Second, "the rollout never showed failed", func() bool {
+		s.mustDo("GET", "/api/v1/segments/STUCK", nil, &seg)
+		return seg.Rollout != nil && seg.Rollout.Status == "failed"
+	})
+	stats, err := s.svc.Stats(t.Context())
+	if err != nil || stats.Rollouts[domain.RolloutFailed] != 1 {
+		t.Errorf("stats for monitoring: %+v, %v; want one failed rollout", stats, err)
+	}
+	info, err := asynq.NewInspectorFromRedisClient(s.rdb).GetTaskInfo(s.queue, worker.RolloutTaskID(s.segmentID("STUCK")))
+	if err != nil || info.State != asynq.TaskStateArchived {
+		t.Fatalf("rollout task: %+v, %v; want it archived", info, err)
+	}
+
+	// The fault ends: the periodic resume queues the rollout again,
+	// although its task id is still in the archive.
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	seg = s.waitRollout("STUCK")
+	want := lowest("STUCK", users, 120)
+	if diff := gocmp.Diff(want, s.members("STUCK")); diff != "" || seg.Rollout.Assigned != 120 || seg.Rollout.Total != 120 {
+		t.Errorf("rollout %+v; members (-want +got):\n%s", seg.Rollout, diff)
+	}
+	testenv.AssertHistoryReplays(t, s.pool)
+}

@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"segments/internal/domain"
-	"segments/internal/service"
 )
 
 // Task types.
@@ -33,16 +32,20 @@ type rolloutPayload struct {
 	SegmentID int64 `json:"segment_id"`
 }
 
-// NewRolloutTask returns the rollout task of a segment; its id is unique per
-// segment, so a rollout is never queued twice.
-func NewRolloutTask(segmentID int64) (*asynq.Task, []asynq.Option, error) {
+// NewRolloutTask returns the rollout task of a segment, retried up to
+// maxRetry times; its id is unique per segment (RolloutTaskID), so a
+// rollout is never queued twice.
+func NewRolloutTask(segmentID int64, maxRetry int) (*asynq.Task, []asynq.Option, error) {
 	payload, err := json.Marshal(rolloutPayload{SegmentID: segmentID})
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode rollout: %w", err)
 	}
-	id := "rollout:" + strconv.FormatInt(segmentID, 10)
-	return asynq.NewTask(TypeRollout, payload), []asynq.Option{asynq.TaskID(id), asynq.Timeout(time.Hour)}, nil
+	opts := []asynq.Option{asynq.TaskID(RolloutTaskID(segmentID)), asynq.Timeout(time.Hour), asynq.MaxRetry(maxRetry)}
+	return asynq.NewTask(TypeRollout, payload), opts, nil
 }
+
+// RolloutTaskID is the task id of a segment's rollout.
+func RolloutTaskID(segmentID int64) string { return "rollout:" + strconv.FormatInt(segmentID, 10) }
 
 func parseRollout(t *asynq.Task) (int64, error) {
 	var p rolloutPayload
@@ -79,43 +82,68 @@ func parseExpiry(t *asynq.Task) (domain.Expiry, error) {
 	return e, nil
 }
 
-var (
-	_ service.ExpiryScheduler  = (*Client)(nil)
-	_ service.RolloutScheduler = (*Client)(nil)
-)
-
 // Client enqueues the service's tasks.
 type Client struct {
-	c     *asynq.Client
-	queue string
+	c               *asynq.Client
+	inspector       *asynq.Inspector
+	queue           string
+	rolloutMaxRetry int
 }
 
-// NewClient returns a Client writing to queue on rdb.
-func NewClient(rdb redis.UniversalClient, queue string) *Client {
-	return &Client{c: asynq.NewClientFromRedisClient(rdb), queue: queue}
+// NewClient returns a Client writing to queue on rdb; a rollout task is
+// retried up to rolloutMaxRetry times before its rollout is marked failed.
+func NewClient(rdb redis.UniversalClient, queue string, rolloutMaxRetry int) *Client {
+	return &Client{
+		c:               asynq.NewClientFromRedisClient(rdb),
+		inspector:       asynq.NewInspectorFromRedisClient(rdb),
+		queue:           queue,
+		rolloutMaxRetry: rolloutMaxRetry,
+	}
 }
 
 // ScheduleExpiry enqueues the removal of e at its expiry. Scheduling the
 // same membership and expiry twice is not an error.
 func (c *Client) ScheduleExpiry(ctx context.Context, e domain.Expiry) error {
-	return c.enqueue(ctx)(NewExpireTask(e))
+	if err := c.enqueue(ctx)(NewExpireTask(e)); !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	return nil
 }
 
 // ScheduleRollout enqueues the rollout of a percent segment. Scheduling a
-// rollout that is queued or running already is not an error.
+// rollout that is queued or running already is not an error. A rollout
+// task that exhausted its retries stays in asynq's archive under the same
+// id (which would refuse a new task for the archive's retention, 90 days):
+// it is deleted and the rollout queued afresh.
 func (c *Client) ScheduleRollout(ctx context.Context, segmentID int64) error {
-	return c.enqueue(ctx)(NewRolloutTask(segmentID))
+	err := c.enqueue(ctx)(NewRolloutTask(segmentID, c.rolloutMaxRetry))
+	if !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	id := RolloutTaskID(segmentID)
+	info, ierr := c.inspector.GetTaskInfo(c.queue, id)
+	if ierr != nil || info.State != asynq.TaskStateArchived {
+		return nil // queued, running or just finished: nothing to do
+	}
+	if err := c.inspector.DeleteTask(c.queue, id); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+		return fmt.Errorf("delete archived %s: %w", id, err)
+	}
+	err = c.enqueue(ctx)(NewRolloutTask(segmentID, c.rolloutMaxRetry))
+	if errors.Is(err, asynq.ErrTaskIDConflict) {
+		return nil // another worker queued it meanwhile
+	}
+	return err
 }
 
-// enqueue returns a function that enqueues what a task constructor made,
-// treating a task id that exists already as success.
+// enqueue returns a function that enqueues what a task constructor made.
+// A task id that exists already gives an error wrapping
+// asynq.ErrTaskIDConflict.
 func (c *Client) enqueue(ctx context.Context) func(*asynq.Task, []asynq.Option, error) error {
 	return func(t *asynq.Task, opts []asynq.Option, err error) error {
 		if err != nil {
 			return err
 		}
-		_, err = c.c.EnqueueContext(ctx, t, append(opts, asynq.Queue(c.queue))...)
-		if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		if _, err = c.c.EnqueueContext(ctx, t, append(opts, asynq.Queue(c.queue))...); err != nil {
 			return fmt.Errorf("enqueue %s: %w", t.Type(), err)
 		}
 		return nil

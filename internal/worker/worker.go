@@ -38,11 +38,51 @@ type Services struct {
 	Rollouts *service.Rollouts
 }
 
-// TaskObserver records finished tasks, for monitoring. Outcome is success,
-// deferred (retried later by design: an early expiry, an unfinished
-// rollout) or failure.
+// TaskObserver records finished tasks, for monitoring; outcome is an
+// Outcome.
 type TaskObserver interface {
 	ObserveTask(taskType, outcome string, d time.Duration)
+}
+
+// Outcome is how a task run ended.
+type Outcome string
+
+// Outcomes of a task run.
+const (
+	Success Outcome = "success"
+	// Deferred: retried later by design (an expiry task that ran early, a
+	// rollout whose batches another run holds); not a failure.
+	Deferred Outcome = "deferred"
+	Failure  Outcome = "failure"
+)
+
+// classify is the one place that decides what a task's error means: its
+// outcome and, for a deferred task, when to run it again.
+func classify(err error) (out Outcome, wait time.Duration) {
+	var early *service.NotYetExpiredError
+	switch {
+	case err == nil:
+		return Success, 0
+	case errors.As(err, &early):
+		return Deferred, early.Wait + 50*time.Millisecond
+	case errors.Is(err, service.ErrRolloutIncomplete):
+		return Deferred, 5 * time.Second
+	}
+	return Failure, 0
+}
+
+// retryDelay is when a task runs again after its n-th retry: a deferred
+// task when classify says; a failed rollout soon, then less often (it holds
+// up a segment); anything else with asynq's default backoff.
+func retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	out, wait := classify(err)
+	switch {
+	case out == Deferred:
+		return wait
+	case t.Type() == TypeRollout:
+		return min(time.Second<<min(n, 6), time.Minute)
+	}
+	return asynq.DefaultRetryDelayFunc(n, err, t)
 }
 
 // Server is an asynq server with the service's handlers, and the scheduler
@@ -54,13 +94,6 @@ type Server struct {
 	cfg   Config
 	svc   Services
 	log   *zap.Logger
-}
-
-// notFailures are errors that ask for a later retry without counting as
-// failures.
-func notFailure(err error) bool {
-	var early *service.NotYetExpiredError
-	return errors.As(err, &early) || errors.Is(err, service.ErrRolloutIncomplete)
 }
 
 // NewServer returns a Server reading cfg.Queue on rdb; obs (if not nil)
@@ -79,18 +112,10 @@ func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObse
 		LogLevel:                 asynq.WarnLevel,
 		RetryDelayFunc:           retryDelay,
 		IsFailure: func(err error) bool {
-			var early *service.NotYetExpiredError
-			return !errors.As(err, &early)
+			out, _ := classify(err)
+			return out == Failure
 		},
-		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
-			var early *service.NotYetExpiredError
-			if errors.As(err, &early) {
-				return
-			}
-			retried, _ := asynq.GetRetryCount(ctx)
-			maxRetry, _ := asynq.GetMaxRetry(ctx)
-			taskLogger(ctx, log, t).Error("task failed", zap.Int("retry", retried), zap.Int("max_retry", maxRetry), zap.Error(err))
-		}),
+		ErrorHandler: asynq.ErrorHandlerFunc(s.handleError),
 	})
 	s.sched = asynq.NewSchedulerFromRedisClient(rdb, &asynq.SchedulerOpts{
 		Logger:   zapLogger{log.Sugar()},
@@ -106,14 +131,8 @@ func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObse
 			start := time.Now()
 			err := next.ProcessTask(logctx.With(ctx, log, taskFields(ctx, t)...), t)
 			if obs != nil {
-				outcome := "success"
-				switch {
-				case err != nil && notFailure(err):
-					outcome = "deferred"
-				case err != nil:
-					outcome = "failure"
-				}
-				obs.ObserveTask(t.Type(), outcome, time.Since(start))
+				out, _ := classify(err)
+				obs.ObserveTask(t.Type(), string(out), time.Since(start))
 			}
 			return err
 		})
@@ -126,9 +145,9 @@ func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObse
 }
 
 // handleError logs a failed task; a rollout that will not be retried is
-// marked failed.
+// marked failed, for the periodic resume to take up again.
 func (s *Server) handleError(ctx context.Context, t *asynq.Task, err error) {
-	if notFailure(err) {
+	if out, _ := classify(err); out != Failure {
 		return
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
@@ -144,7 +163,9 @@ func (s *Server) handleError(ctx context.Context, t *asynq.Task, err error) {
 	}
 	if ferr := s.svc.Rollouts.Fail(context.WithoutCancel(ctx), id); ferr != nil {
 		log.Error("could not mark the rollout failed", zap.Error(ferr))
+		return
 	}
+	log.Warn("rollout failed; it will be taken up again", zap.Int64("segment_id", id))
 }
 
 // Start starts processing tasks and scheduling the sweep.
@@ -200,19 +221,6 @@ func (s *Server) handleRollout(ctx context.Context, t *asynq.Task) error {
 
 func (s *Server) handleResumeRollouts(ctx context.Context, _ *asynq.Task) error {
 	return s.svc.Rollouts.Resume(ctx)
-}
-
-// retryDelay retries an early expiry task at its expiry, an incomplete
-// rollout soon, and anything else with asynq's default backoff.
-func retryDelay(n int, err error, t *asynq.Task) time.Duration {
-	var early *service.NotYetExpiredError
-	switch {
-	case errors.As(err, &early):
-		return early.Wait + 50*time.Millisecond
-	case errors.Is(err, service.ErrRolloutIncomplete):
-		return 5 * time.Second
-	}
-	return asynq.DefaultRetryDelayFunc(n, err, t)
 }
 
 func taskFields(ctx context.Context, t *asynq.Task) []zap.Field {

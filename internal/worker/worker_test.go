@@ -1,13 +1,11 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,11 +18,12 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"segments/internal/apitest"
+	"segments/internal/app"
 	"segments/internal/domain"
 	"segments/internal/httpapi"
 	"segments/internal/localserver"
 	"segments/internal/postgres"
-	"segments/internal/service"
 	"segments/internal/testenv"
 	"segments/internal/worker"
 )
@@ -39,6 +38,7 @@ type stack struct {
 	t     *testing.T
 	pool  *pgxpool.Pool
 	api   http.Handler
+	svc   *app.Services
 	queue string
 	rdb   *redis.Client
 	logs  *observer.ObservedLogs
@@ -48,6 +48,11 @@ type stackOptions struct {
 	redisURL      string
 	sweepInterval time.Duration
 	rolloutBatch  int
+	// rolloutMaxRetry is ROLLOUT_MAX_RETRY; zero keeps the default.
+	rolloutMaxRetry int
+	// workerStatementTimeout, if set, bounds the worker's statements (it
+	// gets a pool of its own).
+	workerStatementTimeout time.Duration
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -72,24 +77,37 @@ func newStack(t *testing.T, o stackOptions) *stack {
 
 	core, logs := observer.New(zap.InfoLevel)
 	log := zap.New(core)
-	pool := env.NewPool(t)
+	dbURL := env.NewDatabase(t)
+	pool := openPool(t, dbURL, 0)
 	queue := fmt.Sprintf("test-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
-	client := worker.NewClient(rdb, queue)
-	api := httpapi.NewRouter(httpapi.Options{
-		Segments: service.NewSegments(postgres.NewSegmentRepo(pool), client, service.NopRecorder{}, log),
-		Users:    service.NewUsers(postgres.NewUserRepo(pool), client, service.NopRecorder{}, time.Now, log),
-		Log:      log,
-	})
-	srv := worker.NewServer(rdb, worker.Config{
-		Concurrency:     10,
-		Queue:           queue,
-		ShutdownTimeout: 5 * time.Second,
-		SweepInterval:   o.sweepInterval,
-		SweepBatch:      100,
-	}, worker.Services{
-		Expiry:   service.NewExpiry(postgres.NewExpiryRepo(pool), service.NopRecorder{}, log),
-		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(pool), client, service.NopRecorder{}, 2, o.rolloutBatch, log),
-	}, nil, log)
+	vars := map[string]string{
+		"WORKER_QUEUE":       queue,
+		"WORKER_CONCURRENCY": "10",
+		"SHUTDOWN_TIMEOUT":   "5s",
+		"SWEEP_INTERVAL":     o.sweepInterval.String(),
+		"SWEEP_BATCH":        "100",
+		"ROLLOUT_WORKERS":    "2",
+		"ROLLOUT_BATCH":      fmt.Sprint(o.rolloutBatch),
+		"REPORT_SECRET":      "a test secret of at least 32 bytes, not a real one",
+	}
+	if o.rolloutMaxRetry != 0 {
+		vars["ROLLOUT_MAX_RETRY"] = fmt.Sprint(o.rolloutMaxRetry)
+	}
+	cfg := apitest.Config(t, vars)
+	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httpapi.NewRouter(httpapi.Options{Segments: svc.Segments, Users: svc.Users, Reports: svc.Reports, Log: log})
+
+	workerSvc := svc
+	if o.workerStatementTimeout > 0 {
+		wpool := openPool(t, dbURL, o.workerStatementTimeout)
+		if workerSvc, err = app.New(cfg, app.Deps{Pool: wpool, Redis: rdb, Log: log}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := worker.NewServer(rdb, app.WorkerConfig(cfg), workerSvc.WorkerServices(), nil, log)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,28 +119,30 @@ func newStack(t *testing.T, o stackOptions) *stack {
 			}
 		}
 	})
-	return &stack{t: t, pool: pool, api: api, queue: queue, rdb: rdb, logs: logs}
+	return &stack{t: t, pool: pool, api: api, svc: svc, queue: queue, rdb: rdb, logs: logs}
 }
 
+// openPool opens a pool on dbURL, closed when t ends.
+func openPool(t *testing.T, dbURL string, statementTimeout time.Duration) *pgxpool.Pool {
+	t.Helper()
+	pool, err := postgres.Open(t.Context(), dbURL, postgres.PoolConfig{MaxConns: 20, StatementTimeout: statementTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// do sends a request to the API and decodes a 2xx body into out.
 func (s *stack) do(method, path string, body any, out any) int {
 	s.t.Helper()
-	var b []byte
-	if body != nil {
-		var err error
-		if b, err = json.Marshal(body); err != nil {
+	r := apitest.Do(s.t, s.api, method, path, body)
+	if out != nil && r.Status < 300 {
+		if err := json.Unmarshal(r.Body, out); err != nil {
 			s.t.Fatal(err)
 		}
 	}
-	req := httptest.NewRequest(method, path, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
-	rec := httptest.NewRecorder()
-	s.api.ServeHTTP(rec, req)
-	if out != nil && rec.Code < 300 {
-		if err := json.Unmarshal(rec.Body.Bytes(), out); err != nil {
-			s.t.Fatal(err)
-		}
-	}
-	return rec.Code
+	return r.Status
 }
 
 func (s *stack) mustDo(method, path string, body any, out any) {
@@ -134,11 +154,7 @@ func (s *stack) mustDo(method, path string, body any, out any) {
 
 func (s *stack) scalar(sql string, args ...any) int64 {
 	s.t.Helper()
-	var n int64
-	if err := s.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
-		s.t.Fatalf("%s: %v", sql, err)
-	}
-	return n
+	return apitest.Scalar(s.t, s.pool, sql, args...)
 }
 
 func (s *stack) held(user int64) []string {

@@ -1,5 +1,4 @@
-DROP FUNCTION IF EXISTS change_user_segments(bigint, text[], text[], timestamptz);
-DROP FUNCTION IF EXISTS register_users(bigint[]);
+DROP TABLE IF EXISTS rollout_batches;
 DROP TABLE IF EXISTS membership_history;
 DROP TABLE IF EXISTS memberships;
 DROP TABLE IF EXISTS users;
@@ -8,4 +7,7 @@ DROP FUNCTION IF EXISTS memberships_forbid_truncate();
 DROP FUNCTION IF EXISTS memberships_forbid_rekey();
 DROP FUNCTION IF EXISTS memberships_record_removed();
 DROP FUNCTION IF EXISTS memberships_record_added();
+DROP FUNCTION IF EXISTS history_now();
 DROP FUNCTION IF EXISTS history_reason();
+DROP FUNCTION IF EXISTS segment_bucket(text, bigint);
+DROP FUNCTION IF EXISTS segment_hash(text, bigint);

@@ -10,6 +10,13 @@ import (
 	"segments/internal/domain"
 )
 
+// respond writes v as JSON with status.
+func respond(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
 // Problem is an RFC 9457 problem detail, the body of every error response
 // (Content-Type application/problem+json).
 type Problem struct {

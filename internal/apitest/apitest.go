@@ -1,0 +1,130 @@
+// Package apitest holds what the service's tests share: requests through a
+// real handler, problem decoding, one-value SQL reads, a scheduler that
+// schedules nothing, and a test configuration.
+package apitest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"segments/internal/config"
+	"segments/internal/domain"
+)
+
+// Response is a recorded response with its body.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Do sends a request through h. A string or []byte body is sent as is; any
+// other non-nil body is encoded as JSON. A request with a body gets the
+// JSON content type unless header (name, value pairs) sets another; the
+// name "Host" sets the request's host.
+func Do(tb testing.TB, h http.Handler, method, path string, body any, header ...string) Response {
+	tb.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		enc, err := json.Marshal(b)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		rd = bytes.NewReader(enc)
+	}
+	req := httptest.NewRequest(method, path, rd)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i] == "Host" {
+			req.Host = header[i+1]
+			continue
+		}
+		req.Header.Set(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return Response{Status: rec.Code, Header: rec.Header(), Body: rec.Body.Bytes()}
+}
+
+// MustDo is Do that fails tb unless the status is want, and decodes the
+// body into out (if not nil).
+func MustDo(tb testing.TB, h http.Handler, want int, method, path string, body, out any) Response {
+	tb.Helper()
+	r := Do(tb, h, method, path, body)
+	if r.Status != want {
+		tb.Fatalf("%s %s: status %d, want %d; body: %s", method, path, r.Status, want, r.Body)
+	}
+	if out != nil {
+		if err := json.Unmarshal(r.Body, out); err != nil {
+			tb.Fatalf("%s %s: decode %s: %v", method, path, r.Body, err)
+		}
+	}
+	return r
+}
+
+// Scalar runs a SQL query that returns one integer.
+func Scalar(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) int64 {
+	tb.Helper()
+	var n int64
+	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		tb.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// Column runs a SQL query and returns its single text column.
+func Column(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) []string {
+	tb.Helper()
+	rows, _ := pool.Query(context.Background(), sql, args...)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		tb.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
+// Exec runs a SQL statement.
+func Exec(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
+	tb.Helper()
+	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
+		tb.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// NopScheduler schedules nothing: expiries are left to reads and sweeps,
+// rollouts to direct calls.
+type NopScheduler struct{}
+
+// ScheduleExpiry does nothing.
+func (NopScheduler) ScheduleExpiry(context.Context, domain.Expiry) error { return nil }
+
+// ScheduleRollout does nothing.
+func (NopScheduler) ScheduleRollout(context.Context, int64) error { return nil }
+
+// Config returns the service's default configuration with the given
+// overrides (environment variable names to values).
+func Config(tb testing.TB, env map[string]string) config.Config {
+	tb.Helper()
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
+}

@@ -1,0 +1,411 @@
+package service_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+
+	"segments/internal/domain"
+	"segments/internal/service"
+)
+
+var errStore = errors.New("store failed")
+
+// fakeSegments is a SegmentStore over a sorted list of slugs.
+type fakeSegments struct {
+	slugs   []string
+	created []domain.NewSegment
+	err     error
+}
+
+func (f *fakeSegments) CreateSegment(_ context.Context, ns domain.NewSegment) (domain.Segment, error) {
+	f.created = append(f.created, ns)
+	return domain.Segment{ID: 7, Slug: ns.Slug, AutoPercent: ns.AutoPercent}, f.err
+}
+
+func (f *fakeSegments) Segment(context.Context, string) (domain.Segment, error) {
+	return domain.Segment{}, f.err
+}
+
+func (f *fakeSegments) Segments(_ context.Context, after string, limit int) ([]domain.Segment, error) {
+	var out []domain.Segment
+	for _, s := range f.slugs {
+		if s > after && len(out) < limit {
+			out = append(out, domain.Segment{Slug: s})
+		}
+	}
+	return out, f.err
+}
+
+func (f *fakeSegments) DeleteSegment(context.Context, string) error { return f.err }
+
+// rolloutScheduler records what it is asked to schedule.
+type rolloutScheduler struct {
+	ids []int64
+	err error
+}
+
+func (s *rolloutScheduler) ScheduleRollout(_ context.Context, id int64) error {
+	s.ids = append(s.ids, id)
+	return s.err
+}
+
+func TestSegmentsCreateQueuesRolloutsOfPercentSegments(t *testing.T) {
+	half := domain.Percent(5000)
+	tests := []struct {
+		name      string
+		seg       domain.NewSegment
+		storeErr  error
+		schedErr  error
+		wantErr   error
+		wantQueue []int64
+	}{
+		{"manual", domain.NewSegment{Slug: "M"}, nil, nil, nil, nil},
+		{"percent", domain.NewSegment{Slug: "P", AutoPercent: &half}, nil, nil, nil, []int64{7}},
+		{"percent with Redis down still created", domain.NewSegment{Slug: "P", AutoPercent: &half}, nil, errors.New("redis down"), nil, []int64{7}},
+		{"store fails: nothing queued", domain.NewSegment{Slug: "P", AutoPercent: &half}, errStore, nil, errStore, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sched := &rolloutScheduler{err: tc.schedErr}
+			segs := service.NewSegments(&fakeSegments{err: tc.storeErr}, sched, zap.NewNop())
+			seg, err := segs.Create(t.Context(), tc.seg)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && seg.Slug != tc.seg.Slug {
+				t.Errorf("created %q, want %q", seg.Slug, tc.seg.Slug)
+			}
+			if diff := cmp.Diff(tc.wantQueue, sched.ids); diff != "" {
+				t.Errorf("rollouts queued (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSegmentsListPages(t *testing.T) {
+	segs := service.NewSegments(&fakeSegments{slugs: []string{"A", "B", "C", "D", "E"}}, &rolloutScheduler{}, zap.NewNop())
+	tests := []struct {
+		after     string
+		limit     int
+		want      []string
+		nextAfter string
+	}{
+		{"", 2, []string{"A", "B"}, "B"},
+		{"B", 2, []string{"C", "D"}, "D"},
+		{"D", 2, []string{"E"}, ""},
+		{"", 5, []string{"A", "B", "C", "D", "E"}, ""},
+		{"E", 5, nil, ""},
+	}
+	for _, tc := range tests {
+		page, err := segs.List(t.Context(), tc.after, tc.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, s := range page.Segments {
+			got = append(got, s.Slug)
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" || page.NextAfter != tc.nextAfter {
+			t.Errorf("after %q limit %d: next %q (want %q), slugs (-want +got):\n%s", tc.after, tc.limit, page.NextAfter, tc.nextAfter, diff)
+		}
+	}
+}
+
+// fakeRollouts is a RolloutStore whose rollout has a number of batches.
+type fakeRollouts struct {
+	prepare    domain.Rollout
+	prepareErr error
+	batches    int // left to claim
+	batchErr   error
+	finish     domain.Rollout
+	finishErr  error
+	failed     []int64
+	unfinished []int64
+}
+
+func (f *fakeRollouts) PrepareRollout(context.Context, int64, int) (domain.Rollout, error) {
+	return f.prepare, f.prepareErr
+}
+
+func (f *fakeRollouts) RolloutBatch(context.Context, int64) (bool, int64, error) {
+	if f.batchErr != nil {
+		return false, 0, f.batchErr
+	}
+	if f.batches == 0 {
+		return false, 0, nil
+	}
+	f.batches--
+	return true, 10, nil
+}
+
+func (f *fakeRollouts) FinishRollout(context.Context, int64) (domain.Rollout, error) {
+	return f.finish, f.finishErr
+}
+
+func (f *fakeRollouts) FailRollout(_ context.Context, id int64) error {
+	f.failed = append(f.failed, id)
+	return nil
+}
+
+func (f *fakeRollouts) UnfinishedRollouts(context.Context) ([]int64, error) {
+	return f.unfinished, nil
+}
+
+func TestRolloutsRun(t *testing.T) {
+	running := domain.Rollout{Status: domain.RolloutRunning, Total: 30}
+	done := domain.Rollout{Status: domain.RolloutDone, Total: 30, Assigned: 30}
+	tests := []struct {
+		name    string
+		store   fakeRollouts
+		wantErr error
+	}{
+		{"segment gone before it starts", fakeRollouts{prepareErr: domain.NotFoundf("gone")}, nil},
+		{"already done", fakeRollouts{prepare: done}, nil},
+		{"runs every batch, then done", fakeRollouts{prepare: running, batches: 3, finish: done}, nil},
+		{"segment deleted meanwhile", fakeRollouts{prepare: running, batches: 3, finishErr: domain.NotFoundf("gone")}, nil},
+		{"batches held elsewhere", fakeRollouts{prepare: running, finish: running}, service.ErrRolloutIncomplete},
+		{"a batch fails", fakeRollouts{prepare: running, batchErr: errStore}, errStore},
+		{"prepare fails", fakeRollouts{prepareErr: errStore}, errStore},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := tc.store
+			r := service.NewRollouts(&store, &rolloutScheduler{}, 1, 100, zap.NewNop())
+			if err := r.Run(t.Context(), 7); !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if tc.store.batchErr == nil && store.batches != 0 {
+				t.Errorf("%d batches left unclaimed", store.batches)
+			}
+		})
+	}
+}
+
+func TestRolloutsResumeAndFail(t *testing.T) {
+	store := &fakeRollouts{unfinished: []int64{3, 5, 8}}
+	sched := &rolloutScheduler{}
+	r := service.NewRollouts(store, sched, 1, 100, zap.NewNop())
+	if err := r.Resume(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int64{3, 5, 8}, sched.ids); diff != "" {
+		t.Errorf("queued (-want +got):\n%s", diff)
+	}
+	sched.err = errors.New("redis down")
+	if err := r.Resume(t.Context()); err == nil {
+		t.Error("Resume hid that nothing could be queued")
+	}
+	if err := r.Fail(t.Context(), 5); err != nil || len(store.failed) != 1 || store.failed[0] != 5 {
+		t.Errorf("Fail: %v, failed %v", err, store.failed)
+	}
+}
+
+// fakeExpiry is an ExpiryStore: ExpireMembership answers as set; each
+// DeleteExpired call removes up to limit of left.
+type fakeExpiry struct {
+	deleted bool
+	now     time.Time
+	left    int64
+	failAt  int // DeleteExpired call that fails (1-based), 0 for none
+	calls   int
+}
+
+func (f *fakeExpiry) ExpireMembership(context.Context, domain.Expiry) (bool, time.Time, error) {
+	return f.deleted, f.now, nil
+}
+
+func (f *fakeExpiry) DeleteExpired(_ context.Context, limit int) (int64, error) {
+	f.calls++
+	if f.calls == f.failAt {
+		return 0, errStore
+	}
+	n := min(f.left, int64(limit))
+	f.left -= n
+	return n, nil
+}
+
+func TestExpiryExpire(t *testing.T) {
+	at := time.Date(2030, 1, 1, 0, 0, 10, 0, time.UTC)
+	tests := []struct {
+		name     string
+		store    fakeExpiry
+		wantWait time.Duration // 0: no NotYetExpiredError
+	}{
+		{"removed", fakeExpiry{deleted: true, now: at.Add(time.Millisecond)}, 0},
+		{"already gone or re-added", fakeExpiry{now: at.Add(time.Second)}, 0},
+		{"task came early", fakeExpiry{now: at.Add(-3 * time.Second)}, 3 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x := service.NewExpiry(&tc.store, zap.NewNop())
+			err := x.Expire(t.Context(), domain.Expiry{UserID: 1, Slug: "A", ExpiresAt: at})
+			var early *service.NotYetExpiredError
+			switch {
+			case tc.wantWait == 0 && err != nil:
+				t.Fatalf("err = %v, want nil", err)
+			case tc.wantWait != 0 && (!errors.As(err, &early) || early.Wait != tc.wantWait):
+				t.Fatalf("err = %v, want a wait of %s", err, tc.wantWait)
+			}
+		})
+	}
+}
+
+func TestExpirySweepsInBatches(t *testing.T) {
+	tests := []struct {
+		name      string
+		store     fakeExpiry
+		wantTotal int64
+		wantCalls int
+		wantErr   error
+	}{
+		{"nothing expired", fakeExpiry{}, 0, 1, nil},
+		{"less than a batch", fakeExpiry{left: 7}, 7, 1, nil},
+		{"exactly two batches", fakeExpiry{left: 20}, 20, 3, nil},
+		{"two and a half batches", fakeExpiry{left: 25}, 25, 3, nil},
+		{"fails on the second batch", fakeExpiry{left: 25, failAt: 2}, 10, 2, errStore},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x := service.NewExpiry(&tc.store, zap.NewNop())
+			total, err := x.Sweep(t.Context(), 10)
+			if total != tc.wantTotal || tc.store.calls != tc.wantCalls || !errors.Is(err, tc.wantErr) {
+				t.Errorf("swept %d in %d calls (%v), want %d in %d (%v)", total, tc.store.calls, err, tc.wantTotal, tc.wantCalls, tc.wantErr)
+			}
+		})
+	}
+}
+
+// fakeHistory is a HistoryStore over a fixed list of events.
+type fakeHistory struct {
+	events []domain.HistoryEvent
+	csv    string
+	err    error
+}
+
+func (f *fakeHistory) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w io.Writer) error {
+	if f.err != nil {
+		return f.err
+	}
+	_, err := io.WriteString(w, f.csv)
+	return err
+}
+
+func (f *fakeHistory) UserHistory(_ context.Context, _ int64, _, _ time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
+	var out []domain.HistoryEvent
+	for _, e := range f.events {
+		if (e.At.After(after.At) || e.At.Equal(after.At) && e.ID > after.ID) && len(out) < limit {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// downloads is a service.Recorder that keeps what it is told.
+type downloads struct{ got []string }
+
+func (d *downloads) ReportDownloaded(allUsers, ok bool) {
+	scope, outcome := "user", "ok"
+	if allUsers {
+		scope = "all"
+	}
+	if !ok {
+		outcome = "error"
+	}
+	d.got = append(d.got, scope+" "+outcome)
+}
+
+func TestReportLinks(t *testing.T) {
+	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	clock := now
+	r := service.NewReports(&fakeHistory{}, &downloads{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, func() time.Time { return clock })
+	q := domain.HistoryQuery{Period: domain.Period{Year: 2023, Month: 8}, UserID: 1000}
+	token, exp := r.Link(q)
+	if !exp.Equal(now.Add(time.Hour)) {
+		t.Errorf("expires %v, want %v", exp, now.Add(time.Hour))
+	}
+	tampered := []byte(token)
+	tampered[3] ^= 1
+	other := service.NewReports(&fakeHistory{}, &downloads{}, []byte("another secret of at least 32 bytes!!"), time.Hour, func() time.Time { return clock })
+	otherToken, _ := other.Link(q)
+	tests := []struct {
+		name  string
+		token string
+		at    time.Time
+		ok    bool
+	}{
+		{"fresh", token, now, true},
+		{"a second before expiry", token, now.Add(time.Hour - time.Second), true},
+		{"at expiry", token, now.Add(time.Hour), false},
+		{"tampered", string(tampered), now, false},
+		{"signed with another secret", otherToken, now, false},
+		{"no signature", strings.Split(token, ".")[0], now, false},
+		{"empty", "", now, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clock = tc.at
+			got, err := r.Open(tc.token)
+			if tc.ok && (err != nil || got != q) {
+				t.Fatalf("Open = %+v, %v; want %+v", got, err, q)
+			}
+			if !tc.ok && !errors.Is(err, domain.ErrForbidden) {
+				t.Fatalf("err = %v, want ErrForbidden", err)
+			}
+		})
+	}
+}
+
+func TestReportCSVIsCounted(t *testing.T) {
+	rec := &downloads{}
+	store := &fakeHistory{csv: "user_id;segment;operation;datetime;reason\n"}
+	r := service.NewReports(store, rec, []byte("a secret of at least 32 bytes, for tests"), time.Hour, time.Now)
+	var buf bytes.Buffer
+	if err := r.WriteCSV(t.Context(), domain.HistoryQuery{UserID: 1}, &buf); err != nil || buf.String() != store.csv {
+		t.Fatalf("WriteCSV wrote %q, %v", buf.String(), err)
+	}
+	store.err = errStore
+	if err := r.WriteCSV(t.Context(), domain.HistoryQuery{}, &buf); !errors.Is(err, errStore) {
+		t.Fatalf("err = %v, want the store's", err)
+	}
+	if diff := cmp.Diff([]string{"user ok", "all error"}, rec.got); diff != "" {
+		t.Errorf("downloads counted (-want +got):\n%s", diff)
+	}
+}
+
+func TestUserHistoryPages(t *testing.T) {
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var events []domain.HistoryEvent
+	for i := range 5 {
+		// Two events share each instant: the id orders them.
+		events = append(events, domain.HistoryEvent{ID: int64(i + 1), At: t0.Add(time.Duration(i/2) * time.Second)})
+	}
+	r := service.NewReports(&fakeHistory{events: events}, &downloads{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, time.Now)
+	var (
+		got   []int64
+		after domain.HistoryCursor
+	)
+	for range 10 {
+		page, err := r.UserHistory(t.Context(), 1, t0, t0.Add(time.Hour), after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Events {
+			got = append(got, e.ID)
+		}
+		if page.Next == nil {
+			break
+		}
+		after = *page.Next
+	}
+	if diff := cmp.Diff([]int64{1, 2, 3, 4, 5}, got); diff != "" {
+		t.Errorf("events over all pages (-want +got):\n%s", diff)
+	}
+}

@@ -1,1 +1,0 @@
-DROP INDEX IF EXISTS membership_history_at_idx;
