@@ -1,5 +1,5 @@
--- The exact query of GET /api/v1/users/{id}/segments (postgres.UserRepo.UserSegments)
--- over the seeded users 1..100000.
+-- The exact query of GET /api/v1/users/{id}/segments (postgres.UserRepo.UserSegments,
+-- userSegmentsSQL) over the seeded users 1..100000.
 \set uid random(1, 100000)
 SELECT s.slug, m.added_at, m.expires_at, m.source
 FROM users u

@@ -103,7 +103,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	defer svc.stop()
 
 	rep := &report{opts: o}
-	if err := phases(ctx, o, svc, pool, rep, log); err != nil {
+	if err := phases(ctx, o, svc, pool, dbURL, rep, log); err != nil {
 		return err
 	}
 	rep.print(stdout)
@@ -347,24 +347,39 @@ func (r *report) print(w io.Writer) {
 }
 
 // phases runs the load, in order, and fills the report.
-func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, log func(string, ...any)) error {
+func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbURL string, rep *report, log func(string, ...any)) error {
 	client := loadgen.NewClient(o.conns)
 	closed := loadgen.Config{Conns: o.conns, Duration: o.duration, Requests: 5_000_000}
 	users := int64(o.users)
 
+	// Each closed-loop phase runs right after pgbench sends the same SQL
+	// with as many connections straight to PostgreSQL: the ceiling that
+	// an HTTP round trip plus a database round trip cannot pass.
+	log("phase: pgbench, the read's SQL")
+	readCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/user_segments.sql")
+	if err != nil {
+		return err
+	}
+	rep.add("pgbench: the read's SQL", loadgen.Result{}, 0, fmt.Sprintf("%.0f tps", readCeiling))
 	log("phase: reads (closed loop)")
 	res, err := loadgen.Run(ctx, client, closed, loadgen.UserSegments(s.base, users))
 	if err != nil {
 		return err
 	}
-	rep.add("GET /users/{id}/segments", res, 0, "")
+	rep.add("GET /users/{id}/segments", res, 0, fmt.Sprintf("%.2f× pgbench", res.Throughput()/readCeiling))
 
+	log("phase: pgbench, the change's SQL")
+	changeCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/change.sql")
+	if err != nil {
+		return err
+	}
+	rep.add("pgbench: the change's SQL", loadgen.Result{}, 0, fmt.Sprintf("%.0f tps", changeCeiling))
 	log("phase: changes, add 2 remove 1 (closed loop)")
 	res, err = loadgen.Run(ctx, client, closed, loadgen.ChangeSegments(s.base, users, o.segments))
 	if err != nil {
 		return err
 	}
-	rep.add("POST /users/{id}/segments", res, 0, "")
+	rep.add("POST /users/{id}/segments", res, 0, fmt.Sprintf("%.2f× pgbench", res.Throughput()/changeCeiling))
 
 	openLoop := loadgen.Config{Conns: o.conns, Duration: 10 * time.Second, Requests: 5_000_000, Rate: o.rate}
 	log("phase: reads at %.0f/s, idle", o.rate)
@@ -471,12 +486,26 @@ func postJSON(url, body string, out any) error {
 	return decodeResponse(resp, out)
 }
 
-func getJSON(url string, out any) error {
-	resp, err := http.Get(url)
+// runPgbench runs a pgbench script (prepared statements, o.conns clients,
+// o.duration) against dbURL and returns its transactions per second.
+func runPgbench(ctx context.Context, o options, dbURL, script string) (float64, error) {
+	bin, err := localserver.FindBinary("pgbench")
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return decodeResponse(resp, out)
+	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "prepared", "-c", strconv.Itoa(o.conns), "-j", "2",
+		"-T", strconv.Itoa(max(1, int(o.duration.Seconds()))), "-f", script, dbURL)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench %s: %w\n%s", script, err, out)
+	}
+	for line := range strings.Lines(string(out)) {
+		if rest, ok := strings.CutPrefix(line, "tps = "); ok {
+			tps, _, _ := strings.Cut(rest, " ")
+			return strconv.ParseFloat(tps, 64)
+		}
+	}
+	return 0, fmt.Errorf("pgbench %s printed no tps:\n%s", script, out)
 }
 
 func decodeResponse(resp *http.Response, out any) error {

@@ -138,9 +138,10 @@ func portFree(port int) bool {
 	return true
 }
 
-// findBinary looks for name on PATH, then in the PostgreSQL directories that
-// Debian and Ubuntu use (newest version first).
-func findBinary(name string) (string, error) {
+// FindBinary looks for a PostgreSQL program (postgres, pg_ctl, pgbench, …)
+// on PATH, then in the directories that Debian and Ubuntu use (newest
+// version first).
+func FindBinary(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}

@@ -43,7 +43,7 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 	if o.User == "" {
 		o.User = "postgres"
 	}
-	initdb, err := findBinary("initdb")
+	initdb, err := FindBinary("initdb")
 	if err != nil {
 		return nil, err
 	}

@@ -31,8 +31,9 @@ func NewUserRepo(pool *pgxpool.Pool, rec Recorder) *UserRepo {
 // or registered after and saw the segment (and got the bucket rule).
 const registryLock int64 = 7346012917432108715
 
-// refused is true in a membership change that its first statement refused
-// (unknown slugs) or whose expiry had passed at its instant. A batch cannot
+// refused is true in a membership change that is refused: a slug is
+// unknown, or the expiry has passed (when the change begins or at its
+// instant). A batch cannot
 // pass one statement's result to the next, so the verdict travels in the
 // transaction-local setting segments.change and every write checks it.
 // Outside a change the setting is unset and nothing is refused.
