@@ -65,7 +65,8 @@ CREATE TABLE memberships (
     source     text NOT NULL DEFAULT 'manual' CHECK (source IN ('manual', 'auto')),
     added_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     expires_at timestamptz,
-    PRIMARY KEY (user_id, segment_id)
+    PRIMARY KEY (user_id, segment_id),
+    CONSTRAINT memberships_not_born_expired CHECK (expires_at IS NULL OR expires_at > added_at)
 );
 
 -- Member counts (index-only, expiry included) and segment deletion.

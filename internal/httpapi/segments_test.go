@@ -162,7 +162,7 @@ func TestMemberCountCountsActiveMemberships(t *testing.T) {
 		a.mustDo(http.StatusOK, "POST", "/api/v1/users/"+user+"/segments", map[string]any{"add": []string{"S"}}, nil)
 	}
 	// Let user 3's membership expire without anyone removing it.
-	if _, err := a.pool.Exec(t.Context(), `UPDATE memberships SET expires_at = now() - interval '1 second' WHERE user_id = 3`); err != nil {
+	if _, err := a.pool.Exec(t.Context(), `UPDATE memberships SET expires_at = added_at + interval '1 microsecond' WHERE user_id = 3`); err != nil {
 		t.Fatal(err)
 	}
 	var seg httpapi.Segment

@@ -308,7 +308,7 @@ func TestUserSegmentsSortedByBytesAndNeverExpired(t *testing.T) {
 	}
 	a.mustDo(http.StatusOK, "POST", "/api/v1/users/9/segments", map[string]any{"add": slugs}, nil)
 	// Let "b" expire.
-	if _, err := a.pool.Exec(t.Context(), `UPDATE memberships m SET expires_at = now() - interval '1 minute' FROM segments s WHERE s.id = m.segment_id AND s.slug = 'b'`); err != nil {
+	if _, err := a.pool.Exec(t.Context(), `UPDATE memberships m SET expires_at = m.added_at + interval '1 microsecond' FROM segments s WHERE s.id = m.segment_id AND s.slug = 'b'`); err != nil {
 		t.Fatal(err)
 	}
 	var us httpapi.UserSegments

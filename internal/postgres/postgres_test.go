@@ -254,3 +254,51 @@ func TestFirstReadRegistersTheUserOnce(t *testing.T) {
 	}
 	testenv.AssertHistoryReplays(t, pool)
 }
+
+// TestNothingIsBornExpired sends changes whose expiry is a moment ahead:
+// each is either refused or gives a membership added before it expires
+// (one clock reading per change), from several goroutines at once.
+func TestNothingIsBornExpired(t *testing.T) {
+	pool := env.NewPool(t)
+	users := postgres.NewUserRepo(pool, postgres.NopRecorder{})
+	mustCreate(t, postgres.NewSegmentRepo(pool, postgres.NopRecorder{}), "A", "B")
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		applied, refusd int
+	)
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 150 {
+				at := time.Now().Add(time.Duration(i%4) * 500 * time.Microsecond)
+				res, err := users.ChangeUserSegments(context.Background(), domain.SegmentChange{
+					UserID: int64(g + 1), Add: []string{"A", "B"}, ExpiresAt: &at})
+				mu.Lock()
+				switch {
+				case errors.Is(err, domain.ErrInvalid):
+					refusd++
+				case err != nil:
+					t.Error(err)
+				default:
+					applied++
+					for _, m := range res.Segments {
+						if !m.ExpiresAt.After(m.AddedAt) {
+							t.Errorf("user %d: %s added at %v expires at %v", g+1, m.Slug, m.AddedAt, *m.ExpiresAt)
+						}
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d changes applied, %d refused as expired", applied, refusd)
+	if applied == 0 || refusd == 0 {
+		t.Errorf("%d applied and %d refused: the test did not cover both outcomes", applied, refusd)
+	}
+	var bad int64
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM memberships WHERE expires_at <= added_at`).Scan(&bad); err != nil || bad != 0 {
+		t.Errorf("%d memberships born expired (%v)", bad, err)
+	}
+	testenv.AssertHistoryReplays(t, pool)
+}

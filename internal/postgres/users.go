@@ -31,13 +31,18 @@ func NewUserRepo(pool *pgxpool.Pool, rec Recorder) *UserRepo {
 // or registered after and saw the segment (and got the bucket rule).
 const registryLock int64 = 7346012917432108715
 
-// refused is true in a membership change that is refused: a slug is
-// unknown, or the expiry has passed (when the change begins or at its
-// instant). A batch cannot
-// pass one statement's result to the next, so the verdict travels in the
-// transaction-local setting segments.change and every write checks it.
-// Outside a change the setting is unset and nothing is refused.
-const refused = `current_setting('segments.change', true) IS NOT DISTINCT FROM 'refused'`
+// A batch cannot pass one statement's result to the next, so the verdict
+// on a membership change travels in the transaction-local setting
+// segments.change: accepted; refused (a slug is unknown, or the expiry has
+// passed when the change begins or at its instant); or unregistered (the
+// user has no row yet). Every write of the change checks accepted; the
+// registration in front of a change checks that it was not refused.
+// Outside a change the setting is unset: a plain registration is never
+// refused.
+const (
+	accepted = `current_setting('segments.change') = 'accepted'`
+	refused  = `current_setting('segments.change', true) IS NOT DISTINCT FROM 'refused'`
+)
 
 // queueRegistration queues, on b, the registration of the ids not yet
 // known: each new user gets the percent segments its buckets admit it to
@@ -166,39 +171,51 @@ func scanUserSegments(rows pgx.Rows) ([]domain.Membership, bool, error) {
 
 // ChangeUserSegments applies c for one user atomically, registering the
 // user if new. It returns domain.ErrNotFound listing every unknown slug,
-// and domain.ErrInvalid if the expiry has passed at the change's instant;
-// either way nothing is changed.
+// and domain.ErrInvalid if the expiry has passed; either way nothing is
+// changed.
 //
-// The change is one batch: PostgreSQL runs it as one implicit transaction,
-// in one network round trip.
+// The change is one batch of statements: PostgreSQL runs it as one
+// implicit transaction, in one network round trip.
 //
-//  1. Resolve every slug, locking the known segments against deletion, and
-//     record the verdict: refused if any slug is unknown or the expiry has
-//     passed.
-//  2. Register the user if new, with its percent segments.
-//  3. Lock the user, which serializes all writes for the user; then fix
-//     the change's instant (one clock reading: the expiry check, added_at
-//     and every removal use it) and refuse an expiry that has passed by
-//     then. (A user registered in step 2 stays registered in that case,
-//     as on any call that names it.)
+//  1. Lock the segments the slugs name against deletion, and record the
+//     verdict: refused if a slug names none or the expiry has passed.
+//  2. Lock the user, which serializes all writes for the user. A user the
+//     service does not know has no row to lock: the verdict becomes
+//     unregistered, nothing is written, and the change is sent again with
+//     the registration (and the user's percent segments) in front: a
+//     second round trip, once per user.
+//  3. Fix the change's instant (one clock reading: the expiry check,
+//     added_at and every removal use it) and refuse an expiry that has
+//     passed by then.
 //  4. Delete the user's expired memberships (history: ttl at their expiry)
 //     and the removed ones (manual).
 //  5. Insert the added ones; one the user holds keeps its added_at and
 //     takes the new expiry.
 //  6. Read the user's memberships as they stand at the instant.
 func (r *UserRepo) ChangeUserSegments(ctx context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {
+	res, unregistered, err := r.changeUserSegments(ctx, c, false)
+	if err == nil && unregistered {
+		res, _, err = r.changeUserSegments(ctx, c, true)
+	}
+	return res, err
+}
+
+// changeUserSegments sends the batch of ChangeUserSegments, with the
+// user's registration in front if register is set. It reports whether the
+// user was unregistered (and so nothing was done).
+func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChange, register bool) (res domain.ChangeResult, unregistered bool, err error) {
 	const resolve = `
-		WITH known AS MATERIALIZED (
-			SELECT slug FROM segments WHERE slug = ANY ($1::text[]) ORDER BY id FOR KEY SHARE
-		), unknown AS (
-			SELECT coalesce(array_agg(n.slug ORDER BY n.slug), '{}') AS slugs
-			FROM (SELECT DISTINCT u.slug COLLATE "C" AS slug FROM unnest($1::text[]) AS u(slug)) AS n
-			WHERE n.slug NOT IN (SELECT slug FROM known)
-		)
-		SELECT slugs, passed,
-		       set_config('segments.change', CASE WHEN slugs = '{}' AND NOT passed THEN 'accepted' ELSE 'refused' END, true)
-		FROM unknown, (SELECT coalesce($2::timestamptz <= clock_timestamp(), false) AS passed) AS e`
-	const lockUser = `SELECT FROM users WHERE id = $1 FOR NO KEY UPDATE`
+		SELECT known.slugs, e.passed,
+		       set_config('segments.change', CASE WHEN cardinality(known.slugs) = $2 AND NOT e.passed
+		                                          THEN 'accepted' ELSE 'refused' END, true)
+		FROM (SELECT coalesce(array_agg(slug), '{}') AS slugs
+		      FROM (SELECT slug FROM segments WHERE slug = ANY ($1::text[]) ORDER BY id FOR KEY SHARE) AS k) AS known,
+		     (SELECT coalesce($3::timestamptz <= clock_timestamp(), false) AS passed) AS e`
+	const lockUser = `
+		WITH locked AS (SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE)
+		SELECT set_config('segments.change',
+		                  CASE WHEN current_setting('segments.change') = 'accepted' AND NOT EXISTS (SELECT FROM locked)
+		                       THEN 'unregistered' ELSE current_setting('segments.change') END, true)`
 	const begin = `
 		SELECT coalesce($1::timestamptz <= c.now, false),
 		       set_config('segments.now', c.now::text, true),
@@ -209,14 +226,14 @@ func (r *UserRepo) ChangeUserSegments(ctx context.Context, c domain.SegmentChang
 	const remove = `
 		DELETE FROM memberships m
 		USING segments s
-		WHERE m.user_id = $1 AND s.id = m.segment_id AND NOT (` + refused + `)
+		WHERE m.user_id = $1 AND s.id = m.segment_id AND ` + accepted + `
 		  AND (m.expires_at <= current_setting('segments.now')::timestamptz OR s.slug = ANY ($2::text[]))
 		RETURNING s.slug, coalesce(m.expires_at <= current_setting('segments.now')::timestamptz, false)`
 	const add = `
 		INSERT INTO memberships AS m (user_id, segment_id, source, added_at, expires_at)
 		SELECT $1, s.id, 'manual', current_setting('segments.now')::timestamptz, $3
 		FROM segments s
-		WHERE s.slug = ANY ($2::text[]) AND NOT (` + refused + `)
+		WHERE s.slug = ANY ($2::text[]) AND ` + accepted + `
 		ORDER BY s.id
 		ON CONFLICT (user_id, segment_id) DO UPDATE
 		   SET expires_at = EXCLUDED.expires_at
@@ -226,22 +243,30 @@ func (r *UserRepo) ChangeUserSegments(ctx context.Context, c domain.SegmentChang
 		SELECT s.slug, m.added_at, m.expires_at, m.source
 		FROM memberships m
 		JOIN segments s ON s.id = m.segment_id
-		WHERE m.user_id = $1
+		WHERE m.user_id = $1 AND ` + accepted + `
 		  AND (m.expires_at IS NULL OR m.expires_at > current_setting('segments.now')::timestamptz)
 		ORDER BY s.slug`
 
-	res := domain.ChangeResult{UserID: c.UserID, Added: []string{}, Removed: []string{}, Segments: []domain.Membership{}}
+	res = domain.ChangeResult{UserID: c.UserID, Added: []string{}, Removed: []string{}, Segments: []domain.Membership{}}
 	var (
-		unknown                   []string
+		known                     []string
 		passed                    bool
+		verdict                   string
 		granted, expired, created int64
 	)
+	slugs := slices.Concat(c.Add, c.Remove)
+	slices.Sort(slugs)
+	slugs = slices.Compact(slugs)
 	b := &pgx.Batch{}
-	b.Queue(resolve, slices.Concat(nonNil(c.Add), c.Remove), c.ExpiresAt).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&unknown, &passed, nil)
+	b.Queue(resolve, slugs, len(slugs), c.ExpiresAt).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&known, &passed, nil)
 	})
-	queueRegistration(b, []int64{c.UserID}, func(_, g int64) { granted = g })
-	b.Queue(lockUser, c.UserID)
+	if register {
+		queueRegistration(b, []int64{c.UserID}, func(_, g int64) { granted = g })
+	}
+	b.Queue(lockUser, c.UserID).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&verdict)
+	})
 	b.Queue(begin, c.ExpiresAt).QueryRow(func(row pgx.Row) error {
 		var late bool
 		err := row.Scan(&late, nil, nil, nil)
@@ -279,14 +304,17 @@ func (r *UserRepo) ChangeUserSegments(ctx context.Context, c domain.SegmentChang
 		return err
 	})
 	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-		return res, fmt.Errorf("change segments of user %d: %w", c.UserID, err)
+		return res, false, fmt.Errorf("change segments of user %d: %w", c.UserID, err)
 	}
 	switch {
-	case len(unknown) > 0:
-		return domain.ChangeResult{}, domain.UnknownSlugs(unknown)
+	case len(known) < len(slugs):
+		unknown := slices.DeleteFunc(slugs, func(s string) bool { return slices.Contains(known, s) })
+		return domain.ChangeResult{}, false, domain.UnknownSlugs(unknown)
 	case passed:
-		return domain.ChangeResult{}, domain.Invalid("the expiry has passed",
+		return domain.ChangeResult{}, false, domain.Invalid("the expiry has passed",
 			domain.FieldError{Field: "/expires_at", Message: "must be in the future"})
+	case verdict == "unregistered":
+		return domain.ChangeResult{}, true, nil
 	}
 	slices.Sort(res.Added)
 	slices.Sort(res.Removed)
@@ -294,7 +322,7 @@ func (r *UserRepo) ChangeUserSegments(ctx context.Context, c domain.SegmentChang
 	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, expired)
 	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonManual, created)
 	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonManual, int64(len(res.Removed)))
-	return res, nil
+	return res, false, nil
 }
 
 // scanMembership reads (slug, added_at, expires_at, source).

@@ -1,0 +1,49 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"segments/internal/domain"
+	"segments/internal/postgres"
+)
+
+// parallelism × GOMAXPROCS goroutines send changes at once.
+const parallelism = 16
+
+// BenchmarkChangeUserSegments runs add-2/remove-1 changes of 20 segments
+// for 10,000 users from parallel goroutines: the change's client side
+// (building the batch, reading its results) and its SQL on a real server.
+func BenchmarkChangeUserSegments(b *testing.B) {
+	pool := env.NewPool(b)
+	segs := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
+	for i := 1; i <= 20; i++ {
+		mustCreate(b, segs, fmt.Sprintf("SEG_%d", i))
+	}
+	users := postgres.NewUserRepo(pool, postgres.NopRecorder{})
+	ids := make([]int64, 10000)
+	for i := range ids {
+		ids[i] = int64(i + 1)
+	}
+	if _, err := users.RegisterUsers(context.Background(), ids); err != nil {
+		b.Fatal(err)
+	}
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			a := rand.IntN(20)
+			c := domain.SegmentChange{
+				UserID: 1 + rand.Int64N(10000),
+				Add:    []string{fmt.Sprintf("SEG_%d", a+1), fmt.Sprintf("SEG_%d", (a+1+rand.IntN(9))%20+1)},
+				Remove: []string{fmt.Sprintf("SEG_%d", (a+10+rand.IntN(9))%20+1)},
+			}
+			if _, err := users.ChangeUserSegments(context.Background(), c); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
