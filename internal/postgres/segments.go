@@ -164,7 +164,7 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
 // Stats reads figures about all segments: one small scan of segments.
 func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 	const q = `
-		SELECT coalesce(rollout_status, 'manual'), count(*),
+		SELECT rollout_status, count(*),
 		       coalesce(sum(rollout_total - rollout_assigned) FILTER (WHERE rollout_status = 'running'), 0)
 		FROM segments
 		GROUP BY 1`
@@ -176,7 +176,7 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			status   string
+			status   *domain.RolloutStatus // nil for manual segments
 			n, users int64
 		)
 		if err := rows.Scan(&status, &n, &users); err != nil {
@@ -184,8 +184,8 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 		}
 		s.Segments += n
 		s.RolloutUsersLeft += users
-		if status != "manual" {
-			s.Rollouts[domain.RolloutStatus(status)] = n
+		if status != nil {
+			s.Rollouts[*status] = n
 		}
 	}
 	return s, rows.Err()
