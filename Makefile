@@ -9,7 +9,7 @@ SWAGDIR := internal/httpapi
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## build bin/segments
@@ -31,6 +31,12 @@ test: lint docs-check test-go e2e ## everything CI runs: lint, docs check, Go te
 test-go: ## unit and integration tests (real Postgres and Redis), with the race detector; deployment file checks
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd deploy && $(GO) test -count=1 ./...
+
+FUZZTIME ?= 60s
+
+.PHONY: fuzz
+fuzz: ## fuzz the real router on a real database for FUZZTIME (default 60s); any 5xx fails
+	$(GO) test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZTIME) ./internal/httpapi
 
 .PHONY: e2e
 e2e: ## OpenAPI lint, Postman collection (newman), Swagger UI in headless Chromium

@@ -145,7 +145,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	opts := httpapi.Options{
 		Checks: []httpapi.Check{
-			{Name: "postgres", Ping: pool.Ping},
+			{Name: "postgres", Ping: func(ctx context.Context) error { return postgres.Ready(ctx, pool) }},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 		},
 		Log:            log.Named("http"),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"io"
 	"net"
 	"net/http"
@@ -233,6 +234,43 @@ func TestReadinessFollowsPostgresAndRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReady(200, "Redis back")
+}
+
+// TestReadinessSaysWhenTheDatabaseIsReadOnly makes the database refuse
+// writes, as a standby does after a failover, and expects /readyz to say so.
+func TestReadinessSaysWhenTheDatabaseIsReadOnly(t *testing.T) {
+	dbURL := env.NewDatabase(t)
+	base, _ := startService(t, "serve", map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": env.RedisURL})
+	admin, err := pgx.Connect(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	// Set the database read-only (or back) and drop the service's
+	// connections, as a failover does, so that new ones see it.
+	setReadOnly := func(on bool) {
+		t.Helper()
+		sql := `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = ` + fmt.Sprint(on) + `', current_database()); END $$`
+		if _, err := admin.Exec(t.Context(), sql); err != nil {
+			t.Fatal(err)
+		}
+		const kill = `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`
+		if _, err := admin.Exec(t.Context(), kill); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor := func(want int, says, what string) {
+		t.Helper()
+		testenv.Eventually(t, 20*time.Second, what, func() bool {
+			code, body := get(t, base+"/readyz")
+			return code == want && strings.Contains(body, says)
+		})
+	}
+	waitFor(200, `"postgres":"ok"`, "not ready at start")
+	setReadOnly(true)
+	waitFor(503, "read-only", "/readyz never said the database is read-only")
+	setReadOnly(false)
+	waitFor(200, `"postgres":"ok"`, "not ready again once the database accepts writes")
 }
 
 // TestSlowClientIsCutOff trickles a request's headers a byte at a time and

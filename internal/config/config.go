@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/go-redis/v9"
 )
 
 // Config is the whole configuration of the service, parsed once at start.
@@ -145,23 +148,41 @@ func Load(getenv func(string) string) (Config, error) {
 	return c, errors.Join(p.errs...)
 }
 
-// Redacted returns the configuration as it may be logged: passwords in
-// URLs are masked.
+// Redacted returns the configuration as it may be logged: each
+// connection string is parsed with its driver's own parser (every form it
+// accepts: URLs, libpq keywords, a password in the user info, the query or
+// a keyword) and shown as the user, host, port and database it names,
+// never the password.
 func (c Config) Redacted() Config {
-	c.Postgres.URL = redactURL(c.Postgres.URL)
-	c.Redis.URL = redactURL(c.Redis.URL)
+	c.Postgres.URL = describeDatabase(c.Postgres.URL)
+	c.Redis.URL = describeRedis(c.Redis.URL)
 	if c.Reports.Secret != "" {
 		c.Reports.Secret = "(set)"
 	}
 	return c
 }
 
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
+func describeDatabase(raw string) string {
+	cfg, err := pgconn.ParseConfig(raw)
 	if err != nil {
-		return "(unparsable url)"
+		return "(unparsable)"
 	}
-	return u.Redacted()
+	return fmt.Sprintf("postgres://%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+}
+
+func describeRedis(raw string) string {
+	opt, err := redis.ParseURL(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	scheme, user := "redis", ""
+	if opt.TLSConfig != nil {
+		scheme = "rediss"
+	}
+	if opt.Username != "" {
+		user = opt.Username + "@"
+	}
+	return fmt.Sprintf("%s://%s%s/%d", scheme, user, opt.Addr, opt.DB)
 }
 
 type parser struct {

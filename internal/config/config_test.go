@@ -94,3 +94,44 @@ func TestEveryKeyIsInEnvExample(t *testing.T) {
 		}
 	}
 }
+
+// TestRedactedMasksEveryFormOfPassword covers every form of connection
+// string pgx and go-redis accept, and keeps what an operator needs to see.
+func TestRedactedMasksEveryFormOfPassword(t *testing.T) {
+	tests := []struct {
+		name, db, redis string
+		wantDB, want    string
+	}{
+		{"libpq keywords", "host=127.0.0.1 port=5432 user=segments password=SECRET dbname=segments", "redis://127.0.0.1:6379/0",
+			"postgres://segments@127.0.0.1:5432/segments", "redis://127.0.0.1:6379/0"},
+		{"keywords, quoted password", "host=db user=u password='SE CRET' dbname=x", "redis://:SECRET@cache:6379/2",
+			"postgres://u@db:5432/x", "redis://cache:6379/2"},
+		{"password in the query", "postgres://segments@host/db?password=SECRET&sslmode=disable", "redis://user:SECRET@cache:6380/1",
+			"postgres://segments@host:5432/db", "redis://user@cache:6380/1"},
+		{"password in the user info", "postgresql://u:SECRET@db:6543/x", "rediss://:SECRET@cache:6379/0",
+			"postgres://u@db:6543/x", "rediss://cache:6379/0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := config.Load(env("DATABASE_URL", tc.db, "REDIS_URL", tc.redis))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := c.Redacted()
+			if r.Postgres.URL != tc.wantDB || r.Redis.URL != tc.want {
+				t.Errorf("shown as %q and %q, want %q and %q", r.Postgres.URL, r.Redis.URL, tc.wantDB, tc.want)
+			}
+			for _, s := range []string{r.Postgres.URL, r.Redis.URL} {
+				if strings.Contains(s, "SECRET") || strings.Contains(s, "CRET") {
+					t.Errorf("secret in %q", s)
+				}
+			}
+		})
+	}
+	c, err := config.Load(env("DATABASE_URL", "host=db password=SECRET port=notaport"))
+	if err == nil {
+		if r := c.Redacted(); strings.Contains(r.Postgres.URL, "SECRET") {
+			t.Errorf("an unparsable URL is shown with its secret: %q", r.Postgres.URL)
+		}
+	}
+}

@@ -182,6 +182,8 @@ func fieldMessage(fe validator.FieldError) string {
 		return "is required"
 	case "slug":
 		return fmt.Sprintf("must match %s, not %q", domain.SlugPattern, fe.Value())
+	case "text":
+		return "must be text without NUL bytes"
 	case "period":
 		return fmt.Sprintf("must be a month as YYYY-MM (2023-08), not %q", fe.Value())
 	case "hundredths":
@@ -218,6 +220,9 @@ func newValidator() *validator.Validate {
 	})
 	_ = v.RegisterValidation("slug", func(fl validator.FieldLevel) bool {
 		return domain.ValidSlug(fl.Field().String())
+	})
+	_ = v.RegisterValidation("text", func(fl validator.FieldLevel) bool {
+		return validText(fl.Field().String())
 	})
 	_ = v.RegisterValidation("period", func(fl validator.FieldLevel) bool {
 		_, err := domain.ParsePeriod(fl.Field().String())

@@ -26,14 +26,14 @@ func TestMain(m *testing.M) { testenv.Run(m, &env) }
 
 // testAPI is the real router on a database of the test's own.
 type testAPI struct {
-	t    *testing.T
+	t    testing.TB
 	h    http.Handler
 	pool *pgxpool.Pool
 	// skew moves the services' clock (nanoseconds), to expire links.
 	skew atomic.Int64
 }
 
-func newAPI(t *testing.T) *testAPI {
+func newAPI(t testing.TB) *testAPI {
 	t.Helper()
 	pool := env.NewPool(t)
 	opt, err := redis.ParseURL(env.RedisURL)

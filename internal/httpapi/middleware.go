@@ -6,7 +6,10 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -80,6 +83,37 @@ func requestContext(log *zap.Logger) func(http.Handler) http.Handler {
 		})
 	}
 }
+
+// validText reports whether s is text PostgreSQL stores: valid UTF-8
+// without NUL bytes.
+func validText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// textOnly answers 400 for a request whose path or query holds bytes that
+// are not text (invalid UTF-8, NUL) once decoded, before anything reaches
+// a handler or the database.
+func textOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bad := ""
+		if !validText(r.URL.Path) {
+			bad = "path"
+		}
+		for name, values := range r.URL.Query() {
+			for _, v := range append(values, name) {
+				if bad == "" && !validText(v) {
+					bad = "query parameter " + strconv.QuoteToASCII(name)
+				}
+			}
+		}
+		if bad != "" {
+			statusProblem(w, r, http.StatusBadRequest, "the "+bad+" holds bytes that are not UTF-8 text (or a NUL byte) once percent-decoded")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 
 // deadline bounds the work of each request; zero means no bound.
 func deadline(timeout time.Duration) func(http.Handler) http.Handler {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-playground/validator/v10"
 	httpSwagger "github.com/swaggo/http-swagger/v2"
 	"go.uber.org/zap"
@@ -88,7 +89,7 @@ func NewRouter(o Options) http.Handler {
 	}
 
 	r := chi.NewRouter()
-	r.Use(requestContext(o.Log), accessLog(o.Log, o.Observer), recoverer)
+	r.Use(requestContext(o.Log), accessLog(o.Log, o.Observer), recoverer, textOnly, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r.Context())
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
@@ -115,7 +116,7 @@ func NewRouter(o Options) http.Handler {
 	}
 	r.Get("/swagger", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
-	r.Get("/swagger/*", httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json")))
+	r.Get("/swagger/*", headAsGet(httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json"))))
 
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Group(func(r chi.Router) {
@@ -138,12 +139,28 @@ func NewRouter(o Options) http.Handler {
 	return r
 }
 
-// allowedMethods lists the methods that routes has for path.
+// headAsGet hands a HEAD request to h as a GET, for handlers that refuse
+// other methods; the server still sends no body.
+func headAsGet(h http.Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			r = r.Clone(r.Context())
+			r.Method = http.MethodGet
+		}
+		h.ServeHTTP(w, r)
+	}
+}
+
+// allowedMethods lists the methods that routes has for path; HEAD goes
+// with GET.
 func allowedMethods(routes chi.Routes, path string) []string {
 	var allowed []string
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		if routes.Match(chi.NewRouteContext(), m, path) {
 			allowed = append(allowed, m)
+			if m == http.MethodGet {
+				allowed = append(allowed, http.MethodHead)
+			}
 		}
 	}
 	return allowed

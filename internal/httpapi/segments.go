@@ -14,7 +14,7 @@ import (
 // CreateSegmentRequest is the body of POST /segments.
 type CreateSegmentRequest struct {
 	Slug        string `json:"slug" validate:"required,slug" example:"AVITO_VOICE_MESSAGES"`
-	Description string `json:"description" validate:"max=1000" example:"Voice messages in chat"`
+	Description string `json:"description" validate:"max=1000,text" example:"Voice messages in chat"`
 	// AutoPercent makes a percent segment: this share of users (0 to 100,
 	// up to two decimals) gets it automatically.
 	AutoPercent *float64 `json:"auto_percent,omitempty" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" example:"30"`

@@ -339,10 +339,10 @@ func TestRoutingProblems(t *testing.T) {
 	a.do("GET", "/api/v1/nope", nil).problem(t, http.StatusNotFound)
 	a.do("GET", "/nope", nil).problem(t, http.StatusNotFound)
 	for _, tc := range []struct{ method, path, allow string }{
-		{"PUT", "/api/v1/segments", "GET, POST"},
-		{"PATCH", "/api/v1/users/1/segments", "GET, POST"},
-		{"DELETE", "/api/v1/users/1/segments", "GET, POST"},
-		{"POST", "/api/v1/segments/A", "GET, DELETE"},
+		{"PUT", "/api/v1/segments", "GET, HEAD, POST"},
+		{"PATCH", "/api/v1/users/1/segments", "GET, HEAD, POST"},
+		{"DELETE", "/api/v1/users/1/segments", "GET, HEAD, POST"},
+		{"POST", "/api/v1/segments/A", "GET, HEAD, DELETE"},
 	} {
 		r := a.do(tc.method, tc.path, nil)
 		r.problem(t, http.StatusMethodNotAllowed)

@@ -74,6 +74,24 @@ func Open(ctx context.Context, url string, pc PoolConfig) (*pgxpool.Pool, error)
 	return pool, nil
 }
 
+// Ready checks that the database answers and accepts writes. A standby (in
+// recovery) or a database set read-only answers reads but fails every
+// write and every first read, which registers the user: it is not ready.
+func Ready(ctx context.Context, pool *pgxpool.Pool) error {
+	const q = `SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'`
+	var recovery, readOnly bool
+	if err := pool.QueryRow(ctx, q).Scan(&recovery, &readOnly); err != nil {
+		return err
+	}
+	switch {
+	case recovery:
+		return errors.New("the database is a standby (in recovery) and accepts no writes")
+	case readOnly:
+		return errors.New("the database is read-only (transaction_read_only is on) and accepts no writes")
+	}
+	return nil
+}
+
 // Migrate moves the schema of the database at url. Direction is "up" (to the
 // newest version) or "down" (one step back). It returns the version reached
 // and whether the schema is marked dirty by a failed migration.
