@@ -114,7 +114,6 @@ func textOnly(next http.Handler) http.Handler {
 	})
 }
 
-
 // deadline bounds the work of each request; zero means no bound.
 func deadline(timeout time.Duration) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
