@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/netutil"
 
 	"segments/internal/app"
 	"segments/internal/config"
@@ -210,6 +211,7 @@ func startHTTP(cfg config.Config, log *zap.Logger, handler http.Handler, errc ch
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTP.Addr, err)
 	}
+	ln = netutil.LimitListener(ln, cfg.HTTP.MaxConns)
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,

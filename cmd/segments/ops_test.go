@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -271,6 +272,40 @@ func TestReadinessSaysWhenTheDatabaseIsReadOnly(t *testing.T) {
 	waitFor(503, "read-only", "/readyz never said the database is read-only")
 	setReadOnly(false)
 	waitFor(200, `"postgres":"ok"`, "not ready again once the database accepts writes")
+}
+
+// TestConnectionsAreLimited holds HTTP_MAX_CONNS keep-alive connections
+// open: another client waits until one of them closes.
+func TestConnectionsAreLimited(t *testing.T) {
+	base, _ := startService(t, "serve", map[string]string{
+		"DATABASE_URL": env.NewDatabase(t), "REDIS_URL": env.RedisURL, "HTTP_MAX_CONNS": "2",
+	})
+	addr := strings.TrimPrefix(base, "http://")
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+		if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	client := &http.Client{Timeout: 700 * time.Millisecond}
+	if resp, err := client.Get(base + "/healthz"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a third connection was served (%d) while two were held", resp.StatusCode)
+	}
+	held[0].Close()
+	client.Timeout = 5 * time.Second
+	resp, err := client.Get(base + "/healthz")
+	if err != nil {
+		t.Fatalf("not served once a connection closed: %v", err)
+	}
+	resp.Body.Close()
 }
 
 // TestSlowClientIsCutOff trickles a request's headers a byte at a time and

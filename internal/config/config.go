@@ -37,6 +37,8 @@ type HTTP struct {
 	IdleTimeout       time.Duration
 	// RequestTimeout bounds the work of one request (its context deadline).
 	RequestTimeout time.Duration
+	// MaxConns bounds open client connections; more wait to be accepted.
+	MaxConns int
 }
 
 // Postgres configures the database pool.
@@ -112,6 +114,7 @@ func Load(getenv func(string) string) (Config, error) {
 			WriteTimeout:      p.duration("HTTP_WRITE_TIMEOUT", 5*time.Minute),
 			IdleTimeout:       p.duration("HTTP_IDLE_TIMEOUT", 2*time.Minute),
 			RequestTimeout:    p.duration("HTTP_REQUEST_TIMEOUT", 30*time.Second),
+			MaxConns:          p.intRange("HTTP_MAX_CONNS", 2048, 1, 1000000),
 		},
 		Postgres: Postgres{
 			URL:              p.str("DATABASE_URL", "postgres://segments:segments@127.0.0.1:5432/segments?sslmode=disable"),
