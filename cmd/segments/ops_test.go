@@ -213,6 +213,29 @@ func TestReadinessFollowsPostgresAndRedis(t *testing.T) {
 	if h.Status != "unavailable" || h.Checks["postgres"] == "ok" || h.Checks["redis"] != "ok" {
 		t.Errorf("Postgres down: %+v", h)
 	}
+	// Requests that need the database say it is unavailable and when to
+	// retry: a 503, not a 500.
+	for _, req := range []struct{ method, path, body string }{
+		{"GET", "/api/v1/users/1/segments", ""},
+		{"POST", "/api/v1/users/1/segments", `{"add":["A"]}`},
+		{"GET", "/api/v1/segments", ""},
+	} {
+		r, err := http.NewRequest(req.method, base+req.path, strings.NewReader(req.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" ||
+			resp.Header.Get("Content-Type") != "application/problem+json" || !strings.Contains(string(body), "urn:segments:problem:unavailable") {
+			t.Errorf("%s %s with Postgres down: %d, Retry-After %q: %s", req.method, req.path, resp.StatusCode, resp.Header.Get("Retry-After"), body)
+		}
+	}
 	if code, _ := get(t, base+"/healthz"); code != 200 {
 		t.Errorf("healthz with Postgres down: %d", code)
 	}

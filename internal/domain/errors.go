@@ -16,6 +16,10 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrForbidden means a credential (a signed link) is not valid.
 	ErrForbidden = errors.New("forbidden")
+	// ErrUnavailable means a dependency (the database) cannot be reached
+	// or cannot take writes now. A write that got it may or may not have
+	// been applied; retrying a change is safe (it is idempotent).
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // Error is an error whose Message is safe and useful to show the caller.

@@ -47,6 +47,14 @@ func TestBadBytesAreRejectedWith4xx(t *testing.T) {
 	}
 }
 
+func TestRootLeadsToTheAPIDocs(t *testing.T) {
+	a := newAPI(t)
+	r := a.do("GET", "/", nil)
+	if r.status != http.StatusFound || r.header.Get("Location") != "/swagger/index.html" {
+		t.Errorf("GET /: %d, Location %q", r.status, r.header.Get("Location"))
+	}
+}
+
 // TestHeadAnswersLikeGet runs the router behind a real HTTP server: HEAD on
 // every GET route gives GET's status and headers and no body.
 func TestHeadAnswersLikeGet(t *testing.T) {

@@ -51,6 +51,7 @@ const (
 	typeUnknownSegments = "urn:segments:problem:unknown-segments"
 	typeConflict        = "urn:segments:problem:conflict"
 	typeForbidden       = "urn:segments:problem:forbidden"
+	typeUnavailable     = "urn:segments:problem:unavailable"
 )
 
 // domainProblems maps domain error kinds to responses: the one table that
@@ -66,6 +67,9 @@ var domainProblems = []struct {
 	{domain.ErrConflict, http.StatusConflict, typeConflict, "Conflict"},
 	{domain.ErrForbidden, http.StatusForbidden, typeForbidden, "Forbidden"},
 }
+
+// retryAfterSeconds is the Retry-After of a 503.
+const retryAfterSeconds = "1"
 
 // respondError writes err as a problem. Domain errors become 4xx with their
 // message; anything else is logged once, with the request id, and the client
@@ -86,6 +90,13 @@ func respondError(w http.ResponseWriter, r *http.Request, err error) {
 				return
 			}
 		}
+	}
+	if errors.Is(err, domain.ErrUnavailable) {
+		loggerFrom(r.Context()).Warn("database unavailable", zap.Error(err))
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeProblem(w, r, Problem{Type: typeUnavailable, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "the database cannot be reached or cannot take writes right now; retry the request (a change that got this answer may have been applied, and applying it again is safe)"})
+		return
 	}
 	if errors.Is(err, r.Context().Err()) && r.Context().Err() != nil {
 		// The client went away or the request ran out of time: nothing

@@ -114,6 +114,7 @@ func NewRouter(o Options) http.Handler {
 	if o.Segments == nil {
 		return r
 	}
+	r.Get("/", http.RedirectHandler("/swagger/index.html", http.StatusFound).ServeHTTP)
 	r.Get("/swagger", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/", http.RedirectHandler("/swagger/index.html", http.StatusMovedPermanently).ServeHTTP)
 	r.Get("/swagger/*", headAsGet(httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json"))))

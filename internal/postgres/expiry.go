@@ -43,7 +43,7 @@ func (r *ExpiryRepo) ExpireMembership(ctx context.Context, e domain.Expiry) (del
 		return tx.QueryRow(ctx, q, e.UserID, e.Slug, e.ExpiresAt).Scan(&deleted, &now)
 	})
 	if err != nil {
-		return false, time.Time{}, fmt.Errorf("expire %s of user %d: %w", e.Slug, e.UserID, err)
+		return false, time.Time{}, fmt.Errorf("expire %s of user %d: %w", e.Slug, e.UserID, dbError(err))
 	}
 	if deleted {
 		r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, 1)
@@ -78,7 +78,7 @@ func (r *ExpiryRepo) DeleteExpired(ctx context.Context, limit int) (int64, error
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("delete expired memberships: %w", err)
+		return 0, fmt.Errorf("delete expired memberships: %w", dbError(err))
 	}
 	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, n)
 	return n, nil

@@ -47,10 +47,10 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		timeout := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())
 		if _, err := tx.Exec(ctx, timeout); err != nil {
-			return fmt.Errorf("set export timeout: %w", err)
+			return fmt.Errorf("set export timeout: %w", dbError(err))
 		}
 		if _, err := tx.Conn().PgConn().CopyTo(ctx, w, sql); err != nil {
-			return fmt.Errorf("export history of %s (user %d): %w", q.Period, q.UserID, err)
+			return fmt.Errorf("export history of %s (user %d): %w", q.Period, q.UserID, dbError(err))
 		}
 		return nil
 	})
@@ -68,7 +68,7 @@ func (r *HistoryRepo) UserHistory(ctx context.Context, userID int64, from, to ti
 	rows, _ := r.pool.Query(ctx, q, userID, from, to, after.At, after.ID, limit)
 	events, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.HistoryEvent])
 	if err != nil {
-		return nil, fmt.Errorf("history of user %d: %w", userID, err)
+		return nil, fmt.Errorf("history of user %d: %w", userID, dbError(err))
 	}
 	return events, nil
 }

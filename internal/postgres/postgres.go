@@ -17,6 +17,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/golang-migrate/migrate/v4"
@@ -166,6 +170,36 @@ func newMigrator(url string) (*migrate.Migrate, error) {
 // SQLSTATE codes this package translates.
 const uniqueViolation = "23505"
 
+// dbError marks err with domain.ErrUnavailable when it says the database
+// cannot be reached or cannot take writes now: the connection failed or
+// was cut (the server shut down, crashed or is starting; SQLSTATE class 08,
+// 57P01–57P03), it has no connection slot (53300), or it is a read-only
+// standby (25006). Other errors pass through.
+func dbError(err error) error {
+	if err == nil || errors.Is(err, domain.ErrUnavailable) {
+		return err
+	}
+	var (
+		pgErr   *pgconn.PgError
+		connErr *pgconn.ConnectError
+	)
+	switch {
+	case errors.As(err, &pgErr):
+		switch pgErr.Code {
+		case "57P01", "57P02", "57P03", "53300", "25006":
+		default:
+			if !strings.HasPrefix(pgErr.Code, "08") {
+				return err
+			}
+		}
+	case errors.As(err, &connErr), pgconn.SafeToRetry(err),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ECONNRESET):
+	default:
+		return err
+	}
+	return fmt.Errorf("%w: %w", domain.ErrUnavailable, err)
+}
+
 // pgCode returns err's SQLSTATE, or "" if err did not come from the server.
 func pgCode(err error) string {
 	var pgErr *pgconn.PgError
@@ -178,7 +212,7 @@ func pgCode(err error) string {
 // withTx runs fn in a transaction that commits if fn returns nil and rolls
 // back otherwise.
 func withTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, pool, fn)
+	return dbError(pgx.BeginFunc(ctx, pool, fn))
 }
 
 // setReasonSQL tells the history triggers why the transaction changes

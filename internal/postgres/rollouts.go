@@ -58,7 +58,7 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 				WHERE id = $1
 				RETURNING rollout_status`
 			if err := tx.QueryRow(ctx, revive, segmentID).Scan(&ro.Status); err != nil {
-				return fmt.Errorf("take up failed rollout: %w", err)
+				return fmt.Errorf("take up failed rollout: %w", dbError(err))
 			}
 		}
 		if ro.Status != domain.RolloutPending {
@@ -79,14 +79,14 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 			ORDER BY h, id OFFSET $3 - 1 LIMIT 1`
 		var thHash, thUser int64
 		if err := tx.QueryRow(ctx, threshold, slug, population, chosen).Scan(&thHash, &thUser); err != nil {
-			return fmt.Errorf("choose threshold: %w", err)
+			return fmt.Errorf("choose threshold: %w", dbError(err))
 		}
 		const running = `
 			UPDATE segments SET rollout_status = 'running', rollout_total = $2, rollout_assigned = 0,
 				rollout_threshold_hash = $3, rollout_threshold_user = $4
 			WHERE id = $1`
 		if _, err := tx.Exec(ctx, running, segmentID, chosen, thHash, thUser); err != nil {
-			return fmt.Errorf("start rollout: %w", err)
+			return fmt.Errorf("start rollout: %w", dbError(err))
 		}
 		const batches = `
 			INSERT INTO rollout_batches (segment_id, first_user, last_user)
@@ -95,13 +95,13 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 			      FROM users WHERE seq <= $2) x
 			GROUP BY batch`
 		if _, err := tx.Exec(ctx, batches, segmentID, population, batchSize); err != nil {
-			return fmt.Errorf("split into batches: %w", err)
+			return fmt.Errorf("split into batches: %w", dbError(err))
 		}
 		ro = domain.Rollout{Status: domain.RolloutRunning, Total: chosen}
 		return nil
 	})
 	if err != nil && !errors.Is(err, domain.ErrNotFound) {
-		return ro, fmt.Errorf("prepare rollout of segment %d: %w", segmentID, err)
+		return ro, fmt.Errorf("prepare rollout of segment %d: %w", segmentID, dbError(err))
 	}
 	return ro, err
 }
@@ -133,7 +133,7 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("claim a batch: %w", err)
+			return fmt.Errorf("claim a batch: %w", dbError(err))
 		}
 		claimed = true
 		if err := setReason(ctx, tx, domain.ReasonAuto); err != nil {
@@ -155,14 +155,14 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 			)
 			SELECT count(*) FROM given`
 		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, thHash, thUser).Scan(&added); err != nil {
-			return fmt.Errorf("assign users %d..%d: %w", first, last, err)
+			return fmt.Errorf("assign users %d..%d: %w", first, last, dbError(err))
 		}
 		const done = `UPDATE rollout_batches SET done = true WHERE segment_id = $1 AND first_user = $2`
 		_, err = tx.Exec(ctx, done, segmentID, first)
 		return err
 	})
 	if err != nil {
-		return false, 0, fmt.Errorf("rollout batch of segment %d: %w", segmentID, err)
+		return false, 0, fmt.Errorf("rollout batch of segment %d: %w", segmentID, dbError(err))
 	}
 	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, added)
 	return claimed, added, nil
@@ -194,7 +194,7 @@ func (r *RolloutRepo) FinishRollout(ctx context.Context, segmentID int64) (domai
 		return err
 	})
 	if err != nil && !errors.Is(err, domain.ErrNotFound) {
-		return ro, fmt.Errorf("finish rollout of segment %d: %w", segmentID, err)
+		return ro, fmt.Errorf("finish rollout of segment %d: %w", segmentID, dbError(err))
 	}
 	return ro, err
 }
@@ -203,7 +203,7 @@ func (r *RolloutRepo) FinishRollout(ctx context.Context, segmentID int64) (domai
 func (r *RolloutRepo) FailRollout(ctx context.Context, segmentID int64) error {
 	const q = `UPDATE segments SET rollout_status = 'failed' WHERE id = $1 AND rollout_status IN ('pending', 'running')`
 	if _, err := r.pool.Exec(ctx, q, segmentID); err != nil {
-		return fmt.Errorf("fail rollout of segment %d: %w", segmentID, err)
+		return fmt.Errorf("fail rollout of segment %d: %w", segmentID, dbError(err))
 	}
 	return nil
 }
@@ -215,7 +215,7 @@ func (r *RolloutRepo) UnfinishedRollouts(ctx context.Context) ([]int64, error) {
 	rows, _ := r.pool.Query(ctx, q)
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, fmt.Errorf("list unfinished rollouts: %w", err)
+		return nil, fmt.Errorf("list unfinished rollouts: %w", dbError(err))
 	}
 	return ids, nil
 }

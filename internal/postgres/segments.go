@@ -61,7 +61,7 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 		if ns.AutoPercent != nil {
 			const lock = `SELECT pg_advisory_xact_lock($1)`
 			if _, err := tx.Exec(ctx, lock, registryLock); err != nil {
-				return fmt.Errorf("take the registry lock: %w", err)
+				return fmt.Errorf("take the registry lock: %w", dbError(err))
 			}
 		}
 		const q = `
@@ -78,7 +78,7 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 		return domain.Segment{}, domain.Conflictf("segment %q already exists", ns.Slug)
 	}
 	if err != nil {
-		return domain.Segment{}, fmt.Errorf("insert segment %s: %w", ns.Slug, err)
+		return domain.Segment{}, fmt.Errorf("insert segment %s: %w", ns.Slug, dbError(err))
 	}
 	return seg, nil
 }
@@ -92,7 +92,7 @@ func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment,
 		return domain.Segment{}, domain.NotFoundf("segment %q does not exist", slug)
 	}
 	if err != nil {
-		return domain.Segment{}, fmt.Errorf("select segment %s: %w", slug, err)
+		return domain.Segment{}, fmt.Errorf("select segment %s: %w", slug, dbError(err))
 	}
 	return seg, nil
 }
@@ -108,7 +108,7 @@ func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]
 	rows, _ := r.pool.Query(ctx, q, after, limit)
 	segs, err := pgx.CollectRows(rows, scanSegment)
 	if err != nil {
-		return nil, fmt.Errorf("list segments after %q: %w", after, err)
+		return nil, fmt.Errorf("list segments after %q: %w", after, dbError(err))
 	}
 	return segs, nil
 }
@@ -128,28 +128,28 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
 			return domain.NotFoundf("segment %q does not exist", slug)
 		}
 		if err != nil {
-			return fmt.Errorf("lock segment %s: %w", slug, err)
+			return fmt.Errorf("lock segment %s: %w", slug, dbError(err))
 		}
 		// One instant for the whole deletion, so that the members counted as
 		// expired are exactly those the trigger records as ttl.
 		const begin = `SELECT set_config('segments.reason', $1, true), set_config('segments.now', clock_timestamp()::text, true)`
 		if _, err := tx.Exec(ctx, begin, domain.ReasonSegmentDeleted); err != nil {
-			return fmt.Errorf("begin deleting %s: %w", slug, err)
+			return fmt.Errorf("begin deleting %s: %w", slug, dbError(err))
 		}
 		const delExpired = `DELETE FROM memberships WHERE segment_id = $1 AND expires_at <= current_setting('segments.now')::timestamptz`
 		tag, err := tx.Exec(ctx, delExpired, id)
 		if err != nil {
-			return fmt.Errorf("delete expired members of %s: %w", slug, err)
+			return fmt.Errorf("delete expired members of %s: %w", slug, dbError(err))
 		}
 		expired = tag.RowsAffected()
 		const delMembers = `DELETE FROM memberships WHERE segment_id = $1`
 		if tag, err = tx.Exec(ctx, delMembers, id); err != nil {
-			return fmt.Errorf("delete members of %s: %w", slug, err)
+			return fmt.Errorf("delete members of %s: %w", slug, dbError(err))
 		}
 		deleted = tag.RowsAffected()
 		const delSegment = `DELETE FROM segments WHERE id = $1`
 		if _, err := tx.Exec(ctx, delSegment, id); err != nil {
-			return fmt.Errorf("delete segment %s: %w", slug, err)
+			return fmt.Errorf("delete segment %s: %w", slug, dbError(err))
 		}
 		return nil
 	})
@@ -171,7 +171,7 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 	s := domain.SegmentStats{Rollouts: map[domain.RolloutStatus]int64{}}
 	rows, err := r.pool.Query(ctx, q)
 	if err != nil {
-		return s, fmt.Errorf("segment stats: %w", err)
+		return s, fmt.Errorf("segment stats: %w", dbError(err))
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -180,7 +180,7 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 			n, users int64
 		)
 		if err := rows.Scan(&status, &n, &users); err != nil {
-			return s, fmt.Errorf("segment stats: %w", err)
+			return s, fmt.Errorf("segment stats: %w", dbError(err))
 		}
 		s.Segments += n
 		s.RolloutUsersLeft += users

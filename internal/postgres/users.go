@@ -96,7 +96,7 @@ func (r *UserRepo) RegisterUsers(ctx context.Context, ids []int64) (int64, error
 	b := &pgx.Batch{}
 	queueRegistration(b, ids, func(n, g int64) { registered, granted = n, g })
 	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("register %d users: %w", len(ids), err)
+		return 0, fmt.Errorf("register %d users: %w", len(ids), dbError(err))
 	}
 	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, granted)
 	return registered, nil
@@ -122,7 +122,7 @@ func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Mem
 	ms, known, err := scanUserSegments(rows)
 	if err != nil || known {
 		if err != nil {
-			err = fmt.Errorf("select segments of user %d: %w", userID, err)
+			err = fmt.Errorf("select segments of user %d: %w", userID, dbError(err))
 		}
 		return ms, err
 	}
@@ -135,7 +135,7 @@ func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Mem
 		return err
 	})
 	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("register and select user %d: %w", userID, err)
+		return nil, fmt.Errorf("register and select user %d: %w", userID, dbError(err))
 	}
 	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, granted)
 	return ms, nil
@@ -304,7 +304,7 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		return err
 	})
 	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-		return res, false, fmt.Errorf("change segments of user %d: %w", c.UserID, err)
+		return res, false, fmt.Errorf("change segments of user %d: %w", c.UserID, dbError(err))
 	}
 	switch {
 	case len(known) < len(slugs):
