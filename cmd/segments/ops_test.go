@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -329,6 +330,41 @@ func TestConnectionsAreLimited(t *testing.T) {
 		t.Fatalf("not served once a connection closed: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// TestReadsSurviveDroppedConnections cuts every database connection of a
+// busy service (as a restart or failover does) and reads at once: each read
+// finds a dead pooled connection at most once and is answered from a fresh
+// one.
+func TestReadsSurviveDroppedConnections(t *testing.T) {
+	dbURL := env.NewDatabase(t)
+	base, _ := startService(t, "serve", map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": env.RedisURL})
+	admin, err := pgx.Connect(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	readAll := func(what string) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Go(func() {
+				if code, body := get(t, fmt.Sprintf("%s/api/v1/users/%d/segments", base, i+1)); code != 200 {
+					t.Errorf("%s: read %d: %d %s", what, i, code, body)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	for round := range 3 {
+		readAll("warm-up")
+		const kill = `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`
+		var n int
+		if err := admin.QueryRow(t.Context(), kill).Scan(&n); err != nil || n == 0 {
+			t.Fatalf("round %d: %d connections cut (%v)", round, n, err)
+		}
+		readAll(fmt.Sprintf("round %d, right after %d connections were cut", round, n))
+	}
 }
 
 // TestSlowClientIsCutOff trickles a request's headers a byte at a time and

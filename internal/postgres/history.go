@@ -59,6 +59,12 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 // UserHistory returns up to limit events of the user in [from, to) after
 // the cursor, in (at, id) order, from the primary key.
 func (r *HistoryRepo) UserHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
+	return readAgain(ctx, r.pool, func() ([]domain.HistoryEvent, error) {
+		return r.userHistory(ctx, userID, from, to, after, limit)
+	})
+}
+
+func (r *HistoryRepo) userHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
 	const q = `
 		SELECT id, user_id, slug, operation, reason, at
 		FROM membership_history

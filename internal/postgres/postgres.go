@@ -8,6 +8,11 @@
 // are translated to domain errors here; nothing above this package sees pgx
 // types.
 //
+// Reads are idempotent: one whose pooled connection turns out dead (the
+// server restarted or failed over) is run once more on a fresh connection.
+// An error that says the database cannot be reached or takes no writes
+// carries domain.ErrUnavailable.
+//
 // The stores report every membership they add or remove, by history
 // reason, to a Recorder once their transaction has committed: the counts
 // come from what each statement returned, so they are exact.
@@ -207,6 +212,19 @@ func pgCode(err error) string {
 		return pgErr.Code
 	}
 	return ""
+}
+
+// readAgain runs an idempotent read. If its connection turns out dead (a
+// restart or failover cuts every pooled connection at once, and one used
+// in the last second is not pinged before use), it drops the pool's
+// connections and reads once more on a fresh one.
+func readAgain[T any](ctx context.Context, pool *pgxpool.Pool, read func() (T, error)) (T, error) {
+	v, err := read()
+	if err == nil || !errors.Is(err, domain.ErrUnavailable) || ctx.Err() != nil {
+		return v, err
+	}
+	pool.Reset()
+	return read()
 }
 
 // withTx runs fn in a transaction that commits if fn returns nil and rolls

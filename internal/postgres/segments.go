@@ -85,6 +85,10 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 
 // Segment returns the segment named slug, or domain.ErrNotFound.
 func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment, error) {
+	return readAgain(ctx, r.pool, func() (domain.Segment, error) { return r.segment(ctx, slug) })
+}
+
+func (r *SegmentRepo) segment(ctx context.Context, slug string) (domain.Segment, error) {
 	const q = `SELECT ` + segmentColumns + ` FROM segments s WHERE s.slug = $1`
 	rows, _ := r.pool.Query(ctx, q, slug)
 	seg, err := pgx.CollectExactlyOneRow(rows, scanSegment)
@@ -100,6 +104,10 @@ func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment,
 // Segments returns up to limit segments whose slugs sort after after, in
 // byte order of slug.
 func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]domain.Segment, error) {
+	return readAgain(ctx, r.pool, func() ([]domain.Segment, error) { return r.segments(ctx, after, limit) })
+}
+
+func (r *SegmentRepo) segments(ctx context.Context, after string, limit int) ([]domain.Segment, error) {
 	const q = `SELECT ` + segmentColumns + `
 		FROM segments s
 		WHERE s.slug > $1

@@ -118,6 +118,10 @@ const userSegmentsSQL = `
 // percent segments) and read again in a second round trip, in one
 // transaction.
 func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Membership, error) {
+	return readAgain(ctx, r.pool, func() ([]domain.Membership, error) { return r.userSegments(ctx, userID) })
+}
+
+func (r *UserRepo) userSegments(ctx context.Context, userID int64) ([]domain.Membership, error) {
 	rows, _ := r.pool.Query(ctx, userSegmentsSQL, userID)
 	ms, known, err := scanUserSegments(rows)
 	if err != nil || known {
