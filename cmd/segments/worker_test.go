@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"syscall"
@@ -130,6 +131,64 @@ func TestWorkerKilledMidSweepLosesAndDuplicatesNothing(t *testing.T) {
 	}
 	if removals != total || distinct != total || stampedAtExpiry != total {
 		t.Errorf("removals %d, distinct memberships %d, ttl stamped at expiry %d; want %d of each", removals, distinct, stampedAtExpiry, total)
+	}
+	testenv.AssertHistoryReplays(t, pool)
+}
+
+// TestWorkerKilledMidRolloutIsTakenOverAtOnce kills a worker with SIGKILL in
+// the middle of a rollout and starts another: the new worker takes the
+// rollout over as soon as it starts (asynq itself would hand the killed
+// task out again only after its lease lapsed and its recoverer looked:
+// 60 to 120 s), and the rollout ends exact.
+func TestWorkerKilledMidRolloutIsTakenOverAtOnce(t *testing.T) {
+	const users = 200000
+	url := env.NewDatabase(t)
+	pool, err := postgres.Open(t.Context(), url, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(t.Context(), fmt.Sprintf(`INSERT INTO users (id) SELECT generate_series(1, %d)`, users)); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{
+		"DATABASE_URL":    url,
+		"REDIS_URL":       env.RedisURL,
+		"WORKER_QUEUE":    fmt.Sprintf("rollout-kill-%d", time.Now().UnixNano()),
+		"ROLLOUT_BATCH":   "500",
+		"ROLLOUT_WORKERS": "1",
+	}
+	base, _ := startService(t, "serve", maps.Clone(vars))
+	if code := post(t, base+"/api/v1/segments", `{"slug":"HALF","auto_percent":50}`); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	assigned := func() (int64, string) {
+		var n int64
+		var status string
+		if err := pool.QueryRow(t.Context(), `SELECT rollout_assigned, rollout_status FROM segments WHERE slug = 'HALF'`).Scan(&n, &status); err != nil {
+			t.Fatal(err)
+		}
+		return n, status
+	}
+	w := startWorker(t, vars)
+	testenv.Eventually(t, 30*time.Second, "the rollout did not start", func() bool { n, _ := assigned(); return n > 0 })
+	if err := w.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Wait()
+	n, status := assigned()
+	if status != "running" {
+		t.Fatalf("after the kill the rollout is %s (%d assigned): kill it sooner", status, n)
+	}
+	killed := time.Now()
+	startWorker(t, vars)
+	testenv.Eventually(t, 20*time.Second, "the second worker did not take the rollout over", func() bool {
+		_, status := assigned()
+		return status == "done"
+	})
+	t.Logf("killed with %d of %d assigned; done %s after the second worker started", n, users/2, time.Since(killed).Round(100*time.Millisecond))
+	if n, _ := assigned(); n != users/2 || count(t, pool, `SELECT count(*) FROM memberships`) != users/2 {
+		t.Errorf("assigned %d, %d memberships; want %d", n, count(t, pool, `SELECT count(*) FROM memberships`), users/2)
 	}
 	testenv.AssertHistoryReplays(t, pool)
 }

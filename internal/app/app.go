@@ -94,7 +94,7 @@ func New(cfg config.Config, d Deps) (*Services, error) {
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), d.Recorder,
 			secret, cfg.Reports.LinkTTL, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, d.Recorder), d.Log.Named("expiry")),
-		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder), tasks,
+		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder),
 			cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, d.Log.Named("rollouts")),
 		Tasks: tasks,
 		Stats: segments.Stats,

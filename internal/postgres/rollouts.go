@@ -25,6 +25,34 @@ func NewRolloutRepo(pool *pgxpool.Pool, rec Recorder) *RolloutRepo {
 
 func segmentGone(id int64) error { return domain.NotFoundf("segment %d does not exist", id) }
 
+// ClaimRollout makes the caller the one runner of the segment's rollout,
+// if nobody is: it takes a session advisory lock (key −segmentID, apart
+// from the positive registryLock) on a connection it keeps until release
+// is called. The lock dies with the connection, so a runner that was
+// killed frees its rollout at once. ok is false if another runner holds it.
+func (r *RolloutRepo) ClaimRollout(ctx context.Context, segmentID int64) (release func(), ok bool, err error) {
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim rollout of segment %d: %w", segmentID, dbError(err))
+	}
+	const claim = `SELECT pg_try_advisory_lock($1)`
+	if err := conn.QueryRow(ctx, claim, -segmentID).Scan(&ok); err != nil || !ok {
+		conn.Release()
+		if err != nil {
+			err = fmt.Errorf("claim rollout of segment %d: %w", segmentID, dbError(err))
+		}
+		return nil, false, err
+	}
+	return func() {
+		const unclaim = `SELECT pg_advisory_unlock($1)`
+		if _, err := conn.Exec(context.WithoutCancel(ctx), unclaim, -segmentID); err != nil {
+			// The lock must not outlive the claim on a pooled connection.
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+		conn.Release()
+	}, true, nil
+}
+
 // PrepareRollout turns a pending rollout into a running one: it counts the
 // population N, chooses the threshold of the round(N·p/100) users with the
 // lowest (segment_hash, id), and splits the population into batches of

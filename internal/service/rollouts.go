@@ -20,6 +20,10 @@ type RolloutScheduler interface {
 
 // RolloutStore is the storage Rollouts needs. Every method is atomic.
 type RolloutStore interface {
+	// ClaimRollout makes the caller the one runner of the rollout until
+	// release, unless another runner holds it (ok false). A claim dies with
+	// its runner.
+	ClaimRollout(ctx context.Context, segmentID int64) (release func(), ok bool, err error)
 	// PrepareRollout turns a pending rollout into a running one (choosing
 	// its users and splitting them into batches of batchSize), takes up a
 	// failed one where it stopped, and returns the rollout; a running or
@@ -39,15 +43,14 @@ type RolloutStore interface {
 	UnfinishedRollouts(ctx context.Context) ([]int64, error)
 }
 
-// ErrRolloutIncomplete means batches remain that another run held; the
-// rollout should be run again later.
-var ErrRolloutIncomplete = errors.New("rollout incomplete: batches remain")
+// ErrRolloutIncomplete means the rollout is not done and another run holds
+// it (or some of its batches); it should be run again later.
+var ErrRolloutIncomplete = errors.New("rollout incomplete: another run holds it")
 
 // Rollouts gives percent segments to the users registered when they were
 // created.
 type Rollouts struct {
 	store     RolloutStore
-	scheduler RolloutScheduler
 	workers   int
 	batchSize int
 	log       *zap.Logger
@@ -55,8 +58,8 @@ type Rollouts struct {
 
 // NewRollouts returns Rollouts on store, running batches of batchSize users
 // on workers connections at once.
-func NewRollouts(store RolloutStore, scheduler RolloutScheduler, workers, batchSize int, log *zap.Logger) *Rollouts {
-	return &Rollouts{store: store, scheduler: scheduler, workers: workers, batchSize: batchSize, log: log}
+func NewRollouts(store RolloutStore, workers, batchSize int, log *zap.Logger) *Rollouts {
+	return &Rollouts{store: store, workers: workers, batchSize: batchSize, log: log}
 }
 
 // Run carries the rollout of segment segmentID to the end. It is safe to
@@ -65,6 +68,14 @@ func NewRollouts(store RolloutStore, scheduler RolloutScheduler, workers, batchS
 // ends the rollout without error. It returns ErrRolloutIncomplete if another
 // run held batches that are still unfinished.
 func (r *Rollouts) Run(ctx context.Context, segmentID int64) error {
+	release, ok, err := r.store.ClaimRollout(ctx, segmentID)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("segment %d: %w", segmentID, ErrRolloutIncomplete)
+	}
+	defer release()
 	ro, err := r.store.PrepareRollout(ctx, segmentID, r.batchSize)
 	if errors.Is(err, domain.ErrNotFound) {
 		return nil
@@ -105,17 +116,19 @@ func (r *Rollouts) Fail(ctx context.Context, segmentID int64) error {
 	return r.store.FailRollout(ctx, segmentID)
 }
 
-// Resume queues every unfinished rollout again, failed ones included; a
-// rollout already queued or running is not queued twice.
+// Resume runs every unfinished rollout (failed ones included) that nobody
+// is running: one whose task ran out of retries, or whose runner was
+// killed. A rollout another run holds is left to it.
 func (r *Rollouts) Resume(ctx context.Context) error {
 	ids, err := r.store.UnfinishedRollouts(ctx)
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for _, id := range ids {
-		if err := r.scheduler.ScheduleRollout(ctx, id); err != nil {
-			return err
+		if err := r.Run(ctx, id); err != nil && !errors.Is(err, ErrRolloutIncomplete) {
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -121,6 +121,9 @@ func TestSegmentsListPages(t *testing.T) {
 
 // fakeRollouts is a RolloutStore whose rollout has a number of batches.
 type fakeRollouts struct {
+	held       map[int64]bool // rollouts another runner holds
+	claimed    map[int64]bool // rollouts claimed and not yet released
+	prepared   []int64
 	prepare    domain.Rollout
 	prepareErr error
 	batches    int // left to claim
@@ -131,7 +134,19 @@ type fakeRollouts struct {
 	unfinished []int64
 }
 
-func (f *fakeRollouts) PrepareRollout(context.Context, int64, int) (domain.Rollout, error) {
+func (f *fakeRollouts) ClaimRollout(_ context.Context, id int64) (func(), bool, error) {
+	if f.held[id] || f.claimed[id] {
+		return nil, false, nil
+	}
+	if f.claimed == nil {
+		f.claimed = map[int64]bool{}
+	}
+	f.claimed[id] = true
+	return func() { delete(f.claimed, id) }, true, nil
+}
+
+func (f *fakeRollouts) PrepareRollout(_ context.Context, id int64, _ int) (domain.Rollout, error) {
+	f.prepared = append(f.prepared, id)
 	return f.prepare, f.prepareErr
 }
 
@@ -174,34 +189,45 @@ func TestRolloutsRun(t *testing.T) {
 		{"batches held elsewhere", fakeRollouts{prepare: running, finish: running}, service.ErrRolloutIncomplete},
 		{"a batch fails", fakeRollouts{prepare: running, batchErr: errStore}, errStore},
 		{"prepare fails", fakeRollouts{prepareErr: errStore}, errStore},
+		{"another run holds it", fakeRollouts{held: map[int64]bool{7: true}, prepare: running, batches: 3}, service.ErrRolloutIncomplete},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := tc.store
-			r := service.NewRollouts(&store, &rolloutScheduler{}, 1, 100, zap.NewNop())
+			r := service.NewRollouts(&store, 1, 100, zap.NewNop())
 			if err := r.Run(t.Context(), 7); !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
+			if tc.store.held[7] {
+				if len(store.prepared) != 0 || store.batches != 3 {
+					t.Errorf("ran a rollout another run holds")
+				}
+				return
+			}
 			if tc.store.batchErr == nil && store.batches != 0 {
 				t.Errorf("%d batches left unclaimed", store.batches)
+			}
+			if len(store.claimed) != 0 {
+				t.Errorf("claims left after the run: %v", store.claimed)
 			}
 		})
 	}
 }
 
 func TestRolloutsResumeAndFail(t *testing.T) {
-	store := &fakeRollouts{unfinished: []int64{3, 5, 8}}
-	sched := &rolloutScheduler{}
-	r := service.NewRollouts(store, sched, 1, 100, zap.NewNop())
+	// 5 is held by a live runner; the others are taken up.
+	store := &fakeRollouts{unfinished: []int64{3, 5, 8}, held: map[int64]bool{5: true},
+		prepare: domain.Rollout{Status: domain.RolloutDone}}
+	r := service.NewRollouts(store, 1, 100, zap.NewNop())
 	if err := r.Resume(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]int64{3, 5, 8}, sched.ids); diff != "" {
-		t.Errorf("queued (-want +got):\n%s", diff)
+	if diff := cmp.Diff([]int64{3, 8}, store.prepared); diff != "" {
+		t.Errorf("rollouts taken up (-want +got):\n%s", diff)
 	}
-	sched.err = errors.New("redis down")
-	if err := r.Resume(t.Context()); err == nil {
-		t.Error("Resume hid that nothing could be queued")
+	store.prepareErr = errStore
+	if err := r.Resume(t.Context()); !errors.Is(err, errStore) {
+		t.Errorf("Resume hid a failure: %v", err)
 	}
 	if err := r.Fail(t.Context(), 5); err != nil || len(store.failed) != 1 || store.failed[0] != 5 {
 		t.Errorf("Fail: %v, failed %v", err, store.failed)

@@ -15,7 +15,6 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
-	"segments/internal/apitest"
 	"segments/internal/domain"
 	"segments/internal/httpapi"
 	"segments/internal/postgres"
@@ -90,7 +89,7 @@ func (s *stack) waitRollout(slug string) httpapi.Segment {
 }
 
 func (s *stack) rollouts() *service.Rollouts {
-	return service.NewRollouts(postgres.NewRolloutRepo(s.pool, postgres.NopRecorder{}), apitest.NopScheduler{}, 2, 7, zap.NewNop())
+	return service.NewRollouts(postgres.NewRolloutRepo(s.pool, postgres.NopRecorder{}), 2, 7, zap.NewNop())
 }
 
 func (s *stack) segmentID(slug string) int64 {

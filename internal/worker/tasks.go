@@ -23,7 +23,7 @@ const (
 	// TypeRollout gives a percent segment to the users registered when it
 	// was created.
 	TypeRollout = "segment:rollout"
-	// TypeResumeRollouts queues every unfinished rollout again.
+	// TypeResumeRollouts runs every unfinished rollout that nobody runs.
 	TypeResumeRollouts = "segment:resume-rollouts"
 )
 

@@ -88,19 +88,20 @@ func retryDelay(n int, err error, t *asynq.Task) time.Duration {
 // Server is an asynq server with the service's handlers, and the scheduler
 // of its periodic tasks.
 type Server struct {
-	srv   *asynq.Server
-	sched *asynq.Scheduler
-	mux   *asynq.ServeMux
-	cfg   Config
-	svc   Services
-	log   *zap.Logger
+	srv    *asynq.Server
+	sched  *asynq.Scheduler
+	client *asynq.Client
+	mux    *asynq.ServeMux
+	cfg    Config
+	svc    Services
+	log    *zap.Logger
 }
 
 // NewServer returns a Server reading cfg.Queue on rdb; obs (if not nil)
 // sees every task.
 func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObserver, log *zap.Logger) *Server {
 	log = log.Named("worker")
-	s := &Server{cfg: cfg, svc: svc, log: log, mux: asynq.NewServeMux()}
+	s := &Server{cfg: cfg, svc: svc, log: log, mux: asynq.NewServeMux(), client: asynq.NewClientFromRedisClient(rdb)}
 	s.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency: cfg.Concurrency,
 		Queues:      map[string]int{cfg.Queue: 1},
@@ -187,6 +188,13 @@ func (s *Server) Start() error {
 		s.srv.Shutdown()
 		return fmt.Errorf("start asynq scheduler: %w", err)
 	}
+	// Take up at once what a killed worker left: its rollout task stays
+	// "active" in asynq until its lease lapses and asynq's recoverer looks
+	// (one to two minutes), but its claim died with it.
+	if _, err := s.client.Enqueue(NewResumeRolloutsTask(), asynq.Queue(s.cfg.Queue), asynq.MaxRetry(0),
+		asynq.Timeout(10*time.Minute)); err != nil {
+		s.log.Warn("could not queue the resumption of unfinished rollouts; the periodic one will do it", zap.Error(err))
+	}
 	return nil
 }
 
@@ -196,6 +204,7 @@ func (s *Server) Start() error {
 func (s *Server) Shutdown() {
 	s.sched.Shutdown()
 	s.srv.Shutdown()
+	_ = s.client.Close() // leaves the shared Redis client open
 }
 
 func (s *Server) handleExpire(ctx context.Context, t *asynq.Task) error {
