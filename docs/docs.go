@@ -778,8 +778,9 @@ const docTemplate = `{
                     "example": "2026-11-23T09:00:00Z"
                 },
                 "url": {
+                    "description": "URL is relative to the service's address unless PUBLIC_BASE_URL\nis set, which it then starts with.",
                     "type": "string",
-                    "example": "http://127.0.0.1:8080/api/v1/reports/history/djEuMjAyMy0wOC4xMDAwLjE3NjQwMDAwMDA.3q2-7w"
+                    "example": "/api/v1/reports/history/djEuMjAyMy0wOC4xMDAwLjE3NjQwMDAwMDA.3q2-7w"
                 }
             }
         },

@@ -444,7 +444,7 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 		if err := postJSON(s.base+"/api/v1/reports/history", body, &l); err != nil {
 			return err
 		}
-		links = append(links, l.URL)
+		links = append(links, s.base+l.URL) // links are relative
 	}
 	res, err = loadgen.Run(ctx, client, loadgen.Config{Conns: 8, Duration: o.duration, Requests: 20000},
 		func(i int) (*http.Request, error) { return http.NewRequest(http.MethodGet, links[i%len(links)], nil) })
@@ -464,7 +464,7 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	}
 	apiBefore := rssMB(s.api.Process.Pid, "VmHWM")
 	t0 := time.Now()
-	resp, err := http.Get(l.URL)
+	resp, err := http.Get(s.base + l.URL)
 	if err != nil {
 		return err
 	}

@@ -80,8 +80,8 @@ type Reports struct {
 	Secret string
 	// LinkTTL is how long a report link works.
 	LinkTTL time.Duration
-	// PublicURL is the scheme and host links start with (behind a proxy);
-	// empty takes them from each request.
+	// PublicURL is the scheme and host links start with; empty makes
+	// links relative (never built from a request's Host header).
 	PublicURL string
 	// Timeout bounds one report download.
 	Timeout time.Duration

@@ -33,7 +33,8 @@ type testAPI struct {
 	skew atomic.Int64
 }
 
-func newAPI(t testing.TB) *testAPI {
+// newAPI builds the router; each option may change its Options.
+func newAPI(t testing.TB, options ...func(*httpapi.Options)) *testAPI {
 	t.Helper()
 	pool := env.NewPool(t)
 	opt, err := redis.ParseURL(env.RedisURL)
@@ -50,7 +51,7 @@ func newAPI(t testing.TB) *testAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.h = httpapi.NewRouter(httpapi.Options{
+	o := httpapi.Options{
 		Segments: svc.Segments,
 		Users:    svc.Users,
 		Reports:  svc.Reports,
@@ -61,7 +62,11 @@ func newAPI(t testing.TB) *testAPI {
 		Log:            log,
 		RequestTimeout: 30 * time.Second,
 		ReportTimeout:  time.Minute,
-	})
+	}
+	for _, f := range options {
+		f(&o)
+	}
+	a.h = httpapi.NewRouter(o)
 	return a
 }
 

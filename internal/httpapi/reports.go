@@ -24,7 +24,9 @@ type ReportRequest struct {
 
 // ReportLink is a signed link to a CSV report.
 type ReportLink struct {
-	URL       string    `json:"url" example:"http://127.0.0.1:8080/api/v1/reports/history/djEuMjAyMy0wOC4xMDAwLjE3NjQwMDAwMDA.3q2-7w"`
+	// URL is relative to the service's address unless PUBLIC_BASE_URL
+	// is set, which it then starts with.
+	URL       string    `json:"url" example:"/api/v1/reports/history/djEuMjAyMy0wOC4xMDAwLjE3NjQwMDAwMDA.3q2-7w"`
 	ExpiresAt time.Time `json:"expires_at" example:"2026-11-23T09:00:00Z"`
 }
 
@@ -54,22 +56,9 @@ func (h *handler) createReport(w http.ResponseWriter, r *http.Request) {
 		q.UserID = *req.UserID
 	}
 	token, expiresAt := h.reports.Link(q)
-	link := h.baseURL(r) + "/api/v1/reports/history/" + url.PathEscape(token)
+	link := h.publicURL + "/api/v1/reports/history/" + url.PathEscape(token)
 	w.Header().Set("Location", link)
 	respond(w, http.StatusCreated, ReportLink{URL: link, ExpiresAt: expiresAt})
-}
-
-// baseURL is the configured public URL, or the scheme and host the request
-// came to.
-func (h *handler) baseURL(r *http.Request) string {
-	if h.publicURL != "" {
-		return h.publicURL
-	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host
 }
 
 // downloadReport godoc

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -20,7 +21,7 @@ func (a *testAPI) reportLink(body any) string {
 	var link httpapi.ReportLink
 	r := a.mustDo(http.StatusCreated, "POST", "/api/v1/reports/history", body, &link)
 	u, err := url.Parse(link.URL)
-	if err != nil || u.Scheme != "http" || u.Host != "example.com" || r.header.Get("Location") != link.URL {
+	if err != nil || u.IsAbs() || !strings.HasPrefix(link.URL, "/api/v1/reports/history/") || r.header.Get("Location") != link.URL {
 		a.t.Fatalf("link %q (Location %q): %v", link.URL, r.header.Get("Location"), err)
 	}
 	if d := time.Until(link.ExpiresAt); d < 23*time.Hour || d > 24*time.Hour {
@@ -259,4 +260,27 @@ func TestUserHistoryPages(t *testing.T) {
 		a.do("GET", "/api/v1/users/5/history"+bad, nil).problem(t, http.StatusBadRequest)
 	}
 	a.do("GET", "/api/v1/users/0/history", nil).problem(t, http.StatusBadRequest)
+}
+
+// TestReportLinksDoNotFollowTheHostHeader asks for links with a forged
+// Host: without PUBLIC_BASE_URL a link is relative to wherever the client
+// called; with it, it starts with that URL.
+func TestReportLinksDoNotFollowTheHostHeader(t *testing.T) {
+	body := map[string]any{"period": "2023-08"}
+	for _, tc := range []struct {
+		publicURL, wantPrefix string
+	}{
+		{"", "/api/v1/reports/history/"},
+		{"https://segments.example.com/", "https://segments.example.com/api/v1/reports/history/"},
+	} {
+		a := newAPI(t, func(o *httpapi.Options) { o.PublicURL = tc.publicURL })
+		r := a.do("POST", "/api/v1/reports/history", body, "Host", "evil.example")
+		var link httpapi.ReportLink
+		if err := json.Unmarshal(r.body, &link); err != nil || r.status != http.StatusCreated {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if !strings.HasPrefix(link.URL, tc.wantPrefix) || strings.Contains(link.URL, "evil") || r.header.Get("Location") != link.URL {
+			t.Errorf("PUBLIC_BASE_URL %q: link %q, Location %q", tc.publicURL, link.URL, r.header.Get("Location"))
+		}
+	}
 }

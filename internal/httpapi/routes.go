@@ -44,7 +44,7 @@ type Options struct {
 	// ReportTimeout bounds a report download instead.
 	ReportTimeout time.Duration
 	// PublicURL is the scheme and host report links start with; empty
-	// takes them from each request.
+	// makes links relative (never taken from the request's Host).
 	PublicURL string
 	// Observer, if set, records every request (route pattern, method,
 	// status, duration).
