@@ -98,10 +98,12 @@ func TestMetricsExposeTheNamedSeries(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, metrics = get(t, base+"/metrics")
-		// The sweep may remove the membership before its task runs: wait
-		// for both.
+		// The sweep may remove the membership before its task runs, and the
+		// periodic resume may run the rollout before its task (which then
+		// waits 5 s and finds it done): wait for all of them.
 		if strings.Contains(metrics, `segments_membership_changes_total{operation="remove",reason="ttl"} 1`) &&
 			strings.Contains(metrics, `segments_tasks_processed_total{outcome="success",type="membership:expire"} 1`) &&
+			strings.Contains(metrics, `segments_tasks_processed_total{outcome="success",type="segment:rollout"} 1`) &&
 			strings.Contains(metrics, `segments_rollouts{status="done"} 1`) {
 			break
 		}
