@@ -15,14 +15,22 @@ help: ## list the targets
 build: ## build bin/segments
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/segments
 
+# make run's local servers (without Docker): ports and data directory.
+PG_PORT    ?= 5432
+REDIS_PORT ?= 6379
+DATA_DIR   ?= .data
+
 .PHONY: run
-run: build ## run the whole service (Docker Compose if a Docker engine answers, else local Postgres and Redis)
-	@if docker info >/dev/null 2>&1; then \
-		docker compose up --build; \
-	else \
-		echo "No Docker engine: starting Postgres and Redis from local binaries (data in .data/)"; \
-		$(GO) run ./cmd/devstack -- sh -c '$(BIN) migrate up && exec $(BIN) all'; \
-	fi
+run: build ## run the whole service (Docker Compose if a Docker engine answers, else local Postgres and Redis; PG_PORT, REDIS_PORT, DATA_DIR, HTTP_ADDR)
+	@if docker info >/dev/null 2>&1; then exec docker compose up --build; fi; \
+	$(GO) build -o bin/devstack ./cmd/devstack && \
+	echo "No Docker engine: starting Postgres and Redis from local binaries (data in $(DATA_DIR))" && \
+	exec bin/devstack -dir $(DATA_DIR) -pg-port $(PG_PORT) -redis-port $(REDIS_PORT) -- \
+		sh -c '$(BIN) migrate up && exec $(BIN) all'
+
+.PHONY: reset
+reset: ## delete make run's local data (DATA_DIR): the next make run starts from an empty database
+	$(GO) run ./cmd/devstack -dir $(DATA_DIR) -reset
 
 .PHONY: test
 test: lint docs-check test-go e2e ## everything CI runs: lint, docs check, Go tests, end-to-end checks

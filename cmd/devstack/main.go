@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,20 +45,38 @@ func run(ctx context.Context, args []string, log io.Writer) error {
 	dir := fs.String("dir", ".data", "directory for the servers' data and logs")
 	pgPort := fs.Int("pg-port", 5432, "PostgreSQL port on 127.0.0.1")
 	redisPort := fs.Int("redis-port", 6379, "Redis port on 127.0.0.1")
+	reset := fs.Bool("reset", false, "delete the servers' data (an empty database next time) and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if fs.NArg() == 0 {
-		return errors.New("usage: devstack [flags] -- command [args...]")
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
 		return err
 	}
+	if *reset {
+		for _, d := range []string{abs, reachableDir(abs)} {
+			if err := os.RemoveAll(d); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(log, "devstack: deleted the data in %s\n", abs)
+		return nil
+	}
+	if fs.NArg() == 0 {
+		return errors.New("usage: devstack [flags] -- command [args...]")
+	}
 
-	pg, err := localserver.StartPostgres(ctx, localserver.PostgresOptions{
-		Dir: filepath.Join(abs, "postgres"), Port: *pgPort, User: "segments",
-	})
+	pgDir := filepath.Join(abs, "postgres")
+	if _, err := os.Stat(filepath.Join(reachableDir(abs), "postgres")); err == nil {
+		pgDir = filepath.Join(reachableDir(abs), "postgres") // chosen on an earlier run
+	}
+	pgOptions := localserver.PostgresOptions{Dir: pgDir, Port: *pgPort, User: "segments"}
+	pg, err := localserver.StartPostgres(ctx, pgOptions)
+	if errors.Is(err, localserver.ErrDirUnreachable) {
+		pgOptions.Dir = filepath.Join(reachableDir(abs), "postgres")
+		fmt.Fprintf(log, "devstack: the postgres user cannot reach %s (a parent directory is private); PostgreSQL's data goes to %s\n", pgDir, pgOptions.Dir)
+		pg, err = localserver.StartPostgres(ctx, pgOptions)
+	}
 	if err != nil {
 		return err
 	}
@@ -89,6 +109,14 @@ func run(ctx context.Context, args []string, log io.Writer) error {
 		err = <-exited
 	}
 	return err
+}
+
+// reachableDir is where PostgreSQL's data goes when the postgres user (as
+// which it runs under root) cannot reach dir: a directory of its own under
+// /var/tmp, which outlives reboots, named after dir.
+func reachableDir(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join("/var/tmp", "segments-devstack-"+hex.EncodeToString(sum[:6]))
 }
 
 // createDatabase creates database name unless it exists.

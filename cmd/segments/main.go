@@ -181,7 +181,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 	}
 	var wrk *worker.Server
 	if work {
-		wrk = worker.NewServer(rdb, app.WorkerConfig(cfg), svc.WorkerServices(), m, log)
+		wrk = worker.NewServer(redisConnOpt(rdb), app.WorkerConfig(cfg), svc.WorkerServices(), m, log)
 		if err := wrk.Start(); err != nil {
 			return err
 		}
@@ -256,6 +256,14 @@ func probe(ctx context.Context, cfg config.Config, args []string, stdout io.Writ
 		return fmt.Errorf("%s answered %d", path, resp.StatusCode)
 	}
 	return nil
+}
+
+// redisConnOpt names rdb's server and settings for asynq's server and
+// scheduler, which open (and close) connections of their own.
+func redisConnOpt(rdb *redis.Client) asynq.RedisConnOpt {
+	o := rdb.Options()
+	return asynq.RedisClientOpt{Network: o.Network, Addr: o.Addr, Username: o.Username, Password: o.Password,
+		DB: o.DB, DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, TLSConfig: o.TLSConfig}
 }
 
 func openRedis(url string) (*redis.Client, error) {

@@ -47,6 +47,9 @@ func startProcess(cmd *exec.Cmd, logPath string, stopSignal syscall.Signal) (*pr
 	}
 	// If this process dies without stopping the server, the server goes too.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	// A process group of its own: a Ctrl-C in the terminal reaches the
+	// program using the server, not the server, which is stopped after it.
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
@@ -128,8 +131,8 @@ func FreePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// portFree reports whether nothing listens on the loopback port.
-func portFree(port int) bool {
+// PortFree reports whether nothing listens on the loopback port.
+func PortFree(port int) bool {
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		return false
@@ -157,6 +160,10 @@ func pgVersion(binPath string) int {
 	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(binPath))))
 	return v
 }
+
+// ErrDirUnreachable means PostgreSQL's account (postgres, when running as
+// root) cannot reach the data directory through its parents.
+var ErrDirUnreachable = errors.New("data directory unreachable")
 
 // runAs describes the account a server runs under: the current one, or the
 // postgres system user when the current one is root.
@@ -207,7 +214,7 @@ func (a runAs) prepareDir(dir string) error {
 	// The account must be able to reach dir through its parents.
 	probe := a.command("/bin/sh", "-c", `test -w "$1"`, "sh", dir)
 	if err := probe.Run(); err != nil {
-		return fmt.Errorf("the postgres user cannot reach %s (a parent directory is private to root); use a directory under a world-traversable path", dir)
+		return fmt.Errorf("%w: the postgres user cannot reach %s (a parent directory is private to root)", ErrDirUnreachable, dir)
 	}
 	return nil
 }

@@ -69,7 +69,7 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 			if port, err = FreePort(); err != nil {
 				return nil, err
 			}
-		} else if !portFree(port) {
+		} else if !PortFree(port) {
 			return nil, fmt.Errorf("port %d on 127.0.0.1 is taken; is another PostgreSQL running?", port)
 		}
 		args := []string{"-D", data, "-p", strconv.Itoa(port),

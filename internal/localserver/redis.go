@@ -44,7 +44,7 @@ func StartRedis(ctx context.Context, o RedisOptions) (*Redis, error) {
 			if port, err = FreePort(); err != nil {
 				return nil, err
 			}
-		} else if !portFree(port) {
+		} else if !PortFree(port) {
 			return nil, fmt.Errorf("port %d on 127.0.0.1 is taken; is another Redis running?", port)
 		}
 		args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", o.Dir,

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"segments/internal/logctx"
@@ -97,12 +96,13 @@ type Server struct {
 	log    *zap.Logger
 }
 
-// NewServer returns a Server reading cfg.Queue on rdb; obs (if not nil)
-// sees every task.
-func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObserver, log *zap.Logger) *Server {
+// NewServer returns a Server reading cfg.Queue on the Redis that redisOpt
+// names; obs (if not nil) sees every task. The server, its scheduler and
+// its client open connections of their own, which Shutdown closes.
+func NewServer(redisOpt asynq.RedisConnOpt, cfg Config, svc Services, obs TaskObserver, log *zap.Logger) *Server {
 	log = log.Named("worker")
-	s := &Server{cfg: cfg, svc: svc, log: log, mux: asynq.NewServeMux(), client: asynq.NewClientFromRedisClient(rdb)}
-	s.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+	s := &Server{cfg: cfg, svc: svc, log: log, mux: asynq.NewServeMux(), client: asynq.NewClient(redisOpt)}
+	s.srv = asynq.NewServer(redisOpt, asynq.Config{
 		Concurrency: cfg.Concurrency,
 		Queues:      map[string]int{cfg.Queue: 1},
 		// Scheduled expiry tasks become due within a second of their time
@@ -118,7 +118,7 @@ func NewServer(rdb redis.UniversalClient, cfg Config, svc Services, obs TaskObse
 		},
 		ErrorHandler: asynq.ErrorHandlerFunc(s.handleError),
 	})
-	s.sched = asynq.NewSchedulerFromRedisClient(rdb, &asynq.SchedulerOpts{
+	s.sched = asynq.NewScheduler(redisOpt, &asynq.SchedulerOpts{
 		Logger:   zapLogger{log.Sugar()},
 		LogLevel: asynq.WarnLevel,
 		EnqueueErrorHandler: func(t *asynq.Task, _ []asynq.Option, err error) {
@@ -204,7 +204,9 @@ func (s *Server) Start() error {
 func (s *Server) Shutdown() {
 	s.sched.Shutdown()
 	s.srv.Shutdown()
-	_ = s.client.Close() // leaves the shared Redis client open
+	if err := s.client.Close(); err != nil {
+		s.log.Warn("close the task client", zap.Error(err))
+	}
 }
 
 func (s *Server) handleExpire(ctx context.Context, t *asynq.Task) error {

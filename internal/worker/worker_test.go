@@ -107,7 +107,8 @@ func newStack(t *testing.T, o stackOptions) *stack {
 			t.Fatal(err)
 		}
 	}
-	srv := worker.NewServer(rdb, app.WorkerConfig(cfg), workerSvc.WorkerServices(), nil, log)
+	srv := worker.NewServer(asynq.RedisClientOpt{Addr: opt.Addr, DB: opt.DB, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second},
+		app.WorkerConfig(cfg), workerSvc.WorkerServices(), nil, log)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
