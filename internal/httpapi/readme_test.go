@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,92 +17,120 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// readmeExample is a curl command from README.md and the response shown
-// after it.
-type readmeExample struct {
+// readmeBlock is a shell block of README.md and the output shown after it
+// (none for a block that shows none).
+type readmeBlock struct {
 	line     int
 	command  string
-	lang     string // json or http
+	lang     string // json, http, csv, text or ""
 	response string
 }
 
-// readmeMonth is the month the README's report examples were recorded in;
-// the test moves them to the current month, since history is stamped now.
-const readmeMonth = "2026-11"
-
-// reportPath is where report links point; a link's token changes with
-// every run, so a README example that downloads one gets the token of the
-// link the example before it received.
-const reportPath = "/api/v1/reports/history/"
-
-// TestREADMEExamples runs every curl example in README.md, in order, on a
-// fresh database through the real router, and checks that each response is
-// the one the README shows (times, request ids and link tokens aside).
+// TestREADMEExamples runs the README's shell examples as written, in order,
+// in one bash session (so that a variable one example sets is there for the
+// next), against the real router on a real port of a fresh database; only
+// localhost:8080 is replaced by that port. Each output must be the one the
+// README shows after the block, times, request ids and link tokens aside.
+// Blocks that start with make are for the reader's machine and are not run.
 func TestREADMEExamples(t *testing.T) {
-	examples := readmeExamples(t, "../../README.md")
-	if len(examples) < 10 {
-		t.Fatalf("found only %d curl examples in README.md", len(examples))
+	blocks := readmeBlocks(t, "../../README.md")
+	if len(blocks) < 10 {
+		t.Fatalf("found only %d shell examples in README.md", len(blocks))
 	}
 	a := newAPI(t)
-	month := time.Now().UTC().Format("2006-01")
-	lastToken := ""
-	for _, ex := range examples {
-		req, err := parseCurl(strings.ReplaceAll(ex.command, readmeMonth, month))
-		if err != nil {
-			t.Fatalf("README.md:%d: %v", ex.line, err)
-		}
-		if strings.HasPrefix(req.target, reportPath) {
-			req.target = reportPath + lastToken
-		}
-		header := []string{"Host", req.host}
-		for k, v := range req.header {
-			header = append(header, k, v)
-		}
-		var body any
-		if req.data != nil {
-			body = *req.data
-		}
-		r := a.do(req.method, req.target, body, header...)
-		want := strings.ReplaceAll(ex.response, readmeMonth, month)
+	srv := httptest.NewServer(a.h)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
 
-		switch {
-		case req.writeOut != "":
-			checkSavedFile(t, ex, req, r, want)
-			continue
-		case ex.lang == "csv":
-			checkCSV(t, ex, r, want)
-			continue
-		case ex.lang == "http":
-			want = checkHTTPHead(t, ex, r)
-		case r.status >= 300 && !strings.Contains(want, fmt.Sprintf(`"status":%d`, r.status)):
-			t.Errorf("README.md:%d: %s answered %d: %s", ex.line, ex.command, r.status, r.body)
+	var script strings.Builder
+	for i, b := range blocks {
+		fmt.Fprintf(&script, "printf '\\n@@@ %d\\n'\n%s\nprintf '\\n@@@ rc %%d\\n' $?\n", i, strings.ReplaceAll(b.command, "localhost:8080", addr))
+	}
+	cmd := exec.Command("bash", "-c", script.String())
+	cmd.Dir = t.TempDir() // curl -OJ saves files here
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bash: %v\n%s", err, stderr.String())
+	}
+	outputs := splitOutputs(t, string(out), len(blocks))
+	for i, b := range blocks {
+		got := outputs[i]
+		if got.rc != 0 {
+			t.Errorf("README.md:%d: %s\nexited %d; stderr so far:\n%s", b.line, b.command, got.rc, stderr.String())
 			continue
 		}
-		if diff := cmp.Diff(normalizeJSON(t, want), normalizeJSON(t, string(r.body))); diff != "" {
-			t.Errorf("README.md:%d: %s\nresponse differs from README (-readme +actual):\n%s\nactual: %s", ex.line, ex.command, diff, r.body)
-		}
-		var link struct{ URL string }
-		if json.Unmarshal(r.body, &link) == nil && strings.Contains(link.URL, reportPath) {
-			lastToken = link.URL[strings.Index(link.URL, reportPath)+len(reportPath):]
+		switch b.lang {
+		case "":
+			if strings.TrimSpace(got.text) != "" {
+				t.Errorf("README.md:%d: %s\nprinted %q, but the README shows no output", b.line, b.command, got.text)
+			}
+		case "json":
+			if diff := cmp.Diff(normalizeJSON(t, b.response), normalizeJSON(t, got.text)); diff != "" {
+				t.Errorf("README.md:%d: %s\nresponse differs from README (-readme +actual):\n%s\nactual: %s", b.line, b.command, diff, got.text)
+			}
+		case "http":
+			checkHTTP(t, b, got.text)
+		case "csv":
+			checkCSV(t, b, got.text)
+		case "text":
+			if maskMonth(strings.TrimSpace(got.text)) != maskMonth(b.response) {
+				t.Errorf("README.md:%d: %s\nprinted %q, README shows %q", b.line, b.command, strings.TrimSpace(got.text), b.response)
+			}
 		}
 	}
 }
 
+// reportPath is where report links point; the token after it changes with
+// every run.
+const reportPath = "/api/v1/reports/history/"
+
+// blockOutput is what one block printed and its exit status.
+type blockOutput struct {
+	text string
+	rc   int
+}
+
+// splitOutputs cuts bash's output at the markers the script prints.
+func splitOutputs(t *testing.T, out string, n int) []blockOutput {
+	t.Helper()
+	outputs := make([]blockOutput, n)
+	parts := strings.Split(out, "\n@@@ ")
+	cur := -1
+	for _, p := range parts[1:] {
+		head, rest, _ := strings.Cut(p, "\n")
+		if rc, ok := strings.CutPrefix(head, "rc "); ok && cur >= 0 {
+			outputs[cur].rc, _ = strconv.Atoi(rc)
+			continue
+		}
+		i, err := strconv.Atoi(head)
+		if err != nil || i >= n {
+			t.Fatalf("bad marker %q in the script's output", head)
+		}
+		cur = i
+		outputs[i].text = rest
+	}
+	return outputs
+}
+
+// monthPattern matches the YYYY-MM of the month a report covers, which the
+// README computes with date.
+var monthPattern = regexp.MustCompile(`[0-9]{4}-[0-9]{2}`)
+
+func maskMonth(s string) string { return monthPattern.ReplaceAllString(s, "<month>") }
+
 // checkCSV compares a CSV body row by row; the datetime column varies and
 // must only be RFC 3339 UTC.
-func checkCSV(t *testing.T, ex readmeExample, r response, want string) {
+func checkCSV(t *testing.T, b readmeBlock, got string) {
 	t.Helper()
-	if r.status != http.StatusOK {
-		t.Errorf("README.md:%d: status %d: %s", ex.line, r.status, r.body)
-		return
-	}
 	mask := func(s string) []string {
 		var rows []string
 		for i, line := range strings.Split(strings.TrimSpace(s), "\n") {
 			cols := strings.Split(line, ";")
 			if i > 0 && len(cols) == 5 {
 				if _, err := time.Parse(time.RFC3339Nano, cols[3]); err != nil || !strings.HasSuffix(cols[3], "Z") {
-					t.Errorf("README.md:%d: datetime %q is not RFC 3339 UTC", ex.line, cols[3])
+					t.Errorf("README.md:%d: datetime %q is not RFC 3339 UTC", b.line, cols[3])
 				}
 				cols[3] = "<datetime>"
 			}
@@ -110,48 +138,48 @@ func checkCSV(t *testing.T, ex readmeExample, r response, want string) {
 		}
 		return rows
 	}
-	if diff := cmp.Diff(mask(want), mask(string(r.body))); diff != "" {
-		t.Errorf("README.md:%d: CSV differs from README (-readme +actual):\n%s", ex.line, diff)
+	if diff := cmp.Diff(mask(b.response), mask(got)); diff != "" {
+		t.Errorf("README.md:%d: CSV differs from README (-readme +actual):\n%s", b.line, diff)
 	}
 }
 
-// checkSavedFile checks `curl -OJ -w '%{filename_effective}'`: the file
-// name curl prints is the one Content-Disposition gives.
-func checkSavedFile(t *testing.T, ex readmeExample, req curlRequest, r response, want string) {
+// checkHTTP compares what curl -i printed with the status line, the
+// headers (Date and X-Request-Id vary) and the body the README shows.
+func checkHTTP(t *testing.T, b readmeBlock, got string) {
 	t.Helper()
-	var name string
-	if _, err := fmt.Sscanf(r.header.Get("Content-Disposition"), "attachment; filename=%q", &name); err != nil || r.status != http.StatusOK {
-		t.Errorf("README.md:%d: status %d, Content-Disposition %q", ex.line, r.status, r.header.Get("Content-Disposition"))
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(strings.TrimLeft(got, "\n"))), nil)
+	if err != nil {
+		t.Errorf("README.md:%d: curl printed no HTTP response: %v\n%s", b.line, err, got)
 		return
 	}
-	if got := strings.ReplaceAll(req.writeOut, "%{filename_effective}", name); strings.TrimSpace(got) != strings.TrimSpace(want) {
-		t.Errorf("README.md:%d: curl would print %q, README shows %q", ex.line, got, want)
-	}
-}
-
-// checkHTTPHead compares the status line and the headers the README shows
-// (Date and X-Request-Id vary) and returns the README's body.
-func checkHTTPHead(t *testing.T, ex readmeExample, r response) string {
-	t.Helper()
-	head, body, _ := strings.Cut(ex.response, "\n\n")
+	defer resp.Body.Close()
+	head, body, _ := strings.Cut(b.response, "\n\n")
 	lines := strings.Split(head, "\n")
 	fields := strings.Fields(lines[0])
 	if len(fields) < 2 {
-		t.Fatalf("README.md:%d: bad status line %q", ex.line, lines[0])
+		t.Fatalf("README.md:%d: bad status line %q", b.line, lines[0])
 	}
-	if want, _ := strconv.Atoi(fields[1]); r.status != want {
-		t.Errorf("README.md:%d: status %d, README shows %d", ex.line, r.status, want)
+	if want, _ := strconv.Atoi(fields[1]); resp.StatusCode != want {
+		t.Errorf("README.md:%d: status %d, README shows %d", b.line, resp.StatusCode, want)
 	}
 	for _, h := range lines[1:] {
 		k, v, _ := strings.Cut(h, ": ")
 		if k == "Date" || k == "X-Request-Id" {
 			continue
 		}
-		if got := r.header.Get(k); got != v {
-			t.Errorf("README.md:%d: header %s is %q, README shows %q", ex.line, k, got, v)
+		if got := resp.Header.Get(k); maskMonth(got) != maskMonth(v) {
+			t.Errorf("README.md:%d: header %s is %q, README shows %q", b.line, k, got, v)
 		}
 	}
-	return body
+	var actual strings.Builder
+	if _, err := bufio.NewReader(resp.Body).WriteTo(&actual); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(body) != "" || strings.TrimSpace(actual.String()) != "" {
+		if diff := cmp.Diff(normalizeJSON(t, body), normalizeJSON(t, actual.String())); diff != "" {
+			t.Errorf("README.md:%d: body differs from README (-readme +actual):\n%s", b.line, diff)
+		}
+	}
 }
 
 // volatile fields differ on every run; a README value and an actual value
@@ -203,178 +231,55 @@ func normalizeJSON(t *testing.T, s string) any {
 	return walk(v)
 }
 
-// readmeExamples finds each ```sh block that runs curl and the ```json or
-// ```http block after it.
-func readmeExamples(t *testing.T, path string) []readmeExample {
+// readmeBlocks finds each ```sh block to run (all but those that start
+// with make) and the ```json, ```http, ```csv or ```text block right after
+// it, if any.
+func readmeBlocks(t *testing.T, path string) []readmeBlock {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	type block struct {
-		line       int
+	type fenced struct {
+		line, end  int
 		lang, text string
 	}
 	var (
-		blocks []block
-		cur    *block
-		sc     = bufio.NewScanner(f)
-		n      int
+		all []fenced
+		cur *fenced
+		sc  = bufio.NewScanner(f)
+		n   int
 	)
 	for sc.Scan() {
 		n++
 		line := sc.Text()
 		switch {
 		case cur == nil && strings.HasPrefix(line, "```"):
-			cur = &block{line: n, lang: strings.TrimPrefix(line, "```")}
+			cur = &fenced{line: n, lang: strings.TrimPrefix(line, "```")}
 		case cur != nil && line == "```":
-			blocks = append(blocks, *cur)
+			cur.end = n
+			all = append(all, *cur)
 			cur = nil
 		case cur != nil:
 			cur.text += line + "\n"
 		}
 	}
-	var out []readmeExample
-	for i, b := range blocks {
-		if b.lang != "sh" || !strings.HasPrefix(b.text, "curl ") {
+	var out []readmeBlock
+	for i, b := range all {
+		if b.lang != "sh" || strings.HasPrefix(b.text, "make ") {
 			continue
 		}
-		if i+1 == len(blocks) || !slices.Contains([]string{"json", "http", "csv", "text"}, blocks[i+1].lang) {
-			t.Fatalf("README.md:%d: a curl example must be followed by its output (```json, ```http, ```csv or ```text)", b.line)
+		rb := readmeBlock{line: b.line, command: strings.TrimSpace(b.text)}
+		// The output is the next block, if nothing but a blank line stands
+		// between them.
+		if i+1 < len(all) && all[i+1].line == b.end+2 {
+			switch next := all[i+1]; next.lang {
+			case "json", "http", "csv", "text":
+				rb.lang, rb.response = next.lang, strings.TrimSpace(next.text)
+			}
 		}
-		out = append(out, readmeExample{
-			line:     b.line,
-			command:  strings.TrimSpace(strings.ReplaceAll(b.text, "\\\n", " ")),
-			lang:     blocks[i+1].lang,
-			response: strings.TrimSpace(blocks[i+1].text),
-		})
+		out = append(out, rb)
 	}
 	return out
-}
-
-// curlRequest is what a README curl command asks for.
-type curlRequest struct {
-	method, host, target string
-	header               map[string]string
-	data                 *string
-	// writeOut is -w's format, for a download saved with -OJ.
-	writeOut string
-}
-
-// parseCurl reads the curl options the README uses: -s, -i, -X, -H, -d,
-// and -OJ with -w.
-func parseCurl(cmd string) (curlRequest, error) {
-	words, err := shellWords(cmd)
-	if err != nil {
-		return curlRequest{}, err
-	}
-	req := curlRequest{header: map[string]string{}}
-	for i := 1; i < len(words); i++ {
-		w := words[i]
-		next := func() (string, error) {
-			if i+1 >= len(words) {
-				return "", fmt.Errorf("%s needs a value", w)
-			}
-			i++
-			return words[i], nil
-		}
-		switch w {
-		case "-s", "-i", "-si", "-OJ", "-sOJ":
-		case "-w":
-			if req.writeOut, err = next(); err != nil {
-				return req, err
-			}
-			req.writeOut = strings.ReplaceAll(req.writeOut, `\n`, "\n")
-		case "-X":
-			if req.method, err = next(); err != nil {
-				return req, err
-			}
-		case "-H":
-			h, err := next()
-			if err != nil {
-				return req, err
-			}
-			k, v, _ := strings.Cut(h, ":")
-			req.header[k] = strings.TrimSpace(v)
-		case "-d":
-			d, err := next()
-			if err != nil {
-				return req, err
-			}
-			req.data = &d
-		default:
-			if strings.HasPrefix(w, "-") {
-				return req, fmt.Errorf("curl option %s is not understood by this test", w)
-			}
-			u, err := url.Parse("http://" + strings.TrimPrefix(w, "http://"))
-			if err != nil {
-				return req, err
-			}
-			req.host, req.target = u.Host, u.RequestURI()
-		}
-	}
-	if req.method == "" {
-		req.method = "GET"
-		if req.data != nil {
-			req.method = "POST"
-		}
-	}
-	if req.target == "" {
-		return req, fmt.Errorf("no URL in %q", cmd)
-	}
-	return req, nil
-}
-
-// shellWords splits a command line as sh would, for the quoting the README
-// uses: single quotes, double quotes and backslashes.
-func shellWords(s string) ([]string, error) {
-	var (
-		words []string
-		cur   strings.Builder
-		in    bool
-		quote rune
-	)
-	for i := 0; i < len(s); i++ {
-		c := rune(s[i])
-		switch {
-		case quote == '\'':
-			if c == '\'' {
-				quote = 0
-			} else {
-				cur.WriteRune(c)
-			}
-		case quote == '"':
-			if c == '"' {
-				quote = 0
-			} else if c == '\\' && i+1 < len(s) {
-				i++
-				cur.WriteByte(s[i])
-			} else {
-				cur.WriteRune(c)
-			}
-		case c == '\'' || c == '"':
-			quote, in = c, true
-		case c == '\\' && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-			in = true
-		case c == ' ' || c == '\t' || c == '\n':
-			if in {
-				words = append(words, cur.String())
-				cur.Reset()
-				in = false
-			}
-		default:
-			cur.WriteRune(c)
-			in = true
-		}
-	}
-	if quote != 0 {
-		return nil, fmt.Errorf("unclosed quote in %q", s)
-	}
-	if in {
-		words = append(words, cur.String())
-	}
-	return words, nil
 }
