@@ -263,16 +263,36 @@ func TestReadinessFollowsPostgresAndRedis(t *testing.T) {
 	waitReady(200, "Redis back")
 }
 
-// TestReadinessSaysWhenTheDatabaseIsReadOnly makes the database refuse
-// writes, as a standby does after a failover, and expects /readyz to say so.
-func TestReadinessSaysWhenTheDatabaseIsReadOnly(t *testing.T) {
+// serveWithAdmin starts `segments serve` on a database of the test's own
+// and returns its base URL and an admin connection to that database.
+func serveWithAdmin(t *testing.T) (string, *pgx.Conn) {
+	t.Helper()
 	dbURL := env.NewDatabase(t)
 	base, _ := startService(t, "serve", map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": env.RedisURL})
 	admin, err := pgx.Connect(t.Context(), dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close(context.Background())
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	return base, admin
+}
+
+// cutConnections terminates every other connection to admin's database,
+// as a restart or failover does, and returns how many it cut.
+func cutConnections(t *testing.T, admin *pgx.Conn) int {
+	t.Helper()
+	const kill = `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`
+	var n int
+	if err := admin.QueryRow(t.Context(), kill).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestReadinessSaysWhenTheDatabaseIsReadOnly makes the database refuse
+// writes, as a standby does after a failover, and expects /readyz to say so.
+func TestReadinessSaysWhenTheDatabaseIsReadOnly(t *testing.T) {
+	base, admin := serveWithAdmin(t)
 	// Set the database read-only (or back) and drop the service's
 	// connections, as a failover does, so that new ones see it.
 	setReadOnly := func(on bool) {
@@ -281,10 +301,7 @@ func TestReadinessSaysWhenTheDatabaseIsReadOnly(t *testing.T) {
 		if _, err := admin.Exec(t.Context(), sql); err != nil {
 			t.Fatal(err)
 		}
-		const kill = `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`
-		if _, err := admin.Exec(t.Context(), kill); err != nil {
-			t.Fatal(err)
-		}
+		cutConnections(t, admin)
 	}
 	waitFor := func(want int, says, what string) {
 		t.Helper()
@@ -339,13 +356,7 @@ func TestConnectionsAreLimited(t *testing.T) {
 // finds a dead pooled connection at most once and is answered from a fresh
 // one.
 func TestReadsSurviveDroppedConnections(t *testing.T) {
-	dbURL := env.NewDatabase(t)
-	base, _ := startService(t, "serve", map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": env.RedisURL})
-	admin, err := pgx.Connect(t.Context(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
+	base, admin := serveWithAdmin(t)
 	readAll := func(what string) {
 		t.Helper()
 		var wg sync.WaitGroup
@@ -360,10 +371,9 @@ func TestReadsSurviveDroppedConnections(t *testing.T) {
 	}
 	for round := range 3 {
 		readAll("warm-up")
-		const kill = `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`
-		var n int
-		if err := admin.QueryRow(t.Context(), kill).Scan(&n); err != nil || n == 0 {
-			t.Fatalf("round %d: %d connections cut (%v)", round, n, err)
+		n := cutConnections(t, admin)
+		if n == 0 {
+			t.Fatalf("round %d: no connection to cut", round)
 		}
 		readAll(fmt.Sprintf("round %d, right after %d connections were cut", round, n))
 	}
