@@ -124,11 +124,11 @@ func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Mem
 func (r *UserRepo) userSegments(ctx context.Context, userID int64) ([]domain.Membership, error) {
 	rows, _ := r.pool.Query(ctx, userSegmentsSQL, userID)
 	ms, known, err := scanUserSegments(rows)
-	if err != nil || known {
-		if err != nil {
-			err = fmt.Errorf("select segments of user %d: %w", userID, dbError(err))
-		}
-		return ms, err
+	if err != nil {
+		return nil, fmt.Errorf("select segments of user %d: %w", userID, dbError(err))
+	}
+	if known {
+		return ms, nil
 	}
 
 	var granted int64
