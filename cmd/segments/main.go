@@ -150,6 +150,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 		},
 		Log:            log.Named("http"),
+		LogRequests:    cfg.Log.Requests,
 		RequestTimeout: cfg.HTTP.RequestTimeout,
 		Observer:       m,
 		Metrics:        m.Handler(),

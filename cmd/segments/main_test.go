@@ -108,6 +108,7 @@ func TestAllServesAndShutsDown(t *testing.T) {
 		"REDIS_URL":    env.RedisURL,
 		"HTTP_ADDR":    addr,
 		"WORKER_QUEUE": "cmd-test",
+		"LOG_REQUESTS": "all", // the successful request below gets its line
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	var out syncBuffer

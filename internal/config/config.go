@@ -100,6 +100,10 @@ type Log struct {
 	Level string
 	// Format is json or console.
 	Format string
+	// Requests says which requests get an access log line: errors (those
+	// answered 400 or more), all, or none. Metrics count every request
+	// either way.
+	Requests string
 }
 
 // Load reads the configuration through getenv (os.Getenv in production). It
@@ -143,8 +147,9 @@ func Load(getenv func(string) string) (Config, error) {
 			QueuesUI: p.boolean("ADMIN_QUEUES_UI", false),
 		},
 		Log: Log{
-			Level:  p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
-			Format: p.oneOf("LOG_FORMAT", "json", "json", "console"),
+			Level:    p.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+			Format:   p.oneOf("LOG_FORMAT", "json", "json", "console"),
+			Requests: p.oneOf("LOG_REQUESTS", "errors", "errors", "all", "none"),
 		},
 		ShutdownTimeout: p.duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 	}

@@ -128,9 +128,17 @@ func deadline(timeout time.Duration) func(http.Handler) http.Handler {
 	}
 }
 
-// accessLog logs one line per request, after it is served, and reports it
-// to the observer (if any).
-func accessLog(log *zap.Logger, observer RequestObserver) func(http.Handler) http.Handler {
+// accessLog reports every request to the observer (if any) and logs a line
+// for the ones which says: all, none, or (the default) errors, those
+// answered 400 or more.
+func accessLog(log *zap.Logger, which string, observer RequestObserver) func(http.Handler) http.Handler {
+	minStatus := http.StatusBadRequest
+	switch which {
+	case "all":
+		minStatus = 0
+	case "none":
+		minStatus = 1000
+	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
@@ -147,7 +155,7 @@ func accessLog(log *zap.Logger, observer RequestObserver) func(http.Handler) htt
 				if observer != nil {
 					observer.ObserveRequest(route, r.Method, status, elapsed)
 				}
-				if !log.Core().Enabled(zap.InfoLevel) {
+				if status < minStatus || !log.Core().Enabled(zap.InfoLevel) {
 					return
 				}
 				log.Info("request",

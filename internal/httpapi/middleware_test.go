@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -13,7 +16,7 @@ import (
 func TestPanicBecomesLoggedProblem(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	log := zap.New(core)
-	h := requestContext(log)(accessLog(log, nil)(recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	h := requestContext(log)(accessLog(log, "errors", nil)(recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
 	}))))
 	rec := httptest.NewRecorder()
@@ -35,3 +38,38 @@ func TestPanicBecomesLoggedProblem(t *testing.T) {
 		t.Errorf("access logs: %+v", access)
 	}
 }
+
+func TestAccessLogModes(t *testing.T) {
+	statuses := []int{200, 201, 404, 422, 500}
+	for _, tc := range []struct {
+		which string
+		want  []int64
+	}{
+		{"errors", []int64{404, 422, 500}},
+		{"", []int64{404, 422, 500}},
+		{"all", []int64{200, 201, 404, 422, 500}},
+		{"none", nil},
+	} {
+		core, logs := observer.New(zap.InfoLevel)
+		counted := 0
+		h := accessLog(zap.New(core), tc.which, observerFunc(func() { counted++ }))(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			code, _ := strconv.Atoi(r.URL.Query().Get("status"))
+			w.WriteHeader(code)
+		}))
+		for _, s := range statuses {
+			h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/x?status="+strconv.Itoa(s), nil))
+		}
+		var got []int64
+		for _, e := range logs.FilterMessage("request").All() {
+			got = append(got, e.ContextMap()["status"].(int64))
+		}
+		if !slices.Equal(got, tc.want) || counted != len(statuses) {
+			t.Errorf("LOG_REQUESTS=%q: logged %v, want %v; observed %d of %d", tc.which, got, tc.want, counted, len(statuses))
+		}
+	}
+}
+
+// observerFunc counts observed requests.
+type observerFunc func()
+
+func (f observerFunc) ObserveRequest(string, string, int, time.Duration) { f() }

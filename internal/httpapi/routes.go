@@ -39,6 +39,9 @@ type Options struct {
 	Checks []Check
 	// Log receives access logs and errors; nil discards them.
 	Log *zap.Logger
+	// LogRequests says which requests get an access log line: "errors"
+	// (answered 400 or more; the default), "all" or "none".
+	LogRequests string
 	// RequestTimeout bounds each request's work; zero means no bound.
 	RequestTimeout time.Duration
 	// ReportTimeout bounds a report download instead.
@@ -89,7 +92,7 @@ func NewRouter(o Options) http.Handler {
 	}
 
 	r := chi.NewRouter()
-	r.Use(requestContext(o.Log), accessLog(o.Log, o.Observer), recoverer, textOnly, middleware.GetHead)
+	r.Use(requestContext(o.Log), accessLog(o.Log, o.LogRequests, o.Observer), recoverer, textOnly, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		markUnmatched(r.Context())
 		statusProblem(w, r, http.StatusNotFound, "no route for "+r.URL.Path)
