@@ -118,6 +118,9 @@ func (NopScheduler) ScheduleExpiry(context.Context, domain.Expiry) error { retur
 // ScheduleRollout does nothing.
 func (NopScheduler) ScheduleRollout(context.Context, int64) error { return nil }
 
+// RolloutQueued reports no rollout queued.
+func (NopScheduler) RolloutQueued(context.Context, int64) (bool, error) { return false, nil }
+
 // Config returns the service's default configuration with the given
 // overrides (environment variable names to values).
 func Config(tb testing.TB, env map[string]string) config.Config {

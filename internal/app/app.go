@@ -30,6 +30,7 @@ var (
 	_ service.HistoryStore     = (*postgres.HistoryRepo)(nil)
 	_ service.ExpiryScheduler  = (*worker.Client)(nil)
 	_ service.RolloutScheduler = (*worker.Client)(nil)
+	_ service.RolloutQueue     = (*worker.Client)(nil)
 )
 
 // Recorder counts what the stores and services do; metrics.Metrics is one.
@@ -94,7 +95,7 @@ func New(cfg config.Config, d Deps) (*Services, error) {
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), d.Recorder,
 			secret, cfg.Reports.LinkTTL, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, d.Recorder), d.Log.Named("expiry")),
-		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder),
+		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder), tasks,
 			cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, d.Log.Named("rollouts")),
 		Tasks: tasks,
 		Stats: segments.Stats,

@@ -18,6 +18,12 @@ type RolloutScheduler interface {
 	ScheduleRollout(ctx context.Context, segmentID int64) error
 }
 
+// RolloutQueue tells whether a rollout's task is waiting to run: pending,
+// scheduled, or waiting for a retry.
+type RolloutQueue interface {
+	RolloutQueued(ctx context.Context, segmentID int64) (bool, error)
+}
+
 // RolloutStore is the storage Rollouts needs. Every method is atomic.
 type RolloutStore interface {
 	// ClaimRollout makes the caller the one runner of the rollout until
@@ -51,6 +57,7 @@ var ErrRolloutIncomplete = errors.New("rollout incomplete: another run holds it"
 // created.
 type Rollouts struct {
 	store     RolloutStore
+	queue     RolloutQueue
 	workers   int
 	batchSize int
 	log       *zap.Logger
@@ -58,8 +65,8 @@ type Rollouts struct {
 
 // NewRollouts returns Rollouts on store, running batches of batchSize users
 // on workers connections at once.
-func NewRollouts(store RolloutStore, workers, batchSize int, log *zap.Logger) *Rollouts {
-	return &Rollouts{store: store, workers: workers, batchSize: batchSize, log: log}
+func NewRollouts(store RolloutStore, queue RolloutQueue, workers, batchSize int, log *zap.Logger) *Rollouts {
+	return &Rollouts{store: store, queue: queue, workers: workers, batchSize: batchSize, log: log}
 }
 
 // Run carries the rollout of segment segmentID to the end. It is safe to
@@ -116,9 +123,12 @@ func (r *Rollouts) Fail(ctx context.Context, segmentID int64) error {
 	return r.store.FailRollout(ctx, segmentID)
 }
 
-// Resume runs every unfinished rollout (failed ones included) that nobody
-// is running: one whose task ran out of retries, or whose runner was
-// killed. A rollout another run holds is left to it.
+// Resume runs every unfinished rollout (failed ones included) that has no
+// live runner: one whose task ran out of retries or was lost, or whose
+// runner was killed. A rollout whose task is queued (it runs soon, or
+// retries after a failure, counting toward its retry budget) is left to
+// it, and so is one another run holds. The resume is the last resort: a
+// rollout its run fails on is marked failed.
 func (r *Rollouts) Resume(ctx context.Context) error {
 	ids, err := r.store.UnfinishedRollouts(ctx)
 	if err != nil {
@@ -126,8 +136,19 @@ func (r *Rollouts) Resume(ctx context.Context) error {
 	}
 	var errs []error
 	for _, id := range ids {
+		queued, err := r.queue.RolloutQueued(ctx, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if queued {
+			continue
+		}
 		if err := r.Run(ctx, id); err != nil && !errors.Is(err, ErrRolloutIncomplete) {
 			errs = append(errs, err)
+			if ferr := r.store.FailRollout(context.WithoutCancel(ctx), id); ferr != nil {
+				errs = append(errs, ferr)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -194,7 +194,7 @@ func TestRolloutsRun(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := tc.store
-			r := service.NewRollouts(&store, 1, 100, zap.NewNop())
+			r := service.NewRollouts(&store, queued{}, 1, 100, zap.NewNop())
 			if err := r.Run(t.Context(), 7); !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -214,11 +214,17 @@ func TestRolloutsRun(t *testing.T) {
 	}
 }
 
+// queued is a RolloutQueue: the rollouts whose task waits to run.
+type queued map[int64]bool
+
+func (q queued) RolloutQueued(_ context.Context, id int64) (bool, error) { return q[id], nil }
+
 func TestRolloutsResumeAndFail(t *testing.T) {
-	// 5 is held by a live runner; the others are taken up.
-	store := &fakeRollouts{unfinished: []int64{3, 5, 8}, held: map[int64]bool{5: true},
+	// 5 is held by a live runner and 9's task is queued (its retry counts
+	// toward its budget); the others are taken up.
+	store := &fakeRollouts{unfinished: []int64{3, 5, 8, 9}, held: map[int64]bool{5: true},
 		prepare: domain.Rollout{Status: domain.RolloutDone}}
-	r := service.NewRollouts(store, 1, 100, zap.NewNop())
+	r := service.NewRollouts(store, queued{9: true}, 1, 100, zap.NewNop())
 	if err := r.Resume(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -229,6 +235,10 @@ func TestRolloutsResumeAndFail(t *testing.T) {
 	if err := r.Resume(t.Context()); !errors.Is(err, errStore) {
 		t.Errorf("Resume hid a failure: %v", err)
 	}
+	if diff := cmp.Diff([]int64{3, 8}, store.failed); diff != "" {
+		t.Errorf("rollouts the resume failed on, marked failed (-want +got):\n%s", diff)
+	}
+	store.failed = nil
 	if err := r.Fail(t.Context(), 5); err != nil || len(store.failed) != 1 || store.failed[0] != 5 {
 		t.Errorf("Fail: %v, failed %v", err, store.failed)
 	}

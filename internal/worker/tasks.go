@@ -135,6 +135,24 @@ func (c *Client) ScheduleRollout(ctx context.Context, segmentID int64) error {
 	return err
 }
 
+// RolloutQueued reports whether the segment's rollout task is waiting to
+// run: pending, scheduled or waiting for a retry. An active task (running,
+// or orphaned by a killed worker), an archived one or none is not queued.
+func (c *Client) RolloutQueued(ctx context.Context, segmentID int64) (bool, error) {
+	info, err := c.inspector.GetTaskInfo(c.queue, RolloutTaskID(segmentID))
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("look up the rollout task of segment %d: %w", segmentID, err)
+	}
+	switch info.State {
+	case asynq.TaskStatePending, asynq.TaskStateScheduled, asynq.TaskStateRetry:
+		return true, nil
+	}
+	return false, nil
+}
+
 // enqueue returns a function that enqueues what a task constructor made.
 // A task id that exists already gives an error wrapping
 // asynq.ErrTaskIDConflict.
