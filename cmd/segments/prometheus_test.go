@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"maps"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -41,8 +42,8 @@ func TestDashboardQueriesReturnData(t *testing.T) {
 		"WORKER_QUEUE":   fmt.Sprintf("prometheus-%d", time.Now().UnixNano()),
 		"SWEEP_INTERVAL": "1s",
 	}
-	api, _ := startService(t, "serve", copyVars(vars))
-	wrk, _ := startService(t, "worker", copyVars(vars))
+	api, _ := startService(t, "serve", maps.Clone(vars))
+	wrk, _ := startService(t, "worker", maps.Clone(vars))
 
 	cfg, err := os.ReadFile(shipped)
 	if err != nil {
@@ -159,14 +160,6 @@ func TestDashboardQueriesReturnData(t *testing.T) {
 		t.Fatalf("only %d queries in the dashboard", queries)
 	}
 	t.Logf("%d dashboard queries, each returned data", queries)
-}
-
-func copyVars(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func tail(s string, n int) string {
