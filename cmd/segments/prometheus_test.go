@@ -2,8 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"maps"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
