@@ -100,14 +100,6 @@ func Column(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) []string
 	return out
 }
 
-// Exec runs a SQL statement.
-func Exec(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
-	tb.Helper()
-	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
-		tb.Fatalf("%s: %v", sql, err)
-	}
-}
-
 // NopScheduler schedules nothing: expiries are left to reads and sweeps,
 // rollouts to direct calls.
 type NopScheduler struct{}

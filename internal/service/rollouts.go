@@ -13,7 +13,7 @@ import (
 )
 
 // RolloutScheduler queues the rollout of a percent segment. It is best
-// effort: unfinished rollouts are queued again periodically.
+// effort: the periodic Resume runs an unfinished rollout that has no task.
 type RolloutScheduler interface {
 	ScheduleRollout(ctx context.Context, segmentID int64) error
 }

@@ -43,8 +43,8 @@ func NewSegments(store SegmentStore, rollouts RolloutScheduler, log *zap.Logger)
 // A percent segment starts with its rollout pending and queued. Users
 // registered from then on get it by the bucket rule at once; the rollout
 // reaches those registered before. A failure to queue the rollout (Redis
-// down) is logged and does not fail the creation: unfinished rollouts are
-// queued again every sweep interval.
+// down) is logged and does not fail the creation: the worker's periodic
+// resume runs an unfinished rollout that has no task.
 func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
 	seg, err := s.store.CreateSegment(ctx, ns)
 	if err != nil || seg.AutoPercent == nil {
@@ -53,7 +53,7 @@ func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Seg
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 	defer cancel()
 	if err := s.rollouts.ScheduleRollout(sctx, seg.ID); err != nil {
-		logctx.From(ctx, s.log).Warn("could not queue rollout; it will be queued again",
+		logctx.From(ctx, s.log).Warn("could not queue rollout; the worker's periodic resume will run it",
 			zap.String("slug", seg.Slug), zap.Error(err))
 	}
 	return seg, nil

@@ -425,8 +425,8 @@ func TestRolloutThatExhaustsItsRetriesFailsAndIsTakenUpAgain(t *testing.T) {
 		t.Fatalf("rollout %+v while the fault lasts, want failed", seg.Rollout)
 	}
 
-	// The fault ends: the periodic resume queues the rollout again,
-	// although its task id is still in the archive.
+	// The fault ends: the periodic resume runs the rollout itself, its
+	// task being in the archive.
 	if err := tx.Rollback(t.Context()); err != nil {
 		t.Fatal(err)
 	}
