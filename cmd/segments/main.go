@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"segments/internal/httpapi"
 	"segments/internal/metrics"
 	"segments/internal/postgres"
+	"segments/internal/readcache"
 	"segments/internal/worker"
 )
 
@@ -155,10 +157,24 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		Observer:       m,
 		Metrics:        m.Handler(),
 	}
+	bg, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var background sync.WaitGroup
+	defer background.Wait()
+	defer stopBackground()
 	if api {
 		// The API serves the use cases, and exports the figures only it
 		// exports (queue sizes, business figures).
 		opts.Segments, opts.Users, opts.Reports = svc.Segments, svc.Users, svc.Reports
+		// Every API process relays the changes queued for the caches,
+		// whether or not its own cache is on.
+		background.Go(func() { postgres.RelayInvalidations(bg, pool, cfg.Cache.RelayInterval, log.Named("cache")) })
+		if cfg.Cache.Size > 0 {
+			opts.Cache = readcache.New(cfg.Cache.Size, time.Now, m)
+			m.WatchCache(opts.Cache)
+			background.Go(func() {
+				postgres.ListenInvalidations(bg, pool.Config().ConnConfig.Copy(), opts.Cache, m, time.Now, log.Named("cache"))
+			})
+		}
 		opts.ReportTimeout = cfg.Reports.Timeout
 		opts.PublicURL = cfg.Reports.PublicURL
 		m.WatchQueue(asynq.NewInspectorFromRedisClient(rdb), cfg.Worker.Queue, log)

@@ -1,6 +1,6 @@
 // Package apitest holds what the service's tests share: requests through a
 // real handler, problem decoding, one-value SQL reads, a scheduler that
-// schedules nothing, and a test configuration.
+// schedules nothing, a test configuration and a coherent read cache.
 package apitest
 
 import (
@@ -11,13 +11,19 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
 	"segments/internal/config"
 	"segments/internal/domain"
+	"segments/internal/metrics"
+	"segments/internal/postgres"
+	"segments/internal/readcache"
 )
 
 // Response is a recorded response with its body.
@@ -122,4 +128,27 @@ func Config(tb testing.TB, env map[string]string) config.Config {
 		tb.Fatal(err)
 	}
 	return cfg
+}
+
+// Cache returns a read cache of pool's database, kept coherent the way the
+// service keeps it (a relay and a listener, stopped when tb ends), once it
+// serves. now is its clock.
+func Cache(tb testing.TB, pool *pgxpool.Pool, now func() time.Time) *readcache.Cache {
+	tb.Helper()
+	m := metrics.New()
+	c := readcache.New(10000, now, m)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	log := zap.NewNop()
+	wg.Go(func() { postgres.RelayInvalidations(ctx, pool, 5*time.Millisecond, log) })
+	wg.Go(func() { postgres.ListenInvalidations(ctx, pool.Config().ConnConfig.Copy(), c, m, now, log) })
+	tb.Cleanup(func() { cancel(); wg.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.Serving() {
+		if time.Now().After(deadline) {
+			tb.Fatal("the read cache did not start listening")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return c
 }

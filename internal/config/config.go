@@ -22,6 +22,7 @@ type Config struct {
 	Redis    Redis
 	Worker   Worker
 	Reports  Reports
+	Cache    Cache
 	Admin    Admin
 	Log      Log
 	// ShutdownTimeout bounds a graceful shutdown.
@@ -87,6 +88,16 @@ type Reports struct {
 	Timeout time.Duration
 }
 
+// Cache configures the API's in-memory cache of users' segments.
+type Cache struct {
+	// Size is how many users it holds; 0 turns it off.
+	Size int
+	// RelayInterval is how often the API relays the changes that the
+	// database queued to every replica's cache: the bulk of the delay
+	// before a change through one replica shows on another.
+	RelayInterval time.Duration
+}
+
 // Admin configures operator tools.
 type Admin struct {
 	// QueuesUI serves the asynq web UI (asynqmon) under /admin/queues. It
@@ -142,6 +153,10 @@ func Load(getenv func(string) string) (Config, error) {
 			LinkTTL:   p.duration("REPORT_LINK_TTL", 24*time.Hour),
 			PublicURL: p.url("PUBLIC_BASE_URL"),
 			Timeout:   p.duration("REPORT_TIMEOUT", 10*time.Minute),
+		},
+		Cache: Cache{
+			Size:          p.intRange("CACHE_SIZE", 100000, 0, 100000000),
+			RelayInterval: p.durationRange("CACHE_RELAY_INTERVAL", 10*time.Millisecond, time.Millisecond, 10*time.Second),
 		},
 		Admin: Admin{
 			QueuesUI: p.boolean("ADMIN_QUEUES_UI", false),
@@ -249,6 +264,15 @@ func (p *parser) duration(key string, def time.Duration) time.Duration {
 	d, err := time.ParseDuration(v)
 	if err != nil || d < 0 {
 		p.errs = append(p.errs, fmt.Errorf("%s=%q: want a non-negative duration such as 30s or 5m", key, v))
+		return def
+	}
+	return d
+}
+
+func (p *parser) durationRange(key string, def, lo, hi time.Duration) time.Duration {
+	d := p.duration(key, def)
+	if d < lo || d > hi {
+		p.errs = append(p.errs, fmt.Errorf("%s=%q: want a duration from %s to %s", key, p.getenv(key), lo, hi))
 		return def
 	}
 	return d

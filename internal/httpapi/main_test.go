@@ -46,8 +46,8 @@ func newAPI(t testing.TB, options ...func(*httpapi.Options)) *testAPI {
 	a := &testAPI{t: t, pool: pool}
 	cfg := apitest.Config(t, map[string]string{"WORKER_QUEUE": "httpapi-test", "REPORT_SECRET": testSecret, "REPORT_TIMEOUT": "1m"})
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: log,
-		Now: func() time.Time { return time.Now().Add(time.Duration(a.skew.Load())) }})
+	now := func() time.Time { return time.Now().Add(time.Duration(a.skew.Load())) }
+	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +55,8 @@ func newAPI(t testing.TB, options ...func(*httpapi.Options)) *testAPI {
 		Segments: svc.Segments,
 		Users:    svc.Users,
 		Reports:  svc.Reports,
+		// Every test runs with the read cache on, as the service does.
+		Cache: apitest.Cache(t, pool, now),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

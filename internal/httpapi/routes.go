@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	_ "segments/docs" // registers the generated OpenAPI spec
+	"segments/internal/readcache"
 	"segments/internal/service"
 )
 
@@ -35,6 +36,9 @@ type Options struct {
 	Segments *service.Segments
 	Users    *service.Users
 	Reports  *service.Reports
+	// Cache, if set, answers reads of users' segments from memory; the
+	// handlers that change memberships invalidate it before they answer.
+	Cache *readcache.Cache
 	// Checks are the dependencies /readyz asks.
 	Checks []Check
 	// Log receives access logs and errors; nil discards them.
@@ -70,6 +74,7 @@ type handler struct {
 	segments  *service.Segments
 	users     *service.Users
 	reports   *service.Reports
+	cache     *readcache.Cache
 	checks    []Check
 	validate  *validator.Validate
 	publicURL string
@@ -86,6 +91,7 @@ func NewRouter(o Options) http.Handler {
 		segments:  o.Segments,
 		users:     o.Users,
 		reports:   o.Reports,
+		cache:     o.Cache,
 		checks:    o.Checks,
 		validate:  newValidator(),
 		publicURL: strings.TrimSuffix(o.PublicURL, "/"),

@@ -163,7 +163,11 @@ func (h *handler) getSegment(w http.ResponseWriter, r *http.Request) {
 //	@Failure		404		{object}	Problem	"No such segment"
 //	@Router			/segments/{slug} [delete]
 func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
-	if err := h.segments.Delete(r.Context(), chi.URLParam(r, "slug")); err != nil {
+	err := h.segments.Delete(r.Context(), chi.URLParam(r, "slug"))
+	// Which users held the segment is not known here; this replica drops
+	// everything before it answers (the others hear of each user).
+	h.cache.InvalidateAll("local")
+	if err != nil {
 		respondError(w, r, err)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"segments/internal/domain"
+	"segments/internal/readcache"
 )
 
 // RegisterUsersRequest is the body of POST /users.
@@ -86,6 +87,7 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, err := h.users.Register(r.Context(), req.UserIDs)
+	h.cache.Invalidate("local", req.UserIDs...)
 	if err != nil {
 		respondError(w, r, err)
 		return
@@ -102,6 +104,7 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 //	@Produce		json
 //	@Param			user_id	path		int	true	"User id (1 to 2^63-1)"	minimum(1)
 //	@Success		200		{object}	UserSegments
+//	@Header			200		{string}	Cache-Status	"Whether the answer came from the read cache (RFC 9211): segments; hit, or segments; fwd=miss|stale|bypass"
 //	@Failure		400		{object}	Problem	"Bad user id"
 //	@Router			/users/{user_id}/segments [get]
 func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
@@ -109,12 +112,31 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ms, err := h.users.Segments(r.Context(), id)
-	if err != nil {
-		respondError(w, r, err)
-		return
+	body, ticket, status := h.cache.Get(id)
+	w.Header().Set("Cache-Status", status.CacheStatus())
+	if status != readcache.Hit {
+		ms, err := h.users.Segments(r.Context(), id)
+		if err != nil {
+			respondError(w, r, err)
+			return
+		}
+		body = encodeJSON(UserSegments{UserID: id, Segments: membershipsFrom(ms)})
+		h.cache.Fill(id, ticket, body, earliestExpiry(ms))
 	}
-	respond(w, http.StatusOK, UserSegments{UserID: id, Segments: membershipsFrom(ms)})
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+}
+
+// earliestExpiry is when the first of ms expires; the zero time if none
+// does.
+func earliestExpiry(ms []domain.Membership) time.Time {
+	var first time.Time
+	for _, m := range ms {
+		if m.ExpiresAt != nil && (first.IsZero() || m.ExpiresAt.Before(first)) {
+			first = *m.ExpiresAt
+		}
+	}
+	return first
 }
 
 // changeUserSegments godoc
@@ -151,6 +173,9 @@ func (h *handler) changeUserSegments(w http.ResponseWriter, r *http.Request) {
 		change.ExpiresAt = &req.ExpiresAt.Time
 	}
 	res, err := h.users.ChangeSegments(r.Context(), change)
+	// Read your writes: this replica forgets the user before answering
+	// (also on an error, which may come after the commit).
+	h.cache.Invalidate("local", id)
 	if err != nil {
 		respondError(w, r, err)
 		return

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"segments/internal/domain"
+	"segments/internal/readcache"
 )
 
 const namespace = "segments"
@@ -33,6 +34,12 @@ type Metrics struct {
 	reports      *prometheus.CounterVec
 	tasks        *prometheus.CounterVec
 	taskDuration *prometheus.HistogramVec
+
+	cacheLookups      [readcache.Off + 1]prometheus.Counter
+	cacheInvalidated  *prometheus.CounterVec
+	cacheFlushes      *prometheus.CounterVec
+	cacheFillsRefused prometheus.Counter
+	cacheLag          prometheus.Histogram
 }
 
 // latencyBuckets suit a service whose reads take about a millisecond.
@@ -69,6 +76,7 @@ func New() *Metrics {
 			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300},
 		}, []string{"type"}),
 	}
+	m.registerCache()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration)
 	// Every business series exists from the start, so that rates and
@@ -128,6 +136,78 @@ func (m *Metrics) ReportDownloaded(allUsers, ok bool) {
 func (m *Metrics) ObserveTask(taskType, outcome string, d time.Duration) {
 	m.tasks.WithLabelValues(taskType, outcome).Inc()
 	m.taskDuration.WithLabelValues(taskType).Observe(d.Seconds())
+}
+
+// registerCache makes the read cache's series, each of them from the start.
+func (m *Metrics) registerCache() {
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "lookups_total",
+		Help: "Reads of a user's segments by what the read cache did: hit, miss, expired (an entry held an expired membership), not_listening (bypassed: its notifications are down) or off (CACHE_SIZE=0).",
+	}, []string{"result"})
+	for s := readcache.Hit; s <= readcache.Off; s++ {
+		m.cacheLookups[s] = lookups.WithLabelValues(s.String())
+	}
+	m.cacheInvalidated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "invalidated_users_total",
+		Help: "Users whose cached segments were dropped, by source: local (a write through this process, before its response) or notified (any write, through the notifications).",
+	}, []string{"source"})
+	m.cacheFlushes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "flushes_total",
+		Help: "Drops of the whole read cache, by cause: local (a segment deleted through this process), notified (a write too large to list its users) or disconnect (the notification connection was lost).",
+	}, []string{"cause"})
+	for _, v := range []string{"local", "notified"} {
+		m.cacheInvalidated.WithLabelValues(v)
+	}
+	for _, v := range []string{"local", "notified", "disconnect"} {
+		m.cacheFlushes.WithLabelValues(v)
+	}
+	m.cacheFillsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "fills_refused_total",
+		Help: "Database reads not stored in the read cache because a change of the same users overtook them.",
+	})
+	m.cacheLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "notification_lag_seconds",
+		Help:    "Time from a membership change being written to this process dropping the users it touched, through the notifications.",
+		Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+	})
+	m.reg.MustRegister(lookups, m.cacheInvalidated, m.cacheFlushes, m.cacheFillsRefused, m.cacheLag)
+}
+
+// CacheLookup counts a read of a user's segments by what the cache did.
+func (m *Metrics) CacheLookup(s readcache.Status) { m.cacheLookups[s].Inc() }
+
+// CacheInvalidated counts n users dropped from the read cache.
+func (m *Metrics) CacheInvalidated(source string, n int) {
+	m.cacheInvalidated.WithLabelValues(source).Add(float64(n))
+}
+
+// CacheFlushed counts a drop of the whole read cache.
+func (m *Metrics) CacheFlushed(cause string) { m.cacheFlushes.WithLabelValues(cause).Inc() }
+
+// CacheFillRefused counts a read not stored because a change overtook it.
+func (m *Metrics) CacheFillRefused() { m.cacheFillsRefused.Inc() }
+
+// CacheNotificationLag records how long a change took to reach this
+// process's cache.
+func (m *Metrics) CacheNotificationLag(d time.Duration) { m.cacheLag.Observe(d.Seconds()) }
+
+// WatchCache exports the read cache's size and whether it is listening.
+func (m *Metrics) WatchCache(c *readcache.Cache) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "entries",
+			Help: "Users whose segments the read cache holds (an estimate).",
+		}, func() float64 { return float64(c.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "listening",
+			Help: "1 while the read cache receives change notifications and serves; 0 while it is bypassed or off.",
+		}, func() float64 {
+			if c.Serving() {
+				return 1
+			}
+			return 0
+		}),
+	)
 }
 
 // WatchPool exports the database pool's statistics.

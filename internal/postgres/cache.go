@@ -1,0 +1,233 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// CacheChannel is the notification channel of the read cache. A payload
+// is "<microseconds since the Unix epoch> <ids>": the time the oldest of
+// the changes was written, then the user ids to drop, comma-separated, or
+// "*" for every user. An operator can flush every replica's cache with
+//
+//	NOTIFY segments_cache, '0 *';
+const CacheChannel = "segments_cache"
+
+// relayBatch bounds the queued rows one relay takes (each row lists the
+// users of one statement, at most 20,000).
+const relayBatch = 50
+
+// idsPerNotification keeps a payload under PostgreSQL's 8,000 bytes with
+// 19-digit ids.
+const idsPerNotification = 390
+
+// relaySQL moves queued invalidations to notifications, atomically: the
+// rows it deletes are the ones it notifies about, and rows another relay
+// holds are skipped. It returns how many rows it took.
+const relaySQL = `
+	WITH taken AS (
+		DELETE FROM cache_invalidations
+		WHERE ctid = ANY (ARRAY(SELECT ctid FROM cache_invalidations LIMIT $1 FOR UPDATE SKIP LOCKED))
+		RETURNING user_ids, at
+	), summary AS (
+		SELECT count(*) AS taken, min(at) AS since, bool_or(user_ids IS NULL) AS everyone FROM taken
+	), ids AS (
+		SELECT DISTINCT u.id FROM taken, unnest(taken.user_ids) AS u(id)
+	), lists AS (
+		SELECT string_agg(id::text, ',' ORDER BY id) AS list
+		FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / $2 AS n FROM ids) AS numbered
+		GROUP BY n
+	)
+	SELECT (SELECT taken FROM summary),
+	       (SELECT count(pg_notify('` + CacheChannel + `', (extract(epoch FROM s.since) * 1000000)::bigint || ' ' || p.list))
+	        FROM summary s,
+	             LATERAL (SELECT '*' AS list WHERE s.everyone
+	                      UNION ALL
+	                      SELECT list FROM lists WHERE NOT s.everyone) AS p)`
+
+// RelayInvalidations sends the invalidations that the membership triggers
+// queue as notifications on CacheChannel, every interval, until ctx ends.
+// Every API process runs it (whether or not its own cache is on), so that
+// the queue is drained while any of them runs.
+func RelayInvalidations(ctx context.Context, pool *pgxpool.Pool, interval time.Duration, log *zap.Logger) {
+	failing := false
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		taken, err := relayOnce(ctx, pool)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			log.Warn("cannot relay cache invalidations; retrying", zap.Error(err))
+			failing = true
+		case err == nil && failing:
+			log.Info("relaying cache invalidations again")
+			failing = false
+		}
+		if taken == relayBatch {
+			continue // more are queued
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// relayOnce relays one batch of queued rows and returns how many it took.
+func relayOnce(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	var taken, sent int
+	if err := pool.QueryRow(ctx, relaySQL, relayBatch, idsPerNotification).Scan(&taken, &sent); err != nil {
+		return 0, fmt.Errorf("relay cache invalidations: %w", dbError(err))
+	}
+	return taken, nil
+}
+
+// Invalidator is the cache the listener keeps coherent.
+type Invalidator interface {
+	// Listening is called with true once notifications arrive, and with
+	// false when they may have been missed.
+	Listening(on bool)
+	Invalidate(source string, ids ...int64)
+	InvalidateAll(cause string)
+}
+
+// LagRecorder records how long a change took to reach the cache.
+type LagRecorder interface {
+	CacheNotificationLag(time.Duration)
+}
+
+// Heartbeat settings of the listener: after heartbeatIdle without a
+// notification it pings its connection, and gives up on it if the ping
+// takes longer than heartbeatTimeout. They bound how long a replica cut off
+// from the database without a reset (a silent network partition) keeps
+// serving what it cached.
+const (
+	heartbeatIdle    = time.Second
+	heartbeatTimeout = time.Second
+	reconnectDelay   = time.Second
+)
+
+// ListenInvalidations keeps c coherent with the database until ctx ends:
+// it listens on CacheChannel over a connection of its own, made with cfg,
+// drops the users each notification names, and tells c whether it is
+// listening — so that c serves nothing while a notification could be
+// missed. It reconnects after a second whenever the connection fails.
+//
+// Its session is named ListenerName() in pg_stat_activity.
+func ListenInvalidations(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) {
+	cfg = cfg.Copy()
+	cfg.RuntimeParams["application_name"] = ListenerName()
+	for {
+		err := listen(ctx, cfg, c, rec, now, log)
+		c.Listening(false)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("read cache off: lost its notification connection; reconnecting", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reconnectDelay):
+		}
+	}
+}
+
+// ListenerName is the application_name of this process's listener
+// session: "segments cache listener <host>:<pid>".
+func ListenerName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("segments cache listener %s:%d", host, os.Getpid())
+}
+
+func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) error {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+CacheChannel); err != nil {
+		return err
+	}
+	c.Listening(true)
+	log.Info("read cache on: listening for changes", zap.Uint32("backend_pid", conn.PgConn().PID()))
+	for {
+		wctx, cancel := context.WithTimeout(ctx, heartbeatIdle)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			apply(n.Payload, c, rec, now, log)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case pgconn.Timeout(err):
+			pctx, cancel := context.WithTimeout(ctx, heartbeatTimeout)
+			err = conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("heartbeat: %w", err)
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// apply drops what one notification names. A payload it cannot read
+// flushes everything: dropping too much is safe.
+func apply(payload string, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) {
+	at, ids, all, err := parseInvalidation(payload)
+	if err != nil {
+		log.Warn("unreadable cache notification; dropping the whole cache", zap.String("payload", payload), zap.Error(err))
+		c.InvalidateAll("notified")
+		return
+	}
+	if all {
+		c.InvalidateAll("notified")
+	} else {
+		c.Invalidate("notified", ids...)
+	}
+	if !at.IsZero() {
+		rec.CacheNotificationLag(now().Sub(at))
+	}
+}
+
+// parseInvalidation reads a CacheChannel payload. A zero time is reported
+// as the zero time.Time.
+func parseInvalidation(payload string) (at time.Time, ids []int64, all bool, err error) {
+	micros, list, ok := strings.Cut(payload, " ")
+	if !ok {
+		return at, nil, false, errors.New("no space")
+	}
+	us, err := strconv.ParseInt(micros, 10, 64)
+	if err != nil {
+		return at, nil, false, fmt.Errorf("time: %w", err)
+	}
+	if us != 0 {
+		at = time.UnixMicro(us)
+	}
+	if list == "*" {
+		return at, nil, true, nil
+	}
+	ids = make([]int64, 0, strings.Count(list, ",")+1)
+	for s := range strings.SplitSeq(list, ",") {
+		id, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return at, nil, false, fmt.Errorf("user id: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return at, ids, false, nil
+}
