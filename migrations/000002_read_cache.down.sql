@@ -36,5 +36,4 @@ BEGIN
 END
 $$;
 
-DROP FUNCTION IF EXISTS invalidate_users(bigint[]);
 DROP TABLE IF EXISTS cache_invalidations;

@@ -19,14 +19,6 @@ CREATE UNLOGGED TABLE cache_invalidations (
     at       timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- invalidate_users queues the users of a membership statement.
-CREATE FUNCTION invalidate_users(ids bigint[]) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO cache_invalidations (user_ids)
-    SELECT CASE WHEN cardinality(ids) <= 20000 THEN ids END
-    WHERE cardinality(ids) > 0
-$$;
-
 CREATE OR REPLACE FUNCTION memberships_record_added() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -37,7 +29,10 @@ BEGIN
     SELECT a.user_id, a.segment_id, s.slug, 'add', history_reason(), a.added_at
       FROM added a
       JOIN segments s ON s.id = a.segment_id;
-    PERFORM invalidate_users(ARRAY(SELECT DISTINCT user_id FROM added));
+    -- More than 20,000 users are queued as NULL: every user.
+    INSERT INTO cache_invalidations (user_ids)
+    SELECT CASE WHEN cardinality(ids) <= 20000 THEN ids END
+      FROM (SELECT array_agg(DISTINCT user_id) AS ids FROM added) AS t;
     RETURN NULL;
 END
 $$;
@@ -59,7 +54,10 @@ BEGIN
            CASE WHEN r.expires_at <= ts THEN greatest(r.expires_at, r.added_at) ELSE ts END
       FROM removed r
       JOIN segments s ON s.id = r.segment_id;
-    PERFORM invalidate_users(ARRAY(SELECT DISTINCT user_id FROM removed));
+    -- More than 20,000 users are queued as NULL: every user.
+    INSERT INTO cache_invalidations (user_ids)
+    SELECT CASE WHEN cardinality(ids) <= 20000 THEN ids END
+      FROM (SELECT array_agg(DISTINCT user_id) AS ids FROM removed) AS t;
     RETURN NULL;
 END
 $$;
@@ -69,7 +67,12 @@ $$;
 CREATE FUNCTION memberships_record_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM invalidate_users(ARRAY(SELECT DISTINCT user_id FROM updated));
+    IF NOT EXISTS (SELECT 1 FROM updated) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO cache_invalidations (user_ids)
+    SELECT CASE WHEN cardinality(ids) <= 20000 THEN ids END
+      FROM (SELECT array_agg(DISTINCT user_id) AS ids FROM updated) AS t;
     RETURN NULL;
 END
 $$;
