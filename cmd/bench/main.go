@@ -204,14 +204,15 @@ func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
 	return err
 }
 
-// service is the API and the worker, running.
+// service is the API (with its read cache), a second API process with the
+// cache off, and the worker, running.
 type service struct {
-	base      string
-	api, wrkr *exec.Cmd
+	base, uncached    string
+	api, apiOff, wrkr *exec.Cmd
 }
 
 func (s *service) stop() {
-	for _, c := range []*exec.Cmd{s.api, s.wrkr} {
+	for _, c := range []*exec.Cmd{s.api, s.apiOff, s.wrkr} {
 		if c != nil && c.Process != nil {
 			_ = c.Process.Signal(syscall.SIGTERM)
 			_ = c.Wait()
@@ -237,34 +238,44 @@ func startService(ctx context.Context, o options, dbURL, redisURL string, log fu
 	if err != nil {
 		return nil, err
 	}
+	offPort, err := localserver.FreePort()
+	if err != nil {
+		return nil, err
+	}
 	env := append(os.Environ(),
 		"DATABASE_URL="+dbURL, "REDIS_URL="+redisURL, "LOG_LEVEL=warn",
 		"REPORT_SECRET=bench-secret-bench-secret-bench-secret", "WORKER_QUEUE=bench")
-	start := func(cmd string, port int) (*exec.Cmd, error) {
+	start := func(cmd string, port int, extra ...string) (*exec.Cmd, error) {
 		c := exec.Command(bin, cmd)
-		c.Env = append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port))
-		logFile, err := os.Create(filepath.Join(o.out, cmd+".log"))
+		c.Env = append(append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port)), extra...)
+		logFile, err := os.Create(filepath.Join(o.out, fmt.Sprintf("%s-%d.log", cmd, port)))
 		if err != nil {
 			return nil, err
 		}
 		c.Stdout, c.Stderr = logFile, logFile
 		return c, c.Start()
 	}
-	s := &service{base: fmt.Sprintf("http://127.0.0.1:%d", apiPort)}
-	if s.api, err = start("serve", apiPort); err != nil {
+	s := &service{base: fmt.Sprintf("http://127.0.0.1:%d", apiPort), uncached: fmt.Sprintf("http://127.0.0.1:%d", offPort)}
+	// Room for every user: the cache library may evict before its bound.
+	if s.api, err = start("serve", apiPort, fmt.Sprintf("CACHE_SIZE=%d", 2*o.users)); err != nil {
+		return nil, err
+	}
+	if s.apiOff, err = start("serve", offPort, "CACHE_SIZE=0"); err != nil {
+		s.stop()
 		return nil, err
 	}
 	if s.wrkr, err = start("worker", workerPort); err != nil {
 		s.stop()
 		return nil, err
 	}
-	for _, base := range []string{s.base, fmt.Sprintf("http://127.0.0.1:%d", workerPort)} {
+	for _, base := range []string{s.base, s.uncached, fmt.Sprintf("http://127.0.0.1:%d", workerPort)} {
 		if err := waitReady(ctx, base); err != nil {
 			s.stop()
 			return nil, err
 		}
 	}
-	log("service up: API pid %d at %s, worker pid %d", s.api.Process.Pid, s.base, s.wrkr.Process.Pid)
+	log("service up: API pid %d at %s (cache on), API pid %d at %s (cache off), worker pid %d",
+		s.api.Process.Pid, s.base, s.apiOff.Process.Pid, s.uncached, s.wrkr.Process.Pid)
 	return s, nil
 }
 
@@ -310,6 +321,8 @@ type row struct {
 	res    loadgen.Result
 	wall   time.Duration
 	detail string
+	// wrk holds a line measured with wrk instead of the Go load generator.
+	wrk *wrkResult
 }
 
 type report struct {
@@ -318,7 +331,7 @@ type report struct {
 }
 
 func (r *report) add(name string, res loadgen.Result, wall time.Duration, detail string) {
-	r.rows = append(r.rows, row{name, res, wall, detail})
+	r.rows = append(r.rows, row{name: name, res: res, wall: wall, detail: detail})
 }
 
 func (r *report) print(w io.Writer) {
@@ -337,6 +350,10 @@ func (r *report) print(w io.Writer) {
 		if x.res.Requests > 0 {
 			cols[1], cols[2] = strconv.Itoa(x.res.Requests), fmt.Sprintf("%.0f", x.res.Throughput())
 			cols[3], cols[4], cols[5] = ms(x.res.Percentile(50)), ms(x.res.Percentile(99)), strconv.Itoa(x.res.Errors)
+		}
+		if w := x.wrk; w != nil {
+			cols[1], cols[2] = strconv.Itoa(w.requests), fmt.Sprintf("%.0f", w.rate)
+			cols[3], cols[4], cols[5] = ms(w.p50), ms(w.p99), strconv.Itoa(w.errors)
 		}
 		if x.wall > 0 {
 			cols[6] = fmt.Sprintf("%.2f s", x.wall.Seconds())
@@ -361,12 +378,39 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 		return err
 	}
 	rep.add("pgbench: the read's SQL", loadgen.Result{}, 0, fmt.Sprintf("%.0f tps", readCeiling))
-	log("phase: reads (closed loop)")
-	res, err := loadgen.Run(ctx, client, closed, loadgen.UserSegments(s.base, users))
-	if err != nil {
-		return err
+	// Reads go through wrk if it is installed: at tens of thousands of
+	// requests per second the Go load generator would take a core of its
+	// own from the service on a small machine.
+	// The cache starts empty: the first run fills it as it goes, the
+	// second shows it warm.
+	for _, target := range []struct{ name, base string }{
+		{"GET /users/{id}/segments, cache on, cold", s.base},
+		{"GET /users/{id}/segments, cache on, warm", s.base},
+		{"GET /users/{id}/segments, cache off", s.uncached},
+	} {
+		log("phase: %s (closed loop)", target.name)
+		before, err := cacheLookups(target.base)
+		if err != nil {
+			return err
+		}
+		w, res, err := readLoad(ctx, o, client, closed, target.base, users)
+		if err != nil {
+			return err
+		}
+		after, err := cacheLookups(target.base)
+		if err != nil {
+			return err
+		}
+		rate := res.Throughput()
+		if w != nil {
+			rate = w.rate
+		}
+		detail := fmt.Sprintf("%.2f× pgbench", rate/readCeiling)
+		if hits, all := after.hits-before.hits, after.all-before.all; hits > 0 {
+			detail += fmt.Sprintf("; %.1f %% hits", 100*hits/all)
+		}
+		rep.rows = append(rep.rows, row{name: target.name, res: res, detail: detail, wrk: w})
 	}
-	rep.add("GET /users/{id}/segments", res, 0, fmt.Sprintf("%.2f× pgbench", res.Throughput()/readCeiling))
 
 	log("phase: pgbench, the change's SQL")
 	changeCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/change.sql")
@@ -375,7 +419,7 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	}
 	rep.add("pgbench: the change's SQL", loadgen.Result{}, 0, fmt.Sprintf("%.0f tps", changeCeiling))
 	log("phase: changes, add 2 remove 1 (closed loop)")
-	res, err = loadgen.Run(ctx, client, closed, loadgen.ChangeSegments(s.base, users, o.segments))
+	res, err := loadgen.Run(ctx, client, closed, loadgen.ChangeSegments(s.base, users, o.segments))
 	if err != nil {
 		return err
 	}
@@ -518,4 +562,86 @@ func decodeResponse(resp *http.Response, out any) error {
 		return nil
 	}
 	return json.Unmarshal(b, out)
+}
+
+// wrkResult is what wrk reported.
+type wrkResult struct {
+	requests, errors int
+	rate             float64
+	p50, p99         time.Duration
+}
+
+// readLoad sends reads of random users 1..users to base for o.duration:
+// with wrk (bench/wrk/user_segments.lua) if it is on PATH, else with the Go
+// load generator.
+func readLoad(ctx context.Context, o options, client *http.Client, cfg loadgen.Config, base string, users int64) (*wrkResult, loadgen.Result, error) {
+	bin, err := exec.LookPath("wrk")
+	if err != nil {
+		res, err := loadgen.Run(ctx, client, cfg, loadgen.UserSegments(base, users))
+		return nil, res, err
+	}
+	out, err := exec.CommandContext(ctx, bin, "-t2", fmt.Sprintf("-c%d", o.conns), fmt.Sprintf("-d%ds", max(1, int(o.duration.Seconds()))),
+		"--latency", "-s", "bench/wrk/user_segments.lua", base, "--", strconv.FormatInt(users, 10)).CombinedOutput()
+	if err != nil {
+		return nil, loadgen.Result{}, fmt.Errorf("wrk: %w\n%s", err, out)
+	}
+	w, err := parseWrk(string(out))
+	return &w, loadgen.Result{}, err
+}
+
+// parseWrk reads wrk's summary (run with --latency).
+func parseWrk(out string) (wrkResult, error) {
+	var w wrkResult
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "Requests/sec:":
+			w.rate, _ = strconv.ParseFloat(f[1], 64)
+		case len(f) >= 2 && f[1] == "requests" && len(f) > 2 && f[2] == "in":
+			w.requests, _ = strconv.Atoi(f[0])
+		case len(f) == 2 && f[0] == "50%":
+			w.p50, _ = time.ParseDuration(f[1])
+		case len(f) == 2 && f[0] == "99%":
+			w.p99, _ = time.ParseDuration(f[1])
+		case len(f) == 5 && f[0] == "Non-2xx":
+			n, _ := strconv.Atoi(f[4])
+			w.errors += n
+		case len(f) > 1 && f[0] == "Socket" && f[1] == "errors:":
+			for i := 2; i+1 < len(f); i += 2 {
+				n, _ := strconv.Atoi(strings.TrimSuffix(f[i+1], ","))
+				w.errors += n
+			}
+		}
+	}
+	if w.rate == 0 || w.requests == 0 {
+		return w, fmt.Errorf("wrk printed no figures:\n%s", out)
+	}
+	return w, nil
+}
+
+// lookups counts the read cache's lookups of one API process.
+type lookups struct{ hits, all float64 }
+
+// cacheLookups reads segments_cache_lookups_total from base's metrics.
+func cacheLookups(base string) (lookups, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return lookups{}, err
+	}
+	defer resp.Body.Close()
+	var l lookups
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "segments_cache_lookups_total{")
+		if !ok {
+			continue
+		}
+		labels, value, _ := strings.Cut(rest, "} ")
+		n, _ := strconv.ParseFloat(value, 64)
+		l.all += n
+		if labels == `result="hit"` {
+			l.hits += n
+		}
+	}
+	return l, sc.Err()
 }

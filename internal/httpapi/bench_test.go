@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -10,8 +11,10 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"go.uber.org/zap"
 
 	"segments/internal/domain"
+	"segments/internal/readcache"
 	"segments/internal/service"
 )
 
@@ -74,3 +77,55 @@ func BenchmarkReportDownload(b *testing.B) {
 		}
 	}
 }
+
+// nopRecorder counts nothing.
+type nopRecorder struct{}
+
+func (nopRecorder) CacheLookup(readcache.Status)                      {}
+func (nopRecorder) CacheInvalidated(string, int)                      {}
+func (nopRecorder) CacheFlushed(string)                               {}
+func (nopRecorder) CacheFillRefused()                                 {}
+func (nopRecorder) ObserveRequest(string, string, int, time.Duration) {}
+
+// BenchmarkCachedRead serves GET /users/{id}/segments from the read cache
+// through the whole router and its middleware (no network): the service's
+// own cost of a cache hit.
+func BenchmarkCachedRead(b *testing.B) {
+	c := readcache.New(1000, time.Now, nopRecorder{})
+	c.Listening(true)
+	at := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	for id := int64(1); id <= 1000; id++ {
+		_, t, _ := c.Get(id)
+		ms := []domain.Membership{{Slug: "SEG_1", AddedAt: at, Source: domain.SourceManual}, {Slug: "SEG_7", AddedAt: at, Source: domain.SourceAuto}}
+		c.Fill(id, t, appendUserSegments(nil, id, ms), time.Time{})
+	}
+	h := NewRouter(Options{
+		Segments: service.NewSegments(nil, nil, zap.NewNop()),
+		Users:    service.NewUsers(nil, nil, time.Now, zap.NewNop()),
+		Cache:    c, Observer: nopRecorder{}, RequestTimeout: 30 * time.Second,
+	})
+	reqs := make([]*http.Request, 1000)
+	for i := range reqs {
+		reqs[i] = httptest.NewRequest(http.MethodGet, fmt.Sprintf("/api/v1/users/%d/segments", i+1), nil)
+	}
+	b.ReportAllocs()
+	w := &discardWriter{h: http.Header{}}
+	i := 0
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, reqs[i%len(reqs)])
+		if w.status != http.StatusOK {
+			b.Fatalf("status %d", w.status)
+		}
+		i++
+	}
+}
+
+type discardWriter struct {
+	h      http.Header
+	status int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(s int)           { w.status = s }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -99,7 +100,11 @@ func textOnly(next http.Handler) http.Handler {
 		if !validText(r.URL.Path) {
 			bad = "path"
 		}
-		for name, values := range r.URL.Query() {
+		var query url.Values
+		if r.URL.RawQuery != "" {
+			query = r.URL.Query()
+		}
+		for name, values := range query {
 			for _, v := range append(values, name) {
 				if bad == "" && !validText(v) {
 					bad = "query parameter " + strconv.QuoteToASCII(name)

@@ -120,7 +120,7 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 			respondError(w, r, err)
 			return
 		}
-		body = encodeJSON(UserSegments{UserID: id, Segments: membershipsFrom(ms)})
+		body = appendUserSegments(make([]byte, 0, 512), id, ms)
 		h.cache.Fill(id, ticket, body, earliestExpiry(ms))
 	}
 	w.Header().Set("Content-Type", "application/json")

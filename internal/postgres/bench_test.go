@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"segments/internal/domain"
 	"segments/internal/postgres"
@@ -42,6 +43,41 @@ func BenchmarkChangeUserSegments(b *testing.B) {
 			}
 			if _, err := users.ChangeUserSegments(context.Background(), c); err != nil {
 				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkUserSegments reads a registered user holding 5 of 20 segments,
+// one of them expiring, from parallel goroutines: the read that misses the
+// cache, client side and SQL.
+func BenchmarkUserSegments(b *testing.B) {
+	pool := env.NewPool(b)
+	segs := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
+	for i := 1; i <= 20; i++ {
+		mustCreate(b, segs, fmt.Sprintf("SEG_%d", i))
+	}
+	users := postgres.NewUserRepo(pool, postgres.NopRecorder{})
+	expiry := time.Now().Add(time.Hour)
+	for u := int64(1); u <= 1000; u++ {
+		c := domain.SegmentChange{UserID: u, Add: []string{"SEG_1", "SEG_5", "SEG_9", "SEG_13"}}
+		if _, err := users.ChangeUserSegments(context.Background(), c); err != nil {
+			b.Fatal(err)
+		}
+		c = domain.SegmentChange{UserID: u, Add: []string{"SEG_17"}, ExpiresAt: &expiry}
+		if _, err := users.ChangeUserSegments(context.Background(), c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			ms, err := users.UserSegments(context.Background(), 1+rand.Int64N(1000))
+			if err != nil || len(ms) != 5 {
+				b.Errorf("%d segments, %v", len(ms), err)
 				return
 			}
 		}
