@@ -445,6 +445,12 @@ const docTemplate = `{
                         "description": "OK",
                         "schema": {
                             "$ref": "#/definitions/httpapi.UserSegments"
+                        },
+                        "headers": {
+                            "Cache-Status": {
+                                "type": "string",
+                                "description": "Whether the answer came from the read cache (RFC 9211): segments; hit, or segments; fwd=miss|stale|bypass"
+                            }
                         }
                     },
                     "400": {

@@ -105,7 +105,7 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 //	@Param			user_id	path		int	true	"User id (1 to 2^63-1)"	minimum(1)
 //	@Success		200		{object}	UserSegments
 //	@Header			200		{string}	Cache-Status	"Whether the answer came from the read cache (RFC 9211): segments; hit, or segments; fwd=miss|stale|bypass"
-//	@Failure		400		{object}	Problem	"Bad user id"
+//	@Failure		400		{object}	Problem			"Bad user id"
 //	@Router			/users/{user_id}/segments [get]
 func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 	id, ok := userID(w, r)
