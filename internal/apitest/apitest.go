@@ -140,7 +140,7 @@ func Cache(tb testing.TB, pool *pgxpool.Pool, now func() time.Time) *readcache.C
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	log := zap.NewNop()
-	wg.Go(func() { postgres.RelayInvalidations(ctx, pool, 5*time.Millisecond, log) })
+	wg.Go(func() { postgres.RelayInvalidations(ctx, pool.Config().ConnConfig, 5*time.Millisecond, log) })
 	wg.Go(func() { postgres.ListenInvalidations(ctx, pool.Config().ConnConfig.Copy(), c, m, now, log) })
 	tb.Cleanup(func() { cancel(); wg.Wait() })
 	deadline := time.Now().Add(10 * time.Second)

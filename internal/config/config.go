@@ -156,7 +156,7 @@ func Load(getenv func(string) string) (Config, error) {
 		},
 		Cache: Cache{
 			Size:          p.intRange("CACHE_SIZE", 100000, 0, 100000000),
-			RelayInterval: p.durationRange("CACHE_RELAY_INTERVAL", 10*time.Millisecond, time.Millisecond, 10*time.Second),
+			RelayInterval: p.durationRange("CACHE_RELAY_INTERVAL", 25*time.Millisecond, time.Millisecond, 10*time.Second),
 		},
 		Admin: Admin{
 			QueuesUI: p.boolean("ADMIN_QUEUES_UI", false),

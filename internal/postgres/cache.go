@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 )
 
@@ -55,41 +54,101 @@ const relaySQL = `
 	                      UNION ALL
 	                      SELECT list FROM lists WHERE NOT s.everyone) AS p)`
 
+// relayLock is the session advisory lock the one relaying process holds.
+const relayLock int64 = 7346012917432108716
+
+// Relay timing: a process that is not the relay tries to become it this
+// often; the relay vacuums the queue this often while rows pass through it
+// (autovacuum, once a minute at best, leaves the dead rows of thousands of
+// changes a second for every relay round to scan).
+const (
+	relayStandby = time.Second
+	relayVacuum  = time.Second
+)
+
 // RelayInvalidations sends the invalidations that the membership triggers
 // queue as notifications on CacheChannel, every interval, until ctx ends.
-// Every API process runs it (whether or not its own cache is on), so that
-// the queue is drained while any of them runs.
-func RelayInvalidations(ctx context.Context, pool *pgxpool.Pool, interval time.Duration, log *zap.Logger) {
+// Every API process runs it, whether or not its own cache is on, so that
+// the queue is drained while any of them runs; one at a time relays (it
+// holds a session advisory lock on a connection of its own, made with cfg),
+// the others stand by and take over within a second when it goes.
+func RelayInvalidations(ctx context.Context, cfg *pgx.ConnConfig, interval time.Duration, log *zap.Logger) {
+	cfg = cfg.Copy()
+	cfg.RuntimeParams["application_name"] = "segments cache relay " + processName()
 	failing := false
+	for {
+		err := relay(ctx, cfg, interval, log)
+		if ctx.Err() != nil {
+			return
+		}
+		if !failing {
+			log.Warn("cache invalidations relay stopped; retrying", zap.Error(err))
+		}
+		failing = true
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reconnectDelay):
+		}
+	}
+}
+
+func relay(ctx context.Context, cfg *pgx.ConnConfig, interval time.Duration, log *zap.Logger) error {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		var leader bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, relayLock).Scan(&leader); err != nil {
+			return err
+		}
+		if leader {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(relayStandby):
+		}
+	}
+	log.Info("this process relays cache invalidations")
+
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	vacuum, relayed, lastVacuum := true, 0, time.Now()
 	for {
-		taken, err := relayOnce(ctx, pool)
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil && !failing:
-			log.Warn("cannot relay cache invalidations; retrying", zap.Error(err))
-			failing = true
-		case err == nil && failing:
-			log.Info("relaying cache invalidations again")
-			failing = false
+		taken, err := relayOnce(ctx, conn)
+		if err != nil {
+			return err
+		}
+		relayed += taken
+		if vacuum && relayed > 0 && time.Since(lastVacuum) >= relayVacuum {
+			if _, err := conn.Exec(ctx, `VACUUM cache_invalidations`); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				log.Warn("cannot vacuum cache_invalidations; leaving it to autovacuum", zap.Error(err))
+				vacuum = false
+			}
+			relayed, lastVacuum = 0, time.Now()
 		}
 		if taken == relayBatch {
 			continue // more are queued
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-t.C:
 		}
 	}
 }
 
 // relayOnce relays one batch of queued rows and returns how many it took.
-func relayOnce(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+func relayOnce(ctx context.Context, conn *pgx.Conn) (int, error) {
 	var taken, sent int
-	if err := pool.QueryRow(ctx, relaySQL, relayBatch, idsPerNotification).Scan(&taken, &sent); err != nil {
+	if err := conn.QueryRow(ctx, relaySQL, relayBatch, idsPerNotification).Scan(&taken, &sent); err != nil {
 		return 0, fmt.Errorf("relay cache invalidations: %w", dbError(err))
 	}
 	return taken, nil
@@ -147,9 +206,11 @@ func ListenInvalidations(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator
 
 // ListenerName is the application_name of this process's listener
 // session: "segments cache listener <host>:<pid>".
-func ListenerName() string {
+func ListenerName() string { return "segments cache listener " + processName() }
+
+func processName() string {
 	host, _ := os.Hostname()
-	return fmt.Sprintf("segments cache listener %s:%d", host, os.Getpid())
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
 }
 
 func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) error {

@@ -59,7 +59,7 @@ func listenAndRelay(t *testing.T, pool *pgxpool.Pool) *heard {
 	h := &heard{}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { postgres.RelayInvalidations(ctx, pool, 5*time.Millisecond, zap.NewNop()) })
+	wg.Go(func() { postgres.RelayInvalidations(ctx, pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()) })
 	wg.Go(func() {
 		postgres.ListenInvalidations(ctx, pool.Config().ConnConfig, h, h, time.Now, zap.NewNop())
 	})
@@ -217,4 +217,51 @@ func TestListenerRecoversItsConnection(t *testing.T) {
 		defer h.mu.Unlock()
 		return h.all == 2
 	})
+}
+
+// Of several relays one relays; when it stops, another takes over within
+// a couple of seconds and nothing queued meanwhile is lost.
+func TestOneRelayAtATimeAndATakeover(t *testing.T) {
+	pool := env.NewPool(t)
+	mustCreate(t, postgres.NewSegmentRepo(pool, postgres.NopRecorder{}), "A")
+	users := postgres.NewUserRepo(pool, postgres.NopRecorder{})
+	h := listenAndRelay(t, pool) // the first relay
+	ctx, stopSecond := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { postgres.RelayInvalidations(ctx, pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()) })
+	t.Cleanup(func() { stopSecond(); wg.Wait() })
+
+	relays := func() int64 {
+		var n int64
+		if err := pool.QueryRow(t.Context(), `
+			SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name LIKE 'segments cache relay %'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	holders := func() int64 {
+		var n int64
+		if err := pool.QueryRow(t.Context(), `
+			SELECT count(*) FROM pg_locks
+			WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			  AND (classid::bigint << 32 | objid::bigint) = 7346012917432108716`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitUntil(t, "two relay sessions", func() bool { return relays() == 2 })
+	if n := holders(); n != 1 {
+		t.Fatalf("%d relays hold the relay lock", n)
+	}
+
+	// Stop whichever relays: terminate the lock holder's session.
+	mustExec(t, pool, `
+		SELECT pg_terminate_backend(pid) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = 7346012917432108716`)
+	if _, err := users.ChangeUserSegments(t.Context(), domain.SegmentChange{UserID: 42, Add: []string{"A"}}); err != nil {
+		t.Fatal(err)
+	}
+	expectIDs(t, h, 42)
+	waitUntil(t, "a relay holding the lock again", func() bool { return holders() == 1 })
 }
