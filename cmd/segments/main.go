@@ -167,7 +167,9 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		opts.Segments, opts.Users, opts.Reports = svc.Segments, svc.Users, svc.Reports
 		// Every API process relays the changes queued for the caches,
 		// whether or not its own cache is on.
-		background.Go(func() { postgres.RelayInvalidations(bg, pool.Config().ConnConfig, cfg.Cache.RelayInterval, log.Named("cache")) })
+		background.Go(func() {
+			postgres.RelayInvalidations(bg, pool.Config().ConnConfig, cfg.Cache.RelayInterval, log.Named("cache"))
+		})
 		if cfg.Cache.Size > 0 {
 			opts.Cache = readcache.New(cfg.Cache.Size, time.Now, m)
 			m.WatchCache(opts.Cache)
