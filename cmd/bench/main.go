@@ -123,13 +123,16 @@ func servers(ctx context.Context, log func(string, ...any)) (db, rd string, clea
 	if db = os.Getenv("BENCH_DATABASE_URL"); db == "" {
 		dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-bench-%d", os.Getpid()))
 		stops = append(stops, func() { _ = os.RemoveAll(dir) })
-		pg, err := localserver.StartPostgres(ctx, localserver.PostgresOptions{Dir: filepath.Join(dir, "pg")})
+		// Default settings but for connections: three service processes
+		// (up to 32 each) and pgbench's clients exceed the default 100.
+		pg, err := localserver.StartPostgres(ctx, localserver.PostgresOptions{Dir: filepath.Join(dir, "pg"),
+			Settings: map[string]string{"max_connections": "200"}})
 		if err != nil {
 			return "", "", cleanup, err
 		}
 		stops = append(stops, func() { _ = pg.Stop() })
 		db = pg.URL("postgres")
-		log("started PostgreSQL on port %d (default settings)", pg.Port())
+		log("started PostgreSQL on port %d (default settings, max_connections 200)", pg.Port())
 	}
 	if rd = os.Getenv("BENCH_REDIS_URL"); rd == "" {
 		dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-bench-redis-%d", os.Getpid()))

@@ -165,8 +165,9 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		// The API serves the use cases, and exports the figures only it
 		// exports (queue sizes, business figures).
 		opts.Segments, opts.Users, opts.Reports = svc.Segments, svc.Users, svc.Reports
-		// Every API process relays the changes queued for the caches,
-		// whether or not its own cache is on.
+		// Every API process takes part in relaying the changes queued for
+		// the caches (one relays at a time), whether or not its own cache
+		// is on.
 		background.Go(func() {
 			postgres.RelayInvalidations(bg, pool.Config().ConnConfig, cfg.Cache.RelayInterval, log.Named("cache"))
 		})
