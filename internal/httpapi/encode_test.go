@@ -22,7 +22,8 @@ func TestUserSegmentsEncodingMatchesEncodingJSON(t *testing.T) {
 		},
 	} {
 		want := encodeJSON(UserSegments{UserID: 1000, Segments: membershipsFrom(ms)})
-		if got := appendUserSegments(nil, 1000, ms); !bytes.Equal(got, want) {
+		got := appendUserSegments(nil, 1000, ms)
+		if !bytes.Equal(got, want) {
 			t.Errorf("got  %s\nwant %s", got, want)
 		}
 	}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"net/http"
 	"time"
 
@@ -120,7 +121,10 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 			respondError(w, r, err)
 			return
 		}
-		body = appendUserSegments(make([]byte, 0, 512), id, ms)
+		// Encoded on the stack, kept at its size: an entry's memory is
+		// its body.
+		var scratch [2048]byte
+		body = bytes.Clone(appendUserSegments(scratch[:0], id, ms))
 		h.cache.Fill(id, ticket, body, earliestExpiry(ms))
 	}
 	w.Header().Set("Content-Type", "application/json")
