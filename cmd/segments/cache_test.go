@@ -38,27 +38,7 @@ func startReplica(t *testing.T, name string, vars map[string]string) replica {
 	}
 	vars = maps.Clone(vars)
 	vars["HTTP_ADDR"] = fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(os.Args[0], "serve")
-	cmd.Env = append(os.Environ(), "SEGMENTS_TEST_MAIN=1")
-	for k, v := range vars {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	log, err := os.Create(t.TempDir() + "/" + name + ".log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_, _ = cmd.Process.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			t.Logf("%s log:\n%s", name, tail(string(b), 4000))
-		}
-	})
+	cmd := startChild(t, name, "serve", vars)
 	r := replica{base: "http://" + vars["HTTP_ADDR"], cmd: cmd}
 	waitFor(t, r.base+"/healthz")
 	testenv.Eventually(t, 10*time.Second, name+"'s cache did not start listening", func() bool {

@@ -19,12 +19,20 @@ import (
 // startWorker runs `segments worker` as a child process.
 func startWorker(t *testing.T, vars map[string]string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "worker")
+	return startChild(t, "worker", "worker", vars)
+}
+
+// startChild runs `segments <command>` (this test binary as the program)
+// with vars, logging to a file shown if the test fails, and kills it when
+// the test ends.
+func startChild(t *testing.T, name, command string, vars map[string]string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], command)
 	cmd.Env = append(os.Environ(), "SEGMENTS_TEST_MAIN=1")
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	log, err := os.Create(t.TempDir() + "/worker.log")
+	log, err := os.Create(t.TempDir() + "/" + name + ".log")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +45,7 @@ func startWorker(t *testing.T, vars map[string]string) *exec.Cmd {
 		_, _ = cmd.Process.Wait()
 		if t.Failed() {
 			b, _ := os.ReadFile(log.Name())
-			t.Logf("worker log:\n%s", b)
+			t.Logf("%s log:\n%s", name, tail(string(b), 4000))
 		}
 	})
 	return cmd
