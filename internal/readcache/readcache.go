@@ -95,7 +95,10 @@ type Recorder interface {
 // stripes is how many generation counters keys share. An invalidation of
 // one user refuses the fills in flight for the other users of its stripe;
 // with 4096 stripes that is rare.
-const stripes = 4096
+const (
+	stripeBits = 12
+	stripes    = 1 << stripeBits
+)
 
 type stripe struct {
 	mu  sync.Mutex
@@ -147,7 +150,7 @@ func New(size int, now func() time.Time, rec Recorder) *Cache {
 
 func stripeOf(id int64) uint32 {
 	// Fibonacci hashing spreads sequential ids over the stripes.
-	return uint32((uint64(id) * 0x9E3779B97F4A7C15) >> (64 - 12))
+	return uint32((uint64(id) * 0x9E3779B97F4A7C15) >> (64 - stripeBits))
 }
 
 // Get returns the encoded answer for id if one is cached and still exact.
