@@ -59,12 +59,12 @@ lint: ## gofmt and go vet
 .PHONY: docs
 docs: ## regenerate the OpenAPI spec in docs/ from the annotations
 	$(SWAG) fmt -d $(SWAGDIR)
-	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes go,json,yaml --parseInternal
+	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes go,json,yaml --parseInternal --useStructName
 
 .PHONY: docs-check
 docs-check: ## fail if docs/ is not what the annotations generate
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
-	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes go,json,yaml --parseInternal && \
+	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes go,json,yaml --parseInternal --useStructName && \
 	for f in docs.go swagger.json swagger.yaml; do \
 		diff -u docs/$$f $$tmp/docs/$$f >/dev/null || { echo "docs/$$f is out of date: run make docs"; diff -u docs/$$f $$tmp/docs/$$f | head -40; exit 1; }; \
 	done && echo "docs/ is up to date"

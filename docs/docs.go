@@ -42,7 +42,7 @@ const docTemplate = `{
                         "in": "body",
                         "required": true,
                         "schema": {
-                            "$ref": "#/definitions/httpapi.ReportRequest"
+                            "$ref": "#/definitions/ReportRequest"
                         }
                     }
                 ],
@@ -50,7 +50,7 @@ const docTemplate = `{
                     "201": {
                         "description": "Created",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.ReportLink"
+                            "$ref": "#/definitions/ReportLink"
                         },
                         "headers": {
                             "Location": {
@@ -62,19 +62,25 @@ const docTemplate = `{
                     "400": {
                         "description": "Malformed JSON",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
+                        }
+                    },
+                    "413": {
+                        "description": "Body over 1 MiB",
+                        "schema": {
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "415": {
                         "description": "Content-Type is not application/json",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "422": {
                         "description": "Bad period or user_id",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -111,7 +117,7 @@ const docTemplate = `{
                     "403": {
                         "description": "Tampered, truncated or expired link",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -149,13 +155,13 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.SegmentList"
+                            "$ref": "#/definitions/SegmentList"
                         }
                     },
                     "400": {
                         "description": "Bad limit",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -180,7 +186,7 @@ const docTemplate = `{
                         "in": "body",
                         "required": true,
                         "schema": {
-                            "$ref": "#/definitions/httpapi.CreateSegmentRequest"
+                            "$ref": "#/definitions/CreateSegmentRequest"
                         }
                     }
                 ],
@@ -188,7 +194,7 @@ const docTemplate = `{
                     "201": {
                         "description": "Created; Location names it",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Segment"
+                            "$ref": "#/definitions/Segment"
                         },
                         "headers": {
                             "Location": {
@@ -200,31 +206,31 @@ const docTemplate = `{
                     "400": {
                         "description": "Malformed JSON",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "409": {
                         "description": "The slug is taken",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "413": {
                         "description": "Body over 1 MiB",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "415": {
                         "description": "Content-Type is not application/json",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "422": {
                         "description": "Invalid slug or description",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -253,13 +259,13 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Segment"
+                            "$ref": "#/definitions/Segment"
                         }
                     },
                     "404": {
                         "description": "No such segment",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -290,7 +296,7 @@ const docTemplate = `{
                     "404": {
                         "description": "No such segment",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -317,7 +323,7 @@ const docTemplate = `{
                         "in": "body",
                         "required": true,
                         "schema": {
-                            "$ref": "#/definitions/httpapi.RegisterUsersRequest"
+                            "$ref": "#/definitions/RegisterUsersRequest"
                         }
                     }
                 ],
@@ -325,31 +331,31 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.RegisterUsersResponse"
+                            "$ref": "#/definitions/RegisterUsersResponse"
                         }
                     },
                     "400": {
                         "description": "Malformed JSON",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "413": {
                         "description": "Body over 1 MiB",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "415": {
                         "description": "Content-Type is not application/json",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "422": {
                         "description": "No ids, more than 10,000, or an id below 1",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -370,6 +376,7 @@ const docTemplate = `{
                     {
                         "minimum": 1,
                         "type": "integer",
+                        "format": "int64",
                         "description": "User id (1 to 2^63-1)",
                         "name": "user_id",
                         "in": "path",
@@ -377,12 +384,14 @@ const docTemplate = `{
                     },
                     {
                         "type": "string",
+                        "format": "date-time",
                         "description": "Events at or after this time (RFC 3339)",
                         "name": "from",
                         "in": "query"
                     },
                     {
                         "type": "string",
+                        "format": "date-time",
                         "description": "Events before this time (RFC 3339)",
                         "name": "to",
                         "in": "query"
@@ -407,13 +416,13 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.UserHistory"
+                            "$ref": "#/definitions/UserHistory"
                         }
                     },
                     "400": {
                         "description": "Bad user id or query parameter",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -434,6 +443,7 @@ const docTemplate = `{
                     {
                         "minimum": 1,
                         "type": "integer",
+                        "format": "int64",
                         "description": "User id (1 to 2^63-1)",
                         "name": "user_id",
                         "in": "path",
@@ -444,7 +454,7 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.UserSegments"
+                            "$ref": "#/definitions/UserSegments"
                         },
                         "headers": {
                             "Cache-Status": {
@@ -456,7 +466,7 @@ const docTemplate = `{
                     "400": {
                         "description": "Bad user id",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -478,6 +488,7 @@ const docTemplate = `{
                     {
                         "minimum": 1,
                         "type": "integer",
+                        "format": "int64",
                         "description": "User id (1 to 2^63-1)",
                         "name": "user_id",
                         "in": "path",
@@ -489,7 +500,7 @@ const docTemplate = `{
                         "in": "body",
                         "required": true,
                         "schema": {
-                            "$ref": "#/definitions/httpapi.ChangeSegmentsRequest"
+                            "$ref": "#/definitions/ChangeSegmentsRequest"
                         }
                     }
                 ],
@@ -497,37 +508,37 @@ const docTemplate = `{
                     "200": {
                         "description": "OK",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.ChangeSegmentsResponse"
+                            "$ref": "#/definitions/ChangeSegmentsResponse"
                         }
                     },
                     "400": {
                         "description": "Bad user id or malformed JSON",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "404": {
                         "description": "Unknown segments, listed in unknown_slugs",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "413": {
                         "description": "Body over 1 MiB",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "415": {
                         "description": "Content-Type is not application/json",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     },
                     "422": {
                         "description": "Bad slug, slug in both lists, both expiry forms, expiry not in the future, nothing to change, more than 1,000 slugs",
                         "schema": {
-                            "$ref": "#/definitions/httpapi.Problem"
+                            "$ref": "#/definitions/Problem"
                         }
                     }
                 }
@@ -535,7 +546,7 @@ const docTemplate = `{
         }
     },
     "definitions": {
-        "httpapi.ChangeSegmentsRequest": {
+        "ChangeSegmentsRequest": {
             "type": "object",
             "properties": {
                 "add": {
@@ -572,7 +583,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.ChangeSegmentsResponse": {
+        "ChangeSegmentsResponse": {
             "type": "object",
             "properties": {
                 "added": {
@@ -598,7 +609,7 @@ const docTemplate = `{
                 "segments": {
                     "type": "array",
                     "items": {
-                        "$ref": "#/definitions/httpapi.Membership"
+                        "$ref": "#/definitions/Membership"
                     }
                 },
                 "user_id": {
@@ -607,7 +618,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.CreateSegmentRequest": {
+        "CreateSegmentRequest": {
             "type": "object",
             "required": [
                 "slug"
@@ -631,7 +642,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.FieldProblem": {
+        "FieldProblem": {
             "type": "object",
             "properties": {
                 "detail": {
@@ -644,7 +655,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.HistoryEvent": {
+        "HistoryEvent": {
             "type": "object",
             "properties": {
                 "at": {
@@ -675,7 +686,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.Membership": {
+        "Membership": {
             "type": "object",
             "properties": {
                 "added_at": {
@@ -702,7 +713,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.Problem": {
+        "Problem": {
             "type": "object",
             "properties": {
                 "detail": {
@@ -713,7 +724,7 @@ const docTemplate = `{
                     "description": "Errors lists, for validation problems, each wrong field as a JSON\npointer into the request body.",
                     "type": "array",
                     "items": {
-                        "$ref": "#/definitions/httpapi.FieldProblem"
+                        "$ref": "#/definitions/FieldProblem"
                     }
                 },
                 "request_id": {
@@ -746,7 +757,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.RegisterUsersRequest": {
+        "RegisterUsersRequest": {
             "type": "object",
             "required": [
                 "user_ids"
@@ -767,7 +778,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.RegisterUsersResponse": {
+        "RegisterUsersResponse": {
             "type": "object",
             "properties": {
                 "registered": {
@@ -776,7 +787,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.ReportLink": {
+        "ReportLink": {
             "type": "object",
             "properties": {
                 "expires_at": {
@@ -790,7 +801,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.ReportRequest": {
+        "ReportRequest": {
             "type": "object",
             "required": [
                 "period"
@@ -808,7 +819,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.Rollout": {
+        "Rollout": {
             "type": "object",
             "properties": {
                 "assigned": {
@@ -831,7 +842,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.Segment": {
+        "Segment": {
             "type": "object",
             "properties": {
                 "auto_percent": {
@@ -855,7 +866,7 @@ const docTemplate = `{
                     "description": "Rollout is null for a manual segment.",
                     "allOf": [
                         {
-                            "$ref": "#/definitions/httpapi.Rollout"
+                            "$ref": "#/definitions/Rollout"
                         }
                     ],
                     "x-nullable": true
@@ -866,7 +877,7 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.SegmentList": {
+        "SegmentList": {
             "type": "object",
             "properties": {
                 "next_after": {
@@ -878,18 +889,18 @@ const docTemplate = `{
                 "segments": {
                     "type": "array",
                     "items": {
-                        "$ref": "#/definitions/httpapi.Segment"
+                        "$ref": "#/definitions/Segment"
                     }
                 }
             }
         },
-        "httpapi.UserHistory": {
+        "UserHistory": {
             "type": "object",
             "properties": {
                 "events": {
                     "type": "array",
                     "items": {
-                        "$ref": "#/definitions/httpapi.HistoryEvent"
+                        "$ref": "#/definitions/HistoryEvent"
                     }
                 },
                 "next_after": {
@@ -903,13 +914,13 @@ const docTemplate = `{
                 }
             }
         },
-        "httpapi.UserSegments": {
+        "UserSegments": {
             "type": "object",
             "properties": {
                 "segments": {
                     "type": "array",
                     "items": {
-                        "$ref": "#/definitions/httpapi.Membership"
+                        "$ref": "#/definitions/Membership"
                     }
                 },
                 "user_id": {

@@ -42,6 +42,7 @@ type ReportLink struct {
 //	@Success		201		{object}	ReportLink
 //	@Header			201		{string}	Location	"the report's URL"
 //	@Failure		400		{object}	Problem		"Malformed JSON"
+//	@Failure		413		{object}	Problem		"Body over 1 MiB"
 //	@Failure		415		{object}	Problem		"Content-Type is not application/json"
 //	@Failure		422		{object}	Problem		"Bad period or user_id"
 //	@Router			/reports/history [post]

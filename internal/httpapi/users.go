@@ -103,7 +103,7 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 //	@Description	Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
 //	@Tags			users
 //	@Produce		json
-//	@Param			user_id	path		int	true	"User id (1 to 2^63-1)"	minimum(1)
+//	@Param			user_id	path		int	true	"User id (1 to 2^63-1)"	minimum(1)	format(int64)
 //	@Success		200		{object}	UserSegments
 //	@Header			200		{string}	Cache-Status	"Whether the answer came from the read cache (RFC 9211): segments; hit, or segments; fwd=miss|stale|bypass"
 //	@Failure		400		{object}	Problem			"Bad user id"
@@ -151,7 +151,7 @@ func earliestExpiry(ms []domain.Membership) time.Time {
 //	@Tags			users
 //	@Accept			json
 //	@Produce		json
-//	@Param			user_id	path		int						true	"User id (1 to 2^63-1)"	minimum(1)
+//	@Param			user_id	path		int						true	"User id (1 to 2^63-1)"	minimum(1)	format(int64)
 //	@Param			change	body		ChangeSegmentsRequest	true	"Segments to add and remove"
 //	@Success		200		{object}	ChangeSegmentsResponse
 //	@Failure		400		{object}	Problem	"Bad user id or malformed JSON"
@@ -215,10 +215,10 @@ type UserHistory struct {
 //	@Description	The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
 //	@Tags			users
 //	@Produce		json
-//	@Param			user_id	path		int		true	"User id (1 to 2^63-1)"	minimum(1)
-//	@Param			from	query		string	false	"Events at or after this time (RFC 3339)"
-//	@Param			to		query		string	false	"Events before this time (RFC 3339)"
-//	@Param			limit	query		int		false	"Page size (1 to 1000)"	default(100)	minimum(1)	maximum(1000)
+//	@Param			user_id	path		int		true	"User id (1 to 2^63-1)"						minimum(1)	format(int64)
+//	@Param			from	query		string	false	"Events at or after this time (RFC 3339)"	format(date-time)
+//	@Param			to		query		string	false	"Events before this time (RFC 3339)"		format(date-time)
+//	@Param			limit	query		int		false	"Page size (1 to 1000)"						default(100)	minimum(1)	maximum(1000)
 //	@Param			after	query		string	false	"Cursor from the previous page"
 //	@Success		200		{object}	UserHistory
 //	@Failure		400		{object}	Problem	"Bad user id or query parameter"
