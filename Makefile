@@ -57,15 +57,17 @@ lint: ## gofmt and go vet
 	cd deploy && $(GO) vet ./...
 
 .PHONY: docs
-docs: ## regenerate the OpenAPI spec in docs/ from the annotations
+docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then cmd/openapi)
 	$(SWAG) fmt -d $(SWAGDIR)
-	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes go,json,yaml --parseInternal --useStructName
+	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes json --parseInternal --useStructName
+	$(GO) run ./cmd/openapi docs/swagger.json docs/openapi.json
 
 .PHONY: docs-check
 docs-check: ## fail if docs/ is not what the annotations generate
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
-	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes go,json,yaml --parseInternal --useStructName && \
-	for f in docs.go swagger.json swagger.yaml; do \
+	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes json --parseInternal --useStructName && \
+	$(GO) run ./cmd/openapi $$tmp/docs/swagger.json $$tmp/docs/openapi.json && \
+	for f in swagger.json openapi.json; do \
 		diff -u docs/$$f $$tmp/docs/$$f >/dev/null || { echo "docs/$$f is out of date: run make docs"; diff -u docs/$$f $$tmp/docs/$$f | head -40; exit 1; }; \
 	done && echo "docs/ is up to date"
 

@@ -15,7 +15,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 echo "== OpenAPI lint (redocly)"
-npx redocly lint ../docs/swagger.yaml --config redocly.yaml --format=stylish
+npx redocly lint ../docs/openapi.json --config redocly.yaml --format=stylish
 
 echo "== starting the service"
 CGO_ENABLED=0 go build -trimpath -o "$out/segments" "$root/cmd/segments"

@@ -1,0 +1,227 @@
+// Command openapi turns the Swagger 2.0 document swag generates from the
+// handlers' annotations into the OpenAPI 3.0.3 document the service
+// publishes, and adds what Swagger 2.0 cannot say: problem+json as the
+// media type of every error with an example per status, CSV as the only
+// media type of the report download, an example for every parameter, the
+// fields every response always carries as required, and int64 formats.
+//
+//	go run ./cmd/openapi docs/swagger.json docs/openapi.json
+//
+// make docs runs it after swag; make docs-check fails when its output is
+// not what is committed.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/getkin/kin-openapi/openapi2"
+	"github.com/getkin/kin-openapi/openapi2conv"
+	"github.com/getkin/kin-openapi/openapi3"
+)
+
+func main() {
+	if len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "usage: openapi SWAGGER2.json OPENAPI3.json")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1], os.Args[2]); err != nil {
+		fmt.Fprintln(os.Stderr, "openapi:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in, out string) error {
+	raw, err := os.ReadFile(in)
+	if err != nil {
+		return err
+	}
+	var v2 openapi2.T
+	if err := json.Unmarshal(raw, &v2); err != nil {
+		return fmt.Errorf("read %s: %w", in, err)
+	}
+	doc, err := openapi2conv.ToV3(&v2)
+	if err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	if err := amend(doc); err != nil {
+		return err
+	}
+	if err := doc.Validate(openapi3.NewLoader().Context); err != nil {
+		return fmt.Errorf("the amended document is invalid: %w", err)
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, append(b, '\n'), 0o644)
+}
+
+// Media types.
+const (
+	problemJSON = "application/problem+json"
+	textCSV     = "text/csv"
+)
+
+// parameterExamples gives each parameter, by name, the example Swagger 2.0
+// had no room for.
+var parameterExamples = map[string]any{
+	"user_id": 1000,
+	"slug":    "AVITO_VOICE_MESSAGES",
+	"token":   "djEuMjAyNi0xMS4xMDAwLjE3NjQ0MDU2MDA.Xc6mJ0w1T9hWzL3cJrP4Zq2Y8s1vE6uHnXkA0dGf7bI",
+	"limit":   100,
+	"from":    "2026-11-01T00:00:00Z",
+	"to":      "2026-12-01T00:00:00Z",
+}
+
+// afterExamples are the after= cursors, by operation.
+var afterExamples = map[string]string{
+	"listSegments":   "AVITO_DISCOUNT_50",
+	"getUserHistory": "1764000000000000-1234",
+}
+
+// problemTypes are the problem types each status is answered with (see
+// internal/httpapi/respond.go); an operation's 404 for unknown slugs says
+// so in its description.
+var problemTypes = map[int]string{
+	400: "urn:segments:problem:malformed-request",
+	403: "urn:segments:problem:forbidden",
+	404: "urn:segments:problem:not-found",
+	409: "urn:segments:problem:conflict",
+	413: "about:blank",
+	415: "about:blank",
+	422: "urn:segments:problem:validation-failed",
+	503: "urn:segments:problem:unavailable",
+}
+
+// responseSchemas are sent whole: every property is present (null where
+// nullable). Problem has its own list.
+var responseSchemas = []string{
+	"ChangeSegmentsResponse", "FieldProblem", "HistoryEvent", "Membership", "RegisterUsersResponse",
+	"ReportLink", "Rollout", "Segment", "SegmentList", "UserHistory", "UserSegments",
+}
+
+func amend(doc *openapi3.T) error {
+	doc.Servers = openapi3.Servers{{URL: "/api/v1", Description: "this server"}}
+	for name, s := range doc.Components.Schemas {
+		if slices.Contains(responseSchemas, name) {
+			s.Value.Required = sortedKeys(s.Value.Properties)
+		}
+		for prop, p := range s.Value.Properties {
+			if p.Value != nil && p.Value.Type.Is(openapi3.TypeInteger) && p.Value.Format == "" && !(name == "Problem" && prop == "status") {
+				p.Value.Format = "int64"
+			}
+			if p.Value != nil && p.Value.Type.Is(openapi3.TypeArray) && p.Value.Items != nil && p.Value.Items.Value != nil &&
+				p.Value.Items.Value.Type.Is(openapi3.TypeInteger) {
+				p.Value.Items.Value.Format = "int64"
+			}
+		}
+	}
+	// OpenAPI 3.0.3: nullable counts only beside a type in the same
+	// schema, so swag's "allOf: [$ref], nullable" admits no null. The
+	// nullable object becomes the referenced schema, inlined (after the
+	// pass above, so that the copy carries its required list), and the
+	// component goes if nothing else refers to it.
+	inlined := map[string]bool{}
+	for _, s := range doc.Components.Schemas {
+		for prop, p := range s.Value.Properties {
+			if p.Value == nil || !p.Value.Nullable || len(p.Value.AllOf) != 1 || p.Value.AllOf[0].Value == nil {
+				continue
+			}
+			copied := *p.Value.AllOf[0].Value
+			copied.Nullable, copied.Description = true, p.Value.Description
+			inlined[p.Value.AllOf[0].Ref] = true
+			s.Value.Properties[prop] = openapi3.NewSchemaRef("", &copied)
+		}
+	}
+	for ref := range inlined {
+		b, err := json.Marshal(doc)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), strconv.Quote(ref)) {
+			delete(doc.Components.Schemas, strings.TrimPrefix(ref, "#/components/schemas/"))
+		}
+	}
+	problem, ok := doc.Components.Schemas["Problem"]
+	if !ok {
+		return fmt.Errorf("no Problem schema")
+	}
+	problem.Value.Required = []string{"status", "title", "type"}
+
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			where := method + " " + path
+			for _, p := range op.Parameters {
+				ex, ok := parameterExamples[p.Value.Name]
+				if p.Value.Name == "after" {
+					ex, ok = afterExamples[op.OperationID]
+				}
+				if !ok {
+					return fmt.Errorf("%s: no example for parameter %q", where, p.Value.Name)
+				}
+				p.Value.Example = ex
+			}
+			for code, r := range op.Responses.Map() {
+				status, err := strconv.Atoi(code)
+				if err != nil {
+					return fmt.Errorf("%s: response %q", where, code)
+				}
+				switch {
+				case status >= 400:
+					if err := problemResponse(r.Value, problem, status, where); err != nil {
+						return err
+					}
+				case op.OperationID == "downloadHistoryReport" && status == http.StatusOK:
+					r.Value.Content = openapi3.Content{textCSV: r.Value.Content[textCSV]}
+				}
+			}
+		}
+	}
+	if op := doc.Paths.Value("/users/{user_id}/segments").Post; op != nil {
+		op.RequestBody.Value.Content["application/json"].Example = map[string]any{
+			"add": []string{"AVITO_VOICE_MESSAGES", "AVITO_DISCOUNT_30"}, "remove": []string{"AVITO_PERFORMANCE_VAS"}, "ttl_seconds": 172800,
+		}
+	}
+	return nil
+}
+
+// problemResponse makes r a problem+json response with an example of its
+// status.
+func problemResponse(r *openapi3.Response, problem *openapi3.SchemaRef, status int, where string) error {
+	typ, ok := problemTypes[status]
+	if !ok {
+		return fmt.Errorf("%s: no problem type for status %d", where, status)
+	}
+	if status == http.StatusNotFound && r.Description != nil && *r.Description == "Unknown segments, listed in unknown_slugs" {
+		typ = "urn:segments:problem:unknown-segments"
+	}
+	title := http.StatusText(status)
+	detail := ""
+	if r.Description != nil {
+		detail = *r.Description
+	}
+	example := map[string]any{"type": typ, "title": title, "status": status, "detail": detail, "request_id": "7f3c2a9e5b1d4c80"}
+	if typ == "urn:segments:problem:unknown-segments" {
+		example["unknown_slugs"] = []string{"NO_SUCH_SEGMENT"}
+	}
+	r.Content = openapi3.Content{problemJSON: &openapi3.MediaType{
+		Schema:  openapi3.NewSchemaRef("#/components/schemas/Problem", problem.Value),
+		Example: example,
+	}}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
