@@ -42,10 +42,53 @@ BASE_URL="$base" node -e '
   })();' || { cat "$out/service.log"; exit 1; }
 echo "service ready at $base"
 
-echo "== Postman collection (newman)"
-npx newman run ../docs/postman/segments.postman_collection.json \
-  -e ../docs/postman/local.postman_environment.json --env-var "baseUrl=$base" \
-  --reporters cli,junit --reporter-junit-export "$out/newman.xml" --color off
+echo "== Postman collection (newman): the contract through Prism's validating proxy"
+# Prism checks every request and response of folders 2-7 against
+# docs/openapi.json; with --errors a violation becomes an error response,
+# which fails newman's assertions, and any violation in Prism's log fails
+# the build too. The health checks and "8. Outside the contract" (requests
+# that break the spec on purpose, to check the service's answers) go
+# straight to the service.
+export OUT="$out"
+# Prism matches paths without the server's base path, so it validates a
+# copy of the spec whose paths carry /api/v1 themselves.
+node -e '
+  const fs = require("fs");
+  const spec = JSON.parse(fs.readFileSync("../docs/openapi.json", "utf8"));
+  const base = spec.servers[0].url;
+  spec.paths = Object.fromEntries(Object.entries(spec.paths).map(([p, item]) => [base + p, item]));
+  spec.servers = [{ url: "/" }];
+  fs.writeFileSync(process.env.OUT + "/openapi.prism.json", JSON.stringify(spec));'
+pport=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
+npx prism proxy "$out/openapi.prism.json" "$base" --errors --host 127.0.0.1 --port "$pport" >"$out/prism.log" 2>&1 &
+prism=$!
+trap 'kill -TERM "$prism" 2>/dev/null || true; cleanup' EXIT
+PRISM_URL="http://127.0.0.1:$pport" node -e '
+  const deadline = Date.now() + 60000;
+  (async function wait() {
+    try { await fetch(process.env.PRISM_URL + "/api/v1/segments?limit=1"); return; } catch {}
+    if (Date.now() > deadline) { console.error("prism did not start"); process.exit(1); }
+    setTimeout(wait, 250);
+  })();' || { cat "$out/prism.log"; exit 1; }
+collection=(../docs/postman/segments.postman_collection.json -e ../docs/postman/local.postman_environment.json --color off)
+npx newman run "${collection[@]}" --env-var "baseUrl=$base" --folder "1. Health" \
+  --reporters cli,junit --reporter-junit-export "$out/newman-health.xml"
+contract=()
+for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment"; do
+  contract+=(--folder "$f")
+done
+npx newman run "${collection[@]}" --env-var "baseUrl=http://127.0.0.1:$pport" "${contract[@]}" \
+  --reporters cli,junit --reporter-junit-export "$out/newman.xml"
+kill -TERM "$prism" 2>/dev/null || true
+violations=$(grep -cE "Violation|NO_(PATH|METHOD)_MATCHED" "$out/prism.log" || true)
+echo "prism: $violations violations of docs/openapi.json in the contract run"
+if [ "$violations" -ne 0 ]; then
+  grep -E "Violation|NO_(PATH|METHOD)_MATCHED" "$out/prism.log" | head -40
+  echo "the API and its spec disagree"
+  exit 1
+fi
+npx newman run "${collection[@]}" --env-var "baseUrl=$base" --folder "8. Outside the contract" \
+  --reporters cli,junit --reporter-junit-export "$out/newman-outside.xml"
 
 echo "== Swagger UI in headless Chromium (playwright-core)"
 BASE_URL="$base" E2E_OUT="$out" node swagger-ui.mjs
