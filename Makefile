@@ -57,19 +57,23 @@ lint: ## gofmt and go vet
 	cd deploy && $(GO) vet ./...
 
 .PHONY: docs
-docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then cmd/openapi)
+docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then cmd/openapi) and the Go client in client/ (oapi-codegen)
 	$(SWAG) fmt -d $(SWAGDIR)
 	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes json --parseInternal --useStructName
 	$(GO) run ./cmd/openapi docs/swagger.json docs/openapi.json
+	$(GO) tool oapi-codegen -config client/oapi-codegen.yaml docs/openapi.json
 
 .PHONY: docs-check
-docs-check: ## fail if docs/ is not what the annotations generate
+docs-check: ## fail if docs/ or the Go client is not what the annotations generate
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes json --parseInternal --useStructName && \
 	$(GO) run ./cmd/openapi $$tmp/docs/swagger.json $$tmp/docs/openapi.json && \
-	for f in swagger.json openapi.json; do \
-		diff -u docs/$$f $$tmp/docs/$$f >/dev/null || { echo "docs/$$f is out of date: run make docs"; diff -u docs/$$f $$tmp/docs/$$f | head -40; exit 1; }; \
-	done && echo "docs/ is up to date"
+	sed "s|^output: .*|output: $$tmp/client.gen.go|" client/oapi-codegen.yaml >$$tmp/oapi-codegen.yaml && \
+	$(GO) tool oapi-codegen -config $$tmp/oapi-codegen.yaml $$tmp/docs/openapi.json && \
+	for f in docs/swagger.json docs/openapi.json client.gen.go; do \
+		mine=$$f; [ $$f = client.gen.go ] && mine=client/client.gen.go; \
+		diff -u $$mine $$tmp/$$f >/dev/null || { echo "$$mine is out of date: run make docs"; diff -u $$mine $$tmp/$$f | head -40; exit 1; }; \
+	done && echo "docs/ and client/ are up to date"
 
 .PHONY: migrate-up migrate-down migrate-version
 migrate-up: build ## apply migrations to DATABASE_URL

@@ -27,7 +27,7 @@ type ReportLink struct {
 	// URL is relative to the service's address unless PUBLIC_BASE_URL
 	// is set, which it then starts with.
 	URL       string    `json:"url" example:"/api/v1/reports/history/djEuMjAyMy0wOC4xMDAwLjE3NjQwMDAwMDA.3q2-7w"`
-	ExpiresAt time.Time `json:"expires_at" example:"2026-11-23T09:00:00Z"`
+	ExpiresAt time.Time `json:"expires_at" format:"date-time" example:"2026-11-23T09:00:00Z"`
 }
 
 // createReport godoc

@@ -17,15 +17,15 @@ type CreateSegmentRequest struct {
 	Description string `json:"description" validate:"max=1000,text" example:"Voice messages in chat"`
 	// AutoPercent makes a percent segment: this share of users (0 to 100,
 	// up to two decimals) gets it automatically.
-	AutoPercent *float64 `json:"auto_percent,omitempty" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" example:"30"`
+	AutoPercent *float64 `json:"auto_percent,omitempty" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" format:"double" example:"30"`
 }
 
 // Segment is a segment as the API shows it.
 type Segment struct {
 	Slug        string    `json:"slug" example:"AVITO_VOICE_MESSAGES"`
 	Description string    `json:"description" example:"Voice messages in chat"`
-	AutoPercent *float64  `json:"auto_percent" extensions:"x-nullable"`
-	CreatedAt   time.Time `json:"created_at" example:"2026-11-22T08:00:00Z"`
+	AutoPercent *float64  `json:"auto_percent" format:"double" extensions:"x-nullable"`
+	CreatedAt   time.Time `json:"created_at" format:"date-time" example:"2026-11-22T08:00:00Z"`
 	// MemberCount counts active (unexpired) memberships.
 	MemberCount int64 `json:"member_count" example:"1200"`
 	// Rollout is null for a manual segment.

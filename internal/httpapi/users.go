@@ -32,9 +32,9 @@ type ChangeSegmentsRequest struct {
 // Membership is one segment a user holds.
 type Membership struct {
 	Slug    string    `json:"slug" example:"AVITO_VOICE_MESSAGES"`
-	AddedAt time.Time `json:"added_at" example:"2026-11-22T08:00:00Z"`
+	AddedAt time.Time `json:"added_at" format:"date-time" example:"2026-11-22T08:00:00Z"`
 	// ExpiresAt is null for a permanent membership.
-	ExpiresAt *time.Time `json:"expires_at" example:"2026-11-24T08:00:00Z" extensions:"x-nullable"`
+	ExpiresAt *time.Time `json:"expires_at" format:"date-time" example:"2026-11-24T08:00:00Z" extensions:"x-nullable"`
 	Source    string     `json:"source" enums:"manual,auto" example:"manual"`
 }
 
@@ -197,7 +197,7 @@ type HistoryEvent struct {
 	Segment   string    `json:"segment" example:"AVITO_VOICE_MESSAGES"`
 	Operation string    `json:"operation" enums:"add,remove" example:"add"`
 	Reason    string    `json:"reason" enums:"manual,ttl,auto,segment_deleted" example:"manual"`
-	At        time.Time `json:"at" example:"2023-08-01T12:00:00Z"`
+	At        time.Time `json:"at" format:"date-time" example:"2023-08-01T12:00:00Z"`
 }
 
 // UserHistory is one page of a user's history, in time order.

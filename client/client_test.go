@@ -1,0 +1,103 @@
+package client_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"segments/client"
+	"segments/internal/apitest"
+	"segments/internal/app"
+	"segments/internal/httpapi"
+	"segments/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Run(m, &env) }
+
+// newClient serves the real router, on a database of the test's own, and
+// returns the generated client pointed at it.
+func newClient(t *testing.T) *client.ClientWithResponses {
+	t.Helper()
+	pool := env.NewPool(t)
+	opt, err := redis.ParseURL(env.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	cfg := apitest.Config(t, map[string]string{"WORKER_QUEUE": "client-test", "REPORT_SECRET": "a client test secret, not a real one, 32+ bytes"})
+	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(httpapi.NewRouter(httpapi.Options{
+		Segments: svc.Segments, Users: svc.Users, Reports: svc.Reports,
+		Cache: apitest.Cache(t, pool, time.Now), RequestTimeout: 30 * time.Second, ReportTimeout: time.Minute,
+	}))
+	t.Cleanup(srv.Close)
+	c, err := client.NewClientWithResponses(srv.URL + "/api/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// The generated client against the real router: create a segment, change
+// and read a user's segments (an id past 2^53 included), an unknown slug's
+// problem, and a report link downloaded as CSV.
+func TestClientAgainstTheService(t *testing.T) {
+	c := newClient(t)
+	ctx := context.Background()
+
+	created, err := c.CreateSegmentWithResponse(ctx, client.CreateSegmentRequest{Slug: "CLIENT_A", Description: ptr("from the Go client")})
+	if err != nil || created.StatusCode() != http.StatusCreated || created.JSON201.Slug != "CLIENT_A" || created.JSON201.Rollout != nil {
+		t.Fatalf("create: %v %d %s", err, created.StatusCode(), created.Body)
+	}
+
+	const big = int64(9007199254740993) // 2^53 + 1: JavaScript would address 2^53
+	for _, user := range []int64{1000, big} {
+		changed, err := c.ChangeUserSegmentsWithResponse(ctx, user, client.ChangeSegmentsRequest{Add: &[]string{"CLIENT_A"}, TtlSeconds: ptr(int64(3600))})
+		if err != nil || changed.StatusCode() != http.StatusOK || !slices.Equal(changed.JSON200.Added, []string{"CLIENT_A"}) || changed.JSON200.UserId != user {
+			t.Fatalf("change %d: %v %d %s", user, err, changed.StatusCode(), changed.Body)
+		}
+		read, err := c.GetUserSegmentsWithResponse(ctx, user)
+		if err != nil || read.StatusCode() != http.StatusOK || read.JSON200.UserId != user || len(read.JSON200.Segments) != 1 {
+			t.Fatalf("read %d: %v %d %s", user, err, read.StatusCode(), read.Body)
+		}
+		m := read.JSON200.Segments[0]
+		if m.Slug != "CLIENT_A" || m.ExpiresAt == nil || m.ExpiresAt.Sub(m.AddedAt).Round(time.Minute) != time.Hour || m.Source != client.MembershipSourceManual {
+			t.Fatalf("read %d: %+v", user, m)
+		}
+		if status := read.HTTPResponse.Header.Get("Cache-Status"); !strings.HasPrefix(status, "segments; ") {
+			t.Fatalf("Cache-Status %q", status)
+		}
+	}
+
+	unknown, err := c.ChangeUserSegmentsWithResponse(ctx, 1000, client.ChangeSegmentsRequest{Add: &[]string{"NO_SUCH_SEGMENT"}})
+	if err != nil || unknown.StatusCode() != http.StatusNotFound || unknown.ApplicationproblemJSON404 == nil ||
+		!slices.Equal(*unknown.ApplicationproblemJSON404.UnknownSlugs, []string{"NO_SUCH_SEGMENT"}) {
+		t.Fatalf("unknown slug: %v %d %s", err, unknown.StatusCode(), unknown.Body)
+	}
+
+	link, err := c.CreateHistoryReportWithResponse(ctx, client.ReportRequest{Period: time.Now().UTC().Format("2006-01"), UserId: ptr(int64(1000))})
+	if err != nil || link.StatusCode() != http.StatusCreated {
+		t.Fatalf("report link: %v %d %s", err, link.StatusCode(), link.Body)
+	}
+	token := link.JSON201.Url[strings.LastIndex(link.JSON201.Url, "/")+1:]
+	csv, err := c.DownloadHistoryReportWithResponse(ctx, token)
+	if err != nil || csv.StatusCode() != http.StatusOK || !strings.HasPrefix(csv.HTTPResponse.Header.Get("Content-Type"), "text/csv") ||
+		!strings.Contains(string(csv.Body), "1000;CLIENT_A;add;") {
+		t.Fatalf("download: %v %d %s", err, csv.StatusCode(), csv.Body)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
