@@ -85,6 +85,15 @@ var afterExamples = map[string]string{
 	"getUserHistory": "1764000000000000-1234",
 }
 
+// sharedResponses are the statuses every operation can answer, whatever
+// its handler does: the middleware refuses a path or query that is not
+// text, any handler can fail, and every one reads PostgreSQL.
+var sharedResponses = map[int]string{
+	http.StatusBadRequest:          "The path or query is not UTF-8 text (or holds a NUL byte)",
+	http.StatusInternalServerError: "The server failed; the problem's request_id finds it in the logs",
+	http.StatusServiceUnavailable:  "PostgreSQL is unavailable; retry after Retry-After seconds",
+}
+
 // problemTypes are the problem types each status is answered with (see
 // internal/httpapi/respond.go); an operation's 404 for unknown slugs says
 // so in its description.
@@ -96,6 +105,7 @@ var problemTypes = map[int]string{
 	413: "about:blank",
 	415: "about:blank",
 	422: "urn:segments:problem:validation-failed",
+	500: "about:blank",
 	503: "urn:segments:problem:unavailable",
 }
 
@@ -166,6 +176,11 @@ func amend(doc *openapi3.T) error {
 					return fmt.Errorf("%s: no example for parameter %q", where, p.Value.Name)
 				}
 				p.Value.Example = ex
+			}
+			for status, description := range sharedResponses {
+				if op.Responses.Value(strconv.Itoa(status)) == nil {
+					op.Responses.Set(strconv.Itoa(status), &openapi3.ResponseRef{Value: openapi3.NewResponse().WithDescription(description)})
+				}
 			}
 			for code, r := range op.Responses.Map() {
 				status, err := strconv.Atoi(code)

@@ -1,17 +1,25 @@
 package httpapi_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
+	"segments/internal/apitest"
+	"segments/internal/app"
 	"segments/internal/httpapi"
+	"segments/internal/localserver"
 	"segments/internal/service"
 )
 
@@ -59,5 +67,83 @@ func TestSpecMatchesRoutes(t *testing.T) {
 	}
 	if len(served) != 10 {
 		t.Errorf("%d routes under /api/v1, the contract has 10: %v", len(served), served)
+	}
+}
+
+// TestSpecDeclaresTheStatusesTheServiceProduces sends every operation of
+// docs/openapi.json what makes the shared machinery answer — a query that
+// is not text, a body of the wrong type or over 1 MiB, a database that
+// does not answer — and checks that each status the service produces is
+// one the operation declares.
+func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Paths map[string]map[string]struct {
+			OperationID string                     `json:"operationId"`
+			RequestBody json.RawMessage            `json:"requestBody"`
+			Responses   map[string]json.RawMessage `json:"responses"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		t.Fatal(err)
+	}
+	live := newAPI(t)
+	live.createSegment("SPEC")
+	dead := newAPI(t, func(o *httpapi.Options) {
+		// Services on a database nobody listens at.
+		port, err := localserver.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool, err := pgxpool.New(context.Background(), fmt.Sprintf("postgres://nobody@127.0.0.1:%d/none?connect_timeout=1", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		svc, err := app.New(apitest.Config(t, map[string]string{"REPORT_SECRET": testSecret}), app.Deps{Pool: pool, Log: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Segments, o.Users, o.Reports, o.Cache = svc.Segments, svc.Users, svc.Reports, nil
+	})
+	bodies := map[string]string{
+		"createSegment":       `{"slug":"SPEC_NEW"}`,
+		"registerUsers":       `{"user_ids":[1]}`,
+		"changeUserSegments":  `{"add":["SPEC"]}`,
+		"createHistoryReport": `{"period":"2026-11"}`,
+	}
+	fill := strings.NewReplacer("{user_id}", "1000", "{slug}", "SPEC", "{token}", "not-a-token")
+	for path, ops := range spec.Paths {
+		for method, op := range ops {
+			url := "/api/v1" + fill.Replace(path)
+			method = strings.ToUpper(method)
+			body, hasBody := bodies[op.OperationID]
+			if hasBody != (len(op.RequestBody) > 0) {
+				t.Fatalf("%s: the test has no body for it, or one it does not take", op.OperationID)
+			}
+			var sendBody any
+			if hasBody {
+				sendBody = body
+			}
+			declared := func(what string, status int) {
+				t.Helper()
+				if _, ok := op.Responses[strconv.Itoa(status)]; !ok {
+					t.Errorf("%s %s (%s) answers %d, which docs/openapi.json does not declare", method, path, what, status)
+				}
+			}
+			r := live.do(method, url+"?q=%ff", sendBody)
+			if r.status != http.StatusBadRequest {
+				t.Errorf("%s %s with a query that is not text: %d", method, path, r.status)
+			}
+			declared("query not text", r.status)
+			if hasBody {
+				declared("text/plain body", live.do(method, url, body, "Content-Type", "text/plain").status)
+				declared("body over 1 MiB", live.do(method, url, `{"x":"`+strings.Repeat("a", 1<<20)+`"}`).status)
+			}
+			declared("database down", dead.do(method, url, sendBody).status)
+		}
 	}
 }
