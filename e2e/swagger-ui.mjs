@@ -84,6 +84,13 @@ try {
   }
   if (!requestURL.includes(`/api/v1/users/${userID}/segments`)) fail(`Try it out called ${requestURL}`);
 
+  // The documented errors are problem+json, each with an example of its own.
+  const documented400 = op.locator('.responses-wrapper .responses-table tr.response[data-code="400"]');
+  const row = (await documented400.textContent()).replace(/\s+/g, ' ');
+  console.log(`swagger-ui: documented 400: ${row.slice(0, 200)}`);
+  if (!row.includes('application/problem+json')) fail(`the documented 400 is not problem+json: ${row}`);
+  if (!/"status": 400/.test(row)) fail(`the documented 400 has no example of its own: ${row}`);
+
   const shot = join(out, 'swagger-ui.png');
   await op.scrollIntoViewIfNeeded();
   await page.screenshot({ path: shot, fullPage: true });

@@ -213,8 +213,13 @@ func problemResponse(r *openapi3.Response, problem *openapi3.SchemaRef, status i
 	if !ok {
 		return fmt.Errorf("%s: no problem type for status %d", where, status)
 	}
-	if status == http.StatusNotFound && r.Description != nil && *r.Description == "Unknown segments, listed in unknown_slugs" {
+	switch {
+	case status == http.StatusNotFound && r.Description != nil && *r.Description == "Unknown segments, listed in unknown_slugs":
 		typ = "urn:segments:problem:unknown-segments"
+	case status == http.StatusBadRequest && (r.Description == nil || !strings.Contains(*r.Description, "JSON")):
+		// A bad parameter is a plain 400; only a body that is not JSON
+		// is a malformed request.
+		typ = "about:blank"
 	}
 	title := http.StatusText(status)
 	detail := ""
