@@ -158,6 +158,16 @@ func amend(doc *openapi3.T) error {
 			delete(doc.Components.Schemas, strings.TrimPrefix(ref, "#/components/schemas/"))
 		}
 	}
+	// The two expiry forms are alternatives: a change may give either, or
+	// neither (permanent), never both.
+	if change, ok := doc.Components.Schemas["ChangeSegmentsRequest"]; ok {
+		change.Value.Not = openapi3.NewSchemaRef("", &openapi3.Schema{
+			Required:    []string{"expires_at", "ttl_seconds"},
+			Description: "ttl_seconds and expires_at are alternatives: give one or neither",
+		})
+	} else {
+		return fmt.Errorf("no ChangeSegmentsRequest schema")
+	}
 	problem, ok := doc.Components.Schemas["Problem"]
 	if !ok {
 		return fmt.Errorf("no Problem schema")
