@@ -163,6 +163,7 @@ func amend(doc *openapi3.T) error {
 	if change, ok := doc.Components.Schemas["ChangeSegmentsRequest"]; ok {
 		change.Value.Not = openapi3.NewSchemaRef("", &openapi3.Schema{
 			Required:    []string{"expires_at", "ttl_seconds"},
+			Properties:  openapi3.Schemas{"expires_at": change.Value.Properties["expires_at"], "ttl_seconds": change.Value.Properties["ttl_seconds"]},
 			Description: "ttl_seconds and expires_at are alternatives: give one or neither",
 		})
 	} else {
