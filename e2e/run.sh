@@ -60,7 +60,8 @@ node -e '
   spec.servers = [{ url: "/" }];
   fs.writeFileSync(process.env.OUT + "/openapi.prism.json", JSON.stringify(spec));'
 pport=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
-npx prism proxy "$out/openapi.prism.json" "$base" --errors --host 127.0.0.1 --port "$pport" >"$out/prism.log" 2>&1 &
+# Started directly (not through npx) so that $! is Prism itself.
+node_modules/.bin/prism proxy "$out/openapi.prism.json" "$base" --errors --host 127.0.0.1 --port "$pport" >"$out/prism.log" 2>&1 &
 prism=$!
 trap 'kill -TERM "$prism" 2>/dev/null || true; cleanup' EXIT
 PRISM_URL="http://127.0.0.1:$pport" node -e '
