@@ -9,12 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"segments/client"
 	"segments/internal/apitest"
-	"segments/internal/app"
 	"segments/internal/httpapi"
 	"segments/internal/testenv"
 )
@@ -28,21 +26,9 @@ func TestMain(m *testing.M) { testenv.Run(m, &env) }
 func newClient(t *testing.T) *client.ClientWithResponses {
 	t.Helper()
 	pool := env.NewPool(t)
-	opt, err := redis.ParseURL(env.RedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { rdb.Close() })
-	cfg := apitest.Config(t, map[string]string{"WORKER_QUEUE": "client-test", "REPORT_SECRET": "a client test secret, not a real one, 32+ bytes"})
-	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(httpapi.NewRouter(httpapi.Options{
-		Segments: svc.Segments, Users: svc.Users, Reports: svc.Reports,
-		Cache: apitest.Cache(t, pool, time.Now), RequestTimeout: 30 * time.Second, ReportTimeout: time.Minute,
-	}))
+	srv := httptest.NewServer(httpapi.NewRouter(apitest.RouterOptions(t, pool, env.RedisURL,
+		map[string]string{"WORKER_QUEUE": "client-test", "REPORT_SECRET": "a client test secret, not a real one, 32+ bytes"},
+		time.Now, zap.NewNop())))
 	t.Cleanup(srv.Close)
 	c, err := client.NewClientWithResponses(srv.URL + "/api/v1")
 	if err != nil {

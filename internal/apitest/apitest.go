@@ -1,6 +1,7 @@
 // Package apitest holds what the service's tests share: requests through a
 // real handler, problem decoding, one-value SQL reads, a scheduler that
-// schedules nothing, a test configuration and a coherent read cache.
+// schedules nothing, a test configuration, a coherent read cache and the
+// router's options as the service sets them up.
 package apitest
 
 import (
@@ -17,10 +18,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"segments/internal/app"
 	"segments/internal/config"
 	"segments/internal/domain"
+	"segments/internal/httpapi"
 	"segments/internal/metrics"
 	"segments/internal/postgres"
 	"segments/internal/readcache"
@@ -151,4 +155,36 @@ func Cache(tb testing.TB, pool *pgxpool.Pool, now func() time.Time) *readcache.C
 		time.Sleep(5 * time.Millisecond)
 	}
 	return c
+}
+
+// RouterOptions returns the router's options as the service sets them up,
+// on pool and the Redis at redisURL: the services built by app.New from
+// the configuration env (see Config), a coherent read cache, the readiness
+// checks and the default timeouts. now is the services' and the cache's
+// clock.
+func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]string, now func() time.Time, log *zap.Logger) httpapi.Options {
+	tb.Helper()
+	opt, err := redis.ParseURL(redisURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	tb.Cleanup(func() { rdb.Close() })
+	svc, err := app.New(Config(tb, env), app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return httpapi.Options{
+		Segments: svc.Segments,
+		Users:    svc.Users,
+		Reports:  svc.Reports,
+		Cache:    Cache(tb, pool, now),
+		Checks: []httpapi.Check{
+			{Name: "postgres", Ping: pool.Ping},
+			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+		},
+		Log:            log,
+		RequestTimeout: 30 * time.Second,
+		ReportTimeout:  time.Minute,
+	}
 }

@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -21,7 +23,7 @@ func TestUserSegmentsEncodingMatchesEncodingJSON(t *testing.T) {
 			{Slug: "Z", AddedAt: whole, ExpiresAt: &whole, Source: domain.SourceManual},
 		},
 	} {
-		want := encodeJSON(UserSegments{UserID: 1000, Segments: membershipsFrom(ms)})
+		want := responded(UserSegments{UserID: 1000, Segments: membershipsFrom(ms)})
 		got := appendUserSegments(nil, 1000, ms)
 		if !bytes.Equal(got, want) {
 			t.Errorf("got  %s\nwant %s", got, want)
@@ -29,12 +31,19 @@ func TestUserSegmentsEncodingMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// responded is what respond writes for v.
+func responded(v any) []byte {
+	rec := httptest.NewRecorder()
+	respond(rec, http.StatusOK, v)
+	return rec.Body.Bytes()
+}
+
 func FuzzJSONString(f *testing.F) {
 	for _, s := range []string{"", "SEG_1", `a"b\c`, "<&>", "\x00\x1f\n\r\t", "\u2028\u2029é", "\xff\xfe"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		want := encodeJSON(s)
+		want := responded(s)
 		if got := append(appendJSONString(nil, s), '\n'); !bytes.Equal(got, want) {
 			t.Errorf("%q: got %s, want %s", s, got, want)
 		}

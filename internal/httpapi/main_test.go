@@ -2,7 +2,6 @@ package httpapi_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"sync/atomic"
@@ -10,12 +9,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"segments/internal/apitest"
-	"segments/internal/app"
 	"segments/internal/httpapi"
 	"segments/internal/testenv"
 )
@@ -37,34 +34,12 @@ type testAPI struct {
 func newAPI(t testing.TB, options ...func(*httpapi.Options)) *testAPI {
 	t.Helper()
 	pool := env.NewPool(t)
-	opt, err := redis.ParseURL(env.RedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	t.Cleanup(func() { rdb.Close() })
 	a := &testAPI{t: t, pool: pool}
-	cfg := apitest.Config(t, map[string]string{"WORKER_QUEUE": "httpapi-test", "REPORT_SECRET": testSecret, "REPORT_TIMEOUT": "1m"})
-	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	now := func() time.Time { return time.Now().Add(time.Duration(a.skew.Load())) }
-	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := httpapi.Options{
-		Segments: svc.Segments,
-		Users:    svc.Users,
-		Reports:  svc.Reports,
-		// Every test runs with the read cache on, as the service does.
-		Cache: apitest.Cache(t, pool, now),
-		Checks: []httpapi.Check{
-			{Name: "postgres", Ping: pool.Ping},
-			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
-		},
-		Log:            log,
-		RequestTimeout: 30 * time.Second,
-		ReportTimeout:  time.Minute,
-	}
+	// Every test runs with the read cache on, as the service does.
+	o := apitest.RouterOptions(t, pool, env.RedisURL,
+		map[string]string{"WORKER_QUEUE": "httpapi-test", "REPORT_SECRET": testSecret, "REPORT_TIMEOUT": "1m"},
+		func() time.Time { return time.Now().Add(time.Duration(a.skew.Load())) },
+		zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
 	for _, f := range options {
 		f(&o)
 	}

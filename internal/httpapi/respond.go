@@ -17,15 +17,6 @@ func respond(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// encodeJSON is v as respond writes it, for answers kept in memory.
-func encodeJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err) // the response types always encode
-	}
-	return append(b, '\n')
-}
-
 // Problem is an RFC 9457 problem detail, the body of every error response
 // (Content-Type application/problem+json).
 type Problem struct {

@@ -147,8 +147,8 @@ func relay(ctx context.Context, cfg *pgx.ConnConfig, interval time.Duration, log
 
 // relayOnce relays one batch of queued rows and returns how many it took.
 func relayOnce(ctx context.Context, conn *pgx.Conn) (int, error) {
-	var taken, sent int
-	if err := conn.QueryRow(ctx, relaySQL, relayBatch, idsPerNotification).Scan(&taken, &sent); err != nil {
+	var taken int
+	if err := conn.QueryRow(ctx, relaySQL, relayBatch, idsPerNotification).Scan(&taken, nil); err != nil {
 		return 0, fmt.Errorf("relay cache invalidations: %w", dbError(err))
 	}
 	return taken, nil
