@@ -1443,7 +1443,7 @@ type ClientWithResponsesInterface interface {
 
 // CreateHistoryReportReply201Headers the declared response headers of an HTTP 201 response for CreateHistoryReport
 type CreateHistoryReportReply201Headers struct {
-	Location *string
+	Location string
 }
 
 type CreateHistoryReportReply struct {
@@ -1657,7 +1657,7 @@ func (r ListSegmentsReply) ContentType() string {
 
 // CreateSegmentReply201Headers the declared response headers of an HTTP 201 response for CreateSegment
 type CreateSegmentReply201Headers struct {
-	Location *string
+	Location string
 }
 
 type CreateSegmentReply struct {
@@ -2030,7 +2030,7 @@ func (r GetUserHistoryReply) ContentType() string {
 
 // GetUserSegmentsReply200Headers the declared response headers of an HTTP 200 response for GetUserSegments
 type GetUserSegmentsReply200Headers struct {
-	CacheStatus *string
+	CacheStatus string
 }
 
 type GetUserSegmentsReply struct {
@@ -2465,10 +2465,10 @@ func ParseCreateHistoryReportReply(rsp *http.Response) (*CreateHistoryReportRepl
 		var headers CreateHistoryReportReply201Headers
 		if values := rsp.Header.Values("Location"); len(values) > 0 {
 			var value string
-			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
-			headers.Location = &value
+			headers.Location = value
 		}
 		response.Headers201 = &headers
 	}
@@ -2647,10 +2647,10 @@ func ParseCreateSegmentReply(rsp *http.Response) (*CreateSegmentReply, error) {
 		var headers CreateSegmentReply201Headers
 		if values := rsp.Header.Values("Location"); len(values) > 0 {
 			var value string
-			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
-			headers.Location = &value
+			headers.Location = value
 		}
 		response.Headers201 = &headers
 	}
@@ -2926,10 +2926,10 @@ func ParseGetUserSegmentsReply(rsp *http.Response) (*GetUserSegmentsReply, error
 		var headers GetUserSegmentsReply200Headers
 		if values := rsp.Header.Values("Cache-Status"); len(values) > 0 {
 			var value string
-			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Status", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Status", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
-			headers.CacheStatus = &value
+			headers.CacheStatus = value
 		}
 		response.Headers200 = &headers
 	}

@@ -198,6 +198,10 @@ func amend(doc *openapi3.T) error {
 				if err != nil {
 					return fmt.Errorf("%s: response %q", where, code)
 				}
+				// A declared header is one the service always sends.
+				for _, h := range r.Value.Headers {
+					h.Value.Required = true
+				}
 				switch {
 				case status >= 400:
 					if err := problemResponse(r.Value, problem, status, where); err != nil {
