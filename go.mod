@@ -1,4 +1,4 @@
-module segments
+module github.com/segments-service/segments
 
 go 1.26.8
 

@@ -11,10 +11,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"segments/client"
-	"segments/internal/apitest"
-	"segments/internal/httpapi"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/client"
+	"github.com/segments-service/segments/internal/apitest"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 var env *testenv.Env

@@ -1,11 +1,11 @@
-module segments/deploy
+module github.com/segments-service/segments/deploy
 
 go 1.26.8
 
 require (
 	github.com/compose-spec/compose-go/v2 v2.16.2
+	github.com/segments-service/segments v0.0.0
 	k8s.io/api v0.37.2
-	segments v0.0.0
 	sigs.k8s.io/yaml v1.6.0
 )
 
@@ -73,4 +73,4 @@ require (
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 )
 
-replace segments => ../
+replace github.com/segments-service/segments => ../

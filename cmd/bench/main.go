@@ -32,9 +32,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"segments/internal/loadgen"
-	"segments/internal/localserver"
-	"segments/internal/postgres"
+	"github.com/segments-service/segments/internal/loadgen"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/postgres"
 )
 
 func main() {

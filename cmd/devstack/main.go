@@ -23,7 +23,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"segments/internal/localserver"
+	"github.com/segments-service/segments/internal/localserver"
 )
 
 func main() {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/localserver"
+	"github.com/segments-service/segments/internal/localserver"
 )
 
 // buildDevstack builds this command into dir.

@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"time"
 
-	"segments/internal/loadgen"
+	"github.com/segments-service/segments/internal/loadgen"
 )
 
 func main() {

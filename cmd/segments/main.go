@@ -22,13 +22,13 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/netutil"
 
-	"segments/internal/app"
-	"segments/internal/config"
-	"segments/internal/httpapi"
-	"segments/internal/metrics"
-	"segments/internal/postgres"
-	"segments/internal/readcache"
-	"segments/internal/worker"
+	"github.com/segments-service/segments/internal/app"
+	"github.com/segments-service/segments/internal/config"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/metrics"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/readcache"
+	"github.com/segments-service/segments/internal/worker"
 )
 
 const usage = `usage: segments <command>

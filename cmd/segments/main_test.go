@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/localserver"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 var env *testenv.Env

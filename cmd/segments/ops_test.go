@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/localserver"
-	"segments/internal/postgres"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 // startService runs `segments <cmd>` in this process with vars, waits until

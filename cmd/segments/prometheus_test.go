@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/localserver"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 // TestDashboardQueriesReturnData runs a real Prometheus with the shipped

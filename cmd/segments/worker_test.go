@@ -12,8 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"segments/internal/postgres"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 // startWorker runs `segments worker` as a child process.

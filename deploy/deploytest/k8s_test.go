@@ -18,8 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"segments/internal/httpapi"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // envKeys returns the configuration keys .env.example documents.

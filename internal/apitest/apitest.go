@@ -21,13 +21,13 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"segments/internal/app"
-	"segments/internal/config"
-	"segments/internal/domain"
-	"segments/internal/httpapi"
-	"segments/internal/metrics"
-	"segments/internal/postgres"
-	"segments/internal/readcache"
+	"github.com/segments-service/segments/internal/app"
+	"github.com/segments-service/segments/internal/config"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/metrics"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/readcache"
 )
 
 // Response is a recorded response with its body.

@@ -14,11 +14,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"segments/internal/config"
-	"segments/internal/domain"
-	"segments/internal/postgres"
-	"segments/internal/service"
-	"segments/internal/worker"
+	"github.com/segments-service/segments/internal/config"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/service"
+	"github.com/segments-service/segments/internal/worker"
 )
 
 // Each store and scheduler the services declare is implemented here.

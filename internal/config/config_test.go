@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/config"
+	"github.com/segments-service/segments/internal/config"
 )
 
 func env(kv ...string) func(string) string {

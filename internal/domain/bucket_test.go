@@ -3,7 +3,7 @@ package domain_test
 import (
 	"testing"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // bucketVectors are published in README.md; any client must reproduce them.

@@ -13,9 +13,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
-	"segments/internal/readcache"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/readcache"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // BenchmarkDecodeChangeRequest decodes and validates a typical change: two

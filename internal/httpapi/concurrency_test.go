@@ -12,8 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"segments/internal/httpapi"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 // randomChange picks a random, valid change over slugs: up to three adds

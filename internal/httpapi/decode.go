@@ -15,7 +15,7 @@ import (
 
 	"github.com/go-playground/validator/v10"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // maxBodyBytes bounds every request body.

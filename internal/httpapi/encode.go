@@ -5,7 +5,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // appendUserSegments appends the JSON of UserSegments{userID, ms}, byte for

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 func TestUserSegmentsEncodingMatchesEncodingJSON(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"go.uber.org/zap"
 
-	"segments/internal/logctx"
+	"github.com/segments-service/segments/internal/logctx"
 )
 
 type ctxKey int

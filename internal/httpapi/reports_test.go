@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/httpapi"
 )
 
 // reportLink asks for a report and returns the link's path and query.

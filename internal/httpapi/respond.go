@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // respond writes v as JSON with status.

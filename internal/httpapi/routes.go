@@ -26,9 +26,9 @@ import (
 	httpSwagger "github.com/swaggo/http-swagger/v2"
 	"go.uber.org/zap"
 
-	_ "segments/docs" // registers the generated OpenAPI spec
-	"segments/internal/readcache"
-	"segments/internal/service"
+	_ "github.com/segments-service/segments/docs" // registers the generated OpenAPI spec
+	"github.com/segments-service/segments/internal/readcache"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // Options are what the router needs.

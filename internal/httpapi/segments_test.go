@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/httpapi"
 )
 
 func TestCreateAndGetSegment(t *testing.T) {

@@ -16,11 +16,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
-	"segments/internal/apitest"
-	"segments/internal/app"
-	"segments/internal/httpapi"
-	"segments/internal/localserver"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/apitest"
+	"github.com/segments-service/segments/internal/app"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // TestSpecMatchesRoutes checks that docs/openapi.json documents exactly

@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"time"
 
-	"segments/internal/domain"
-	"segments/internal/readcache"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/readcache"
 )
 
 // RegisterUsersRequest is the body of POST /users.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/httpapi"
 )
 
 func slugsOf(ms []httpapi.Membership) []string {

@@ -19,8 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
-	"segments/internal/readcache"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/readcache"
 )
 
 const namespace = "segments"

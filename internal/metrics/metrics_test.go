@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/metrics"
+	"github.com/segments-service/segments/internal/metrics"
 )
 
 func scrape(t *testing.T, m *metrics.Metrics) string {

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/domain"
-	"segments/internal/postgres"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/postgres"
 )
 
 // parallelism × GOMAXPROCS goroutines send changes at once.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // TestDatabaseHashMatchesGo checks that the database's segment_hash and

@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
-	"segments/internal/postgres"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/postgres"
 )
 
 // heard is a postgres.Invalidator that keeps what it is told.

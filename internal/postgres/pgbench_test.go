@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"segments/internal/domain"
-	"segments/internal/postgres"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/postgres"
 )
 
 var update = flag.Bool("update", false, "rewrite bench/pgbench/change.sql from the statements the service sends")

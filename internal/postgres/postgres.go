@@ -36,8 +36,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
-	"segments/internal/domain"
-	"segments/migrations"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/migrations"
 )
 
 // Recorder counts memberships that appeared or disappeared, by history

@@ -12,9 +12,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"segments/internal/domain"
-	"segments/internal/postgres"
-	"segments/internal/testenv"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 var env *testenv.Env

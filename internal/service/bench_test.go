@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"segments/internal/domain"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/service"
 )
 
 func BenchmarkReportLinkAndOpen(b *testing.B) {

@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // ExpiryScheduler arranges for a membership to be removed at its expiry. It

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // HistoryStore is the storage Reports needs.

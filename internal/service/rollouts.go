@@ -8,8 +8,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"segments/internal/domain"
-	"segments/internal/logctx"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/logctx"
 )
 
 // RolloutScheduler queues the rollout of a percent segment. It is best

@@ -9,8 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
-	"segments/internal/logctx"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/logctx"
 )
 
 // SegmentStore is the storage Segments needs. Every method is atomic.

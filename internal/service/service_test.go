@@ -12,8 +12,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/service"
 )
 
 var errStore = errors.New("store failed")

@@ -8,8 +8,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"segments/internal/domain"
-	"segments/internal/logctx"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/logctx"
 )
 
 // UserStore is the storage Users needs. Every method is atomic.

@@ -9,9 +9,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 
-	"segments/internal/apitest"
-	"segments/internal/domain"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/apitest"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // fakeUsers records the change it is given.

@@ -29,7 +29,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"segments/internal/postgres"
+	"github.com/segments-service/segments/internal/postgres"
 )
 
 // Env is one PostgreSQL server and one Redis server for tests.

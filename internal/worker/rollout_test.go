@@ -15,13 +15,13 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
-	"segments/internal/apitest"
-	"segments/internal/domain"
-	"segments/internal/httpapi"
-	"segments/internal/postgres"
-	"segments/internal/service"
-	"segments/internal/testenv"
-	"segments/internal/worker"
+	"github.com/segments-service/segments/internal/apitest"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/service"
+	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/internal/worker"
 )
 
 // lowest returns the k users with the lowest (SegmentHash, id): the users a

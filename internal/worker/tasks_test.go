@@ -7,7 +7,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"segments/internal/domain"
+	"github.com/segments-service/segments/internal/domain"
 )
 
 func TestExpireTaskRoundTrip(t *testing.T) {

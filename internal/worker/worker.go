@@ -12,8 +12,8 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
-	"segments/internal/logctx"
-	"segments/internal/service"
+	"github.com/segments-service/segments/internal/logctx"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // Config tunes the asynq server and scheduler.

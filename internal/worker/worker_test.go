@@ -18,14 +18,14 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"segments/internal/apitest"
-	"segments/internal/app"
-	"segments/internal/domain"
-	"segments/internal/httpapi"
-	"segments/internal/localserver"
-	"segments/internal/postgres"
-	"segments/internal/testenv"
-	"segments/internal/worker"
+	"github.com/segments-service/segments/internal/apitest"
+	"github.com/segments-service/segments/internal/app"
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/internal/worker"
 )
 
 var env *testenv.Env
