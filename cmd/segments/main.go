@@ -23,6 +23,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/segments-service/segments/internal/app"
+	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/config"
 	"github.com/segments-service/segments/internal/httpapi"
 	"github.com/segments-service/segments/internal/metrics"
@@ -42,6 +43,8 @@ commands:
   migrate version  print the schema version
   probe [path]     GET path (default /healthz) on HTTP_ADDR; exit 0 on 200
                    (a container health check: the image has no shell)
+  token [--scope "segments:read segments:write segments:admin"] [--ttl 1h] [--sub name]
+                   print an HS256 token signed with AUTH_JWT_SECRET
 
 Configuration comes from environment variables; see .env.example.
 `
@@ -79,6 +82,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return serve(ctx, cfg, log, cmd != "worker", cmd != "serve")
 	case "probe":
 		return probe(ctx, cfg, args[2:], stdout)
+	case "token":
+		return tokenCmd(cfg, args[2:], stdout, time.Now())
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -86,6 +91,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		fmt.Fprint(stdout, usage)
 		return fmt.Errorf("unknown command %q", cmd)
 	}
+}
+
+// newVerifier returns the token verifier cfg asks for, or nil (with a
+// warning) if authentication is off.
+func newVerifier(ctx context.Context, cfg config.Auth, log *zap.Logger) (*auth.Verifier, error) {
+	if !cfg.Enabled() {
+		log.Warn("authentication is off: every caller may do everything; set AUTH_JWT_SECRET or AUTH_JWKS_URL to turn it on")
+		return nil, nil
+	}
+	v, err := auth.New(ctx, auth.Config{
+		Secret: []byte(cfg.JWTSecret), JWKSURL: cfg.JWKSURL, Issuer: cfg.Issuer, Audience: cfg.Audience,
+		Leeway: cfg.Leeway, JWKSRefresh: cfg.JWKSRefresh, JWKSUnknownKIDRefresh: cfg.JWKSUnknownKIDRefresh,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("authentication is on", zap.Bool("hs256", cfg.JWTSecret != ""), zap.String("jwks_url", cfg.JWKSURL),
+		zap.String("issuer", cfg.Issuer), zap.String("audience", cfg.Audience))
+	return v, nil
 }
 
 func migrateCmd(cfg config.Config, args []string, stdout io.Writer) error {
@@ -156,6 +180,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		RequestTimeout: cfg.HTTP.RequestTimeout,
 		Observer:       m,
 		Metrics:        m.Handler(),
+		AuthObserver:   m,
 	}
 	bg, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
@@ -177,6 +202,9 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 			background.Go(func() {
 				postgres.ListenInvalidations(bg, pool.Config().ConnConfig.Copy(), opts.Cache, m, time.Now, log.Named("cache"))
 			})
+		}
+		if opts.Auth, err = newVerifier(bg, cfg.Auth, log); err != nil {
+			return err
 		}
 		opts.ReportTimeout = cfg.Reports.Timeout
 		opts.PublicURL = cfg.Reports.PublicURL

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/segments-service/segments/internal/config"
 	"github.com/segments-service/segments/internal/httpapi"
 	"github.com/segments-service/segments/internal/service"
 )
@@ -176,6 +178,18 @@ func TestManifestsDecodeAndProbeRealEndpoints(t *testing.T) {
 		if !known[k] {
 			t.Errorf("Secret key %s is not a setting in .env.example", k)
 		}
+	}
+	// The settings a pod gets are a valid configuration, with
+	// authentication on (the JWT secret comes from the Secret).
+	settings := map[string]string{}
+	maps.Copy(settings, cm.Data)
+	maps.Copy(settings, m.secrets[0].StringData)
+	cfg, err := config.Load(func(k string) string { return settings[k] })
+	if err != nil {
+		t.Errorf("the pods' settings: %v", err)
+	}
+	if !cfg.Auth.Enabled() || m.secrets[0].StringData["AUTH_JWT_SECRET"] == "" {
+		t.Errorf("the manifests leave authentication off: set AUTH_JWT_SECRET in the Secret")
 	}
 	_, port, _ := strings.Cut(cm.Data["HTTP_ADDR"], ":")
 

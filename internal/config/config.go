@@ -23,7 +23,11 @@ type Config struct {
 	Worker   Worker
 	Reports  Reports
 	Cache    Cache
-	Admin    Admin
+	Auth     Auth
+	// IdempotencyTTL is how long a request's Idempotency-Key and stored
+	// response are kept.
+	IdempotencyTTL time.Duration
+	Admin          Admin
 	Log      Log
 	// ShutdownTimeout bounds a graceful shutdown.
 	ShutdownTimeout time.Duration
@@ -98,6 +102,27 @@ type Cache struct {
 	RelayInterval time.Duration
 }
 
+// Auth configures bearer-token authentication; off unless JWTSecret or
+// JWKSURL is set.
+type Auth struct {
+	// JWTSecret verifies HS256 tokens (its bytes as given, at least 32).
+	JWTSecret string
+	// JWKSURL is the JWK Set for RS256, ES256 and EdDSA tokens.
+	JWKSURL string
+	// Issuer and Audience, if set, must match the token's iss and aud.
+	Issuer, Audience string
+	// Leeway is the clock skew allowed on exp, nbf and iat.
+	Leeway time.Duration
+	// JWKSRefresh is how often the JWK Set is fetched again.
+	JWKSRefresh time.Duration
+	// JWKSUnknownKIDRefresh is the least time between extra fetches for
+	// tokens that name a key the set lacks.
+	JWKSUnknownKIDRefresh time.Duration
+}
+
+// Enabled says whether authentication is on.
+func (a Auth) Enabled() bool { return a.JWTSecret != "" || a.JWKSURL != "" }
+
 // Admin configures operator tools.
 type Admin struct {
 	// QueuesUI serves the asynq web UI (asynqmon) under /admin/queues. It
@@ -158,6 +183,16 @@ func Load(getenv func(string) string) (Config, error) {
 			Size:          p.intRange("CACHE_SIZE", 100000, 0, 100000000),
 			RelayInterval: p.durationRange("CACHE_RELAY_INTERVAL", 25*time.Millisecond, time.Millisecond, 10*time.Second),
 		},
+		Auth: Auth{
+			JWTSecret:             p.secret("AUTH_JWT_SECRET", 32),
+			JWKSURL:               p.url("AUTH_JWKS_URL"),
+			Issuer:                p.str("AUTH_JWT_ISSUER", ""),
+			Audience:              p.str("AUTH_JWT_AUDIENCE", ""),
+			Leeway:                p.durationRange("AUTH_JWT_LEEWAY", 30*time.Second, 0, 5*time.Minute),
+			JWKSRefresh:           p.durationRange("AUTH_JWKS_REFRESH_INTERVAL", 5*time.Minute, 100*time.Millisecond, 24*time.Hour),
+			JWKSUnknownKIDRefresh: p.durationRange("AUTH_JWKS_UNKNOWN_KID_INTERVAL", 10*time.Second, 0, time.Hour),
+		},
+		IdempotencyTTL: p.durationRange("IDEMPOTENCY_TTL", 24*time.Hour, time.Second, 30*24*time.Hour),
 		Admin: Admin{
 			QueuesUI: p.boolean("ADMIN_QUEUES_UI", false),
 		},
@@ -181,6 +216,9 @@ func (c Config) Redacted() Config {
 	c.Redis.URL = describeRedis(c.Redis.URL)
 	if c.Reports.Secret != "" {
 		c.Reports.Secret = "(set)"
+	}
+	if c.Auth.JWTSecret != "" {
+		c.Auth.JWTSecret = "(set)"
 	}
 	return c
 }

@@ -31,6 +31,8 @@ type requestState struct {
 	id string
 	// unmatched is set when no route matched (a 404 or 405 of the router).
 	unmatched bool
+	// subject is the verified token's subject.
+	subject string
 }
 
 func requestIDFrom(ctx context.Context) string {
@@ -165,6 +167,7 @@ func accessLog(log *zap.Logger, which string, observer RequestObserver) func(htt
 				}
 				log.Info("request",
 					zap.String("request_id", requestIDFrom(r.Context())),
+					zap.String("subject", callerFrom(r.Context())),
 					zap.String("method", r.Method),
 					zap.String("path", r.URL.Path),
 					zap.String("route", route),

@@ -32,6 +32,9 @@ type Problem struct {
 	// UnknownSlugs lists, for unknown-segments problems, every slug in the
 	// request that names no segment.
 	UnknownSlugs []string `json:"unknown_slugs,omitempty" example:"NO_SUCH_SEGMENT"`
+	// RequiredScope names, for insufficient-scope problems, the scope the
+	// route needs.
+	RequiredScope string `json:"required_scope,omitempty" example:"segments:admin"`
 	// RequestID lets the operator find the request in the logs.
 	RequestID string `json:"request_id,omitempty" example:"7f3c2a9e5b1d4c80"`
 }

@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	_ "github.com/segments-service/segments/docs" // registers the generated OpenAPI spec
+	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/readcache"
 	"github.com/segments-service/segments/internal/service"
 )
@@ -60,6 +61,16 @@ type Options struct {
 	Metrics http.Handler
 	// QueuesUI, if set, is served under /admin/queues.
 	QueuesUI http.Handler
+	// Auth, if set, verifies the bearer token every /api/v1 route but
+	// the report download needs; nil lets every caller in.
+	Auth *auth.Verifier
+	// AuthObserver, if set, counts refused tokens.
+	AuthObserver AuthObserver
+}
+
+// AuthObserver counts requests refused for their token, by reason.
+type AuthObserver interface {
+	AuthRefused(reason auth.Reason)
 }
 
 // RequestObserver records served requests, for monitoring.
@@ -129,24 +140,50 @@ func NewRouter(o Options) http.Handler {
 	r.Get("/swagger/*", headAsGet(httpSwagger.Handler(httpSwagger.URL("/swagger/doc.json"))))
 
 	r.Route("/api/v1", func(r chi.Router) {
-		r.Group(func(r chi.Router) {
-			r.Use(deadline(o.RequestTimeout))
-			r.Post("/segments", h.createSegment)
-			r.Get("/segments", h.listSegments)
-			r.Get("/segments/{slug}", h.getSegment)
-			r.Delete("/segments/{slug}", h.deleteSegment)
-
-			r.Post("/users", h.registerUsers)
-			r.Get("/users/{user_id}/segments", h.userSegments)
-			r.Post("/users/{user_id}/segments", h.changeUserSegments)
-			r.Get("/users/{user_id}/history", h.userHistory)
-
-			r.Post("/reports/history", h.createReport)
-		})
-		// A download streams for as long as the report takes.
-		r.With(deadline(o.ReportTimeout)).Get("/reports/history/{token}", h.downloadReport)
+		for _, rt := range apiRoutes {
+			timeout := o.RequestTimeout
+			if rt.download {
+				timeout = o.ReportTimeout // a download streams for as long as the report takes
+			}
+			r.With(deadline(timeout), authenticate(o.Auth, rt.scope, o.AuthObserver)).
+				Method(rt.method, rt.pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { rt.handle(h, w, r) }))
+		}
 	})
 	return r
+}
+
+// apiRoute is a route under /api/v1 and the scope a caller's token must
+// grant for it.
+type apiRoute struct {
+	method, pattern string
+	// scope is the scope the route needs; scopeOpen for none.
+	scope  string
+	handle func(*handler, http.ResponseWriter, *http.Request)
+	// download marks a route bounded by the report timeout rather than
+	// the request timeout.
+	download bool
+}
+
+// scopeOpen marks a route that needs no token: a report download, whose
+// link is signed and expires.
+const scopeOpen = ""
+
+// apiRoutes is every route under /api/v1, with who may call it: reading
+// and report links need segments:read, changing users segments:write,
+// changing segments segments:admin. HEAD goes with GET.
+var apiRoutes = []apiRoute{
+	{method: http.MethodPost, pattern: "/segments", scope: auth.ScopeAdmin, handle: (*handler).createSegment},
+	{method: http.MethodGet, pattern: "/segments", scope: auth.ScopeRead, handle: (*handler).listSegments},
+	{method: http.MethodGet, pattern: "/segments/{slug}", scope: auth.ScopeRead, handle: (*handler).getSegment},
+	{method: http.MethodDelete, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteSegment},
+
+	{method: http.MethodPost, pattern: "/users", scope: auth.ScopeWrite, handle: (*handler).registerUsers},
+	{method: http.MethodGet, pattern: "/users/{user_id}/segments", scope: auth.ScopeRead, handle: (*handler).userSegments},
+	{method: http.MethodPost, pattern: "/users/{user_id}/segments", scope: auth.ScopeWrite, handle: (*handler).changeUserSegments},
+	{method: http.MethodGet, pattern: "/users/{user_id}/history", scope: auth.ScopeRead, handle: (*handler).userHistory},
+
+	{method: http.MethodPost, pattern: "/reports/history", scope: auth.ScopeRead, handle: (*handler).createReport},
+	{method: http.MethodGet, pattern: "/reports/history/{token}", scope: scopeOpen, handle: (*handler).downloadReport, download: true},
 }
 
 // headAsGet hands a HEAD request to h as a GET, for handlers that refuse
@@ -174,4 +211,21 @@ func allowedMethods(routes chi.Routes, path string) []string {
 		}
 	}
 	return allowed
+}
+
+// Route is a route under /api/v1 as the scope table declares it.
+type Route struct {
+	Method, Pattern string
+	// Scope is the scope a token must grant; "" for an open route.
+	Scope string
+}
+
+// Routes lists every route under /api/v1 with its scope (for the spec's
+// security requirements and for tests).
+func Routes() []Route {
+	out := make([]Route, len(apiRoutes))
+	for i, r := range apiRoutes {
+		out[i] = Route{Method: r.method, Pattern: "/api/v1" + r.pattern, Scope: r.scope}
+	}
+	return out
 }

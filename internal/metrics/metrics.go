@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/readcache"
 )
@@ -34,6 +35,7 @@ type Metrics struct {
 	reports      *prometheus.CounterVec
 	tasks        *prometheus.CounterVec
 	taskDuration *prometheus.HistogramVec
+	authRefused  *prometheus.CounterVec
 
 	cacheLookups      [readcache.Off + 1]prometheus.Counter
 	cacheInvalidated  *prometheus.CounterVec
@@ -75,10 +77,14 @@ func New() *Metrics {
 			Help:    "Time to run a background task, by type.",
 			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300},
 		}, []string{"type"}),
+		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "auth", Name: "refused_total",
+			Help: "Requests refused for their bearer token (401) or its scopes (403), by reason.",
+		}, []string{"reason"}),
 	}
 	m.registerCache()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration)
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
 	for _, c := range domain.Changes {
@@ -89,8 +95,14 @@ func New() *Metrics {
 			m.reports.WithLabelValues(scope, outcome)
 		}
 	}
+	for _, r := range auth.Reasons {
+		m.authRefused.WithLabelValues(string(r))
+	}
 	return m
 }
+
+// AuthRefused counts a request refused for its token.
+func (m *Metrics) AuthRefused(r auth.Reason) { m.authRefused.WithLabelValues(string(r)).Inc() }
 
 // Handler serves the metrics in the Prometheus exposition format.
 func (m *Metrics) Handler() http.Handler {
