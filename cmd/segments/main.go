@@ -190,6 +190,7 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		// The API serves the use cases, and exports the figures only it
 		// exports (queue sizes, business figures).
 		opts.Segments, opts.Users, opts.Reports = svc.Segments, svc.Users, svc.Reports
+		opts.Idempotency, opts.IdempotencyObserver = svc.Idempotency, m
 		// Every API process takes part in relaying the changes queued for
 		// the caches (one relays at a time), whether or not its own cache
 		// is on.

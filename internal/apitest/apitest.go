@@ -175,10 +175,11 @@ func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[s
 		tb.Fatal(err)
 	}
 	return httpapi.Options{
-		Segments: svc.Segments,
-		Users:    svc.Users,
-		Reports:  svc.Reports,
-		Cache:    Cache(tb, pool, now),
+		Segments:    svc.Segments,
+		Users:       svc.Users,
+		Reports:     svc.Reports,
+		Idempotency: svc.Idempotency,
+		Cache:       Cache(tb, pool, now),
 		Checks: []httpapi.Check{
 			{Name: "postgres", Ping: pool.Ping},
 			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

@@ -23,14 +23,15 @@ import (
 
 // Each store and scheduler the services declare is implemented here.
 var (
-	_ service.SegmentStore     = (*postgres.SegmentRepo)(nil)
-	_ service.UserStore        = (*postgres.UserRepo)(nil)
-	_ service.RolloutStore     = (*postgres.RolloutRepo)(nil)
-	_ service.ExpiryStore      = (*postgres.ExpiryRepo)(nil)
-	_ service.HistoryStore     = (*postgres.HistoryRepo)(nil)
-	_ service.ExpiryScheduler  = (*worker.Client)(nil)
-	_ service.RolloutScheduler = (*worker.Client)(nil)
-	_ service.RolloutQueue     = (*worker.Client)(nil)
+	_ service.SegmentStore        = (*postgres.SegmentRepo)(nil)
+	_ service.UserStore           = (*postgres.UserRepo)(nil)
+	_ service.RolloutStore        = (*postgres.RolloutRepo)(nil)
+	_ service.ExpiryStore         = (*postgres.ExpiryRepo)(nil)
+	_ service.HistoryStore        = (*postgres.HistoryRepo)(nil)
+	_ service.IdempotencyKeyStore = (*postgres.IdempotencyRepo)(nil)
+	_ service.ExpiryScheduler     = (*worker.Client)(nil)
+	_ service.RolloutScheduler    = (*worker.Client)(nil)
+	_ service.RolloutQueue        = (*worker.Client)(nil)
 )
 
 // Recorder counts what the stores and services do; metrics.Metrics is one.
@@ -63,6 +64,10 @@ type Services struct {
 	Reports  *service.Reports
 	Expiry   *service.Expiry
 	Rollouts *service.Rollouts
+	// IdempotencyKeys sweeps old Idempotency-Keys.
+	IdempotencyKeys *service.IdempotencyKeys
+	// Idempotency runs requests sent with an Idempotency-Key.
+	Idempotency *postgres.IdempotencyRepo
 	// Tasks enqueues background tasks.
 	Tasks *worker.Client
 	// Stats reads figures about all segments.
@@ -89,6 +94,7 @@ func New(cfg config.Config, d Deps) (*Services, error) {
 
 	tasks := worker.NewClient(d.Redis, cfg.Worker.Queue, cfg.Worker.RolloutMaxRetry)
 	segments := postgres.NewSegmentRepo(d.Pool, d.Recorder)
+	keys := postgres.NewIdempotencyRepo(d.Pool)
 	return &Services{
 		Segments: service.NewSegments(segments, tasks, d.Log.Named("segments")),
 		Users:    service.NewUsers(postgres.NewUserRepo(d.Pool, d.Recorder), tasks, d.Now, d.Log.Named("users")),
@@ -97,8 +103,10 @@ func New(cfg config.Config, d Deps) (*Services, error) {
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, d.Recorder), d.Log.Named("expiry")),
 		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder), tasks,
 			cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, d.Log.Named("rollouts")),
-		Tasks: tasks,
-		Stats: segments.Stats,
+		IdempotencyKeys: service.NewIdempotencyKeys(keys, cfg.IdempotencyTTL, d.Now),
+		Idempotency:     keys,
+		Tasks:           tasks,
+		Stats:           segments.Stats,
 	}, nil
 }
 
@@ -115,5 +123,5 @@ func WorkerConfig(cfg config.Config) worker.Config {
 
 // WorkerServices are what the worker's handlers call.
 func (s *Services) WorkerServices() worker.Services {
-	return worker.Services{Expiry: s.Expiry, Rollouts: s.Rollouts}
+	return worker.Services{Expiry: s.Expiry, Rollouts: s.Rollouts, IdempotencyKeys: s.IdempotencyKeys}
 }

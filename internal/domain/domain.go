@@ -4,6 +4,7 @@
 package domain
 
 import (
+	"context"
 	"regexp"
 	"time"
 )
@@ -138,4 +139,26 @@ type SegmentStats struct {
 	// RolloutUsersLeft is how many users running rollouts have yet to
 	// reach.
 	RolloutUsersLeft int64
+}
+
+// StoredResponse is the response to a request sent with an
+// Idempotency-Key, kept to answer its retries.
+type StoredResponse struct {
+	// Fingerprint identifies the request: SHA-256 of its method, path and
+	// query, and body.
+	Fingerprint  []byte
+	Method, Path string
+	Status       int
+	Header       map[string][]string
+	Body         []byte
+	CreatedAt    time.Time
+}
+
+// KeyedAttempt is the transaction a request sent with an Idempotency-Key
+// runs in: its effects and its stored response commit together.
+type KeyedAttempt interface {
+	// Commit stores resp and commits it with the request's effects.
+	Commit(ctx context.Context, resp StoredResponse) error
+	// Rollback undoes the request's effects; it does nothing after Commit.
+	Rollback(ctx context.Context)
 }

@@ -72,3 +72,11 @@ func UnknownSlugs(slugs []string) error {
 		UnknownSlugs: slugs,
 	}
 }
+
+// ErrKeyInUse says a request with the same Idempotency-Key is running.
+var ErrKeyInUse = errors.New("idempotency key in use")
+
+// ErrCommitUncertain says a commit failed in a way that leaves its outcome
+// unknown (the connection was cut while committing): the effects may or
+// may not be there.
+var ErrCommitUncertain = errors.New("the outcome of the commit is unknown")

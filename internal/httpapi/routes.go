@@ -66,6 +66,11 @@ type Options struct {
 	Auth *auth.Verifier
 	// AuthObserver, if set, counts refused tokens.
 	AuthObserver AuthObserver
+	// Idempotency, if set, makes every POST, PATCH and DELETE under
+	// /api/v1 that carries an Idempotency-Key safe to retry.
+	Idempotency IdempotencyStore
+	// IdempotencyObserver, if set, counts keyed requests by outcome.
+	IdempotencyObserver IdempotencyObserver
 }
 
 // AuthObserver counts requests refused for their token, by reason.
@@ -145,8 +150,11 @@ func NewRouter(o Options) http.Handler {
 			if rt.download {
 				timeout = o.ReportTimeout // a download streams for as long as the report takes
 			}
-			r.With(deadline(timeout), authenticate(o.Auth, rt.scope, o.AuthObserver)).
-				Method(rt.method, rt.pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { rt.handle(h, w, r) }))
+			mw := []func(http.Handler) http.Handler{deadline(timeout), authenticate(o.Auth, rt.scope, o.AuthObserver)}
+			if rt.method != http.MethodGet {
+				mw = append(mw, idempotent(o.Idempotency, o.IdempotencyObserver, func() { h.cache.InvalidateAll("local") }))
+			}
+			r.With(mw...).Method(rt.method, rt.pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { rt.handle(h, w, r) }))
 		}
 	})
 	return r

@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/segments-service/segments/internal/aftercommit"
 	"github.com/segments-service/segments/internal/domain"
 )
 
@@ -166,7 +167,7 @@ func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
 	err := h.segments.Delete(r.Context(), chi.URLParam(r, "slug"))
 	// Which users held the segment is not known here; this replica drops
 	// everything before it answers (the others hear of each user).
-	h.cache.InvalidateAll("local")
+	aftercommit.Do(r.Context(), func() { h.cache.InvalidateAll("local") })
 	if err != nil {
 		respondError(w, r, err)
 		return

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/segments-service/segments/internal/aftercommit"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/readcache"
 )
@@ -88,7 +89,7 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, err := h.users.Register(r.Context(), req.UserIDs)
-	h.cache.Invalidate("local", req.UserIDs...)
+	aftercommit.Do(r.Context(), func() { h.cache.Invalidate("local", req.UserIDs...) })
 	if err != nil {
 		respondError(w, r, err)
 		return
@@ -178,8 +179,9 @@ func (h *handler) changeUserSegments(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := h.users.ChangeSegments(r.Context(), change)
 	// Read your writes: this replica forgets the user before answering
-	// (also on an error, which may come after the commit).
-	h.cache.Invalidate("local", id)
+	// (also on an error, which may come after the commit), once the
+	// change has committed (see aftercommit).
+	aftercommit.Do(r.Context(), func() { h.cache.Invalidate("local", id) })
 	if err != nil {
 		respondError(w, r, err)
 		return

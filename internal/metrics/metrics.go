@@ -36,6 +36,7 @@ type Metrics struct {
 	tasks        *prometheus.CounterVec
 	taskDuration *prometheus.HistogramVec
 	authRefused  *prometheus.CounterVec
+	keyed        *prometheus.CounterVec
 
 	cacheLookups      [readcache.Off + 1]prometheus.Counter
 	cacheInvalidated  *prometheus.CounterVec
@@ -77,6 +78,10 @@ func New() *Metrics {
 			Help:    "Time to run a background task, by type.",
 			Buckets: []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300},
 		}, []string{"type"}),
+		keyed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "idempotency", Name: "requests_total",
+			Help: "Requests sent with an Idempotency-Key, by outcome: first (ran, response stored), replayed, in_use (409), reused (422), not_stored (not a success).",
+		}, []string{"outcome"}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "auth", Name: "refused_total",
 			Help: "Requests refused for their bearer token (401) or its scopes (403), by reason.",
@@ -84,7 +89,7 @@ func New() *Metrics {
 	}
 	m.registerCache()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused)
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
 	for _, c := range domain.Changes {
@@ -95,11 +100,17 @@ func New() *Metrics {
 			m.reports.WithLabelValues(scope, outcome)
 		}
 	}
+	for _, o := range []string{"first", "replayed", "in_use", "reused", "not_stored"} {
+		m.keyed.WithLabelValues(o)
+	}
 	for _, r := range auth.Reasons {
 		m.authRefused.WithLabelValues(string(r))
 	}
 	return m
 }
+
+// IdempotentRequest counts a request sent with an Idempotency-Key.
+func (m *Metrics) IdempotentRequest(outcome string) { m.keyed.WithLabelValues(outcome).Inc() }
 
 // AuthRefused counts a request refused for its token.
 func (m *Metrics) AuthRefused(r auth.Reason) { m.authRefused.WithLabelValues(string(r)).Inc() }

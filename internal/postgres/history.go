@@ -71,7 +71,7 @@ func (r *HistoryRepo) userHistory(ctx context.Context, userID int64, from, to ti
 		WHERE user_id = $1 AND at >= $2 AND at < $3 AND (at, id) > ($4, $5)
 		ORDER BY at, id
 		LIMIT $6`
-	rows, _ := r.pool.Query(ctx, q, userID, from, to, after.At, after.ID, limit)
+	rows, _ := on(ctx, r.pool).Query(ctx, q, userID, from, to, after.At, after.ID, limit)
 	events, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.HistoryEvent])
 	if err != nil {
 		return nil, fmt.Errorf("history of user %d: %w", userID, dbError(err))

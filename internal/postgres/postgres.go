@@ -36,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/segments-service/segments/internal/aftercommit"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/migrations"
 )
@@ -220,7 +221,7 @@ func pgCode(err error) string {
 // connections and reads once more on a fresh one.
 func readAgain[T any](ctx context.Context, pool *pgxpool.Pool, read func() (T, error)) (T, error) {
 	v, err := read()
-	if err == nil || !errors.Is(err, domain.ErrUnavailable) || ctx.Err() != nil {
+	if err == nil || !errors.Is(err, domain.ErrUnavailable) || ctx.Err() != nil || inRequestTx(ctx) {
 		return v, err
 	}
 	pool.Reset()
@@ -228,9 +229,15 @@ func readAgain[T any](ctx context.Context, pool *pgxpool.Pool, read func() (T, e
 }
 
 // withTx runs fn in a transaction that commits if fn returns nil and rolls
-// back otherwise.
+// back otherwise (a savepoint, inside a request's transaction).
 func withTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
-	return dbError(pgx.BeginFunc(ctx, pool, fn))
+	return dbError(pgx.BeginFunc(ctx, on(ctx, pool), fn))
+}
+
+// recordAfterCommit reports changed memberships to rec once ctx's
+// transaction has committed.
+func recordAfterCommit(ctx context.Context, rec Recorder, op domain.Operation, reason domain.Reason, n int64) {
+	aftercommit.Do(ctx, func() { rec.MembershipsChanged(op, reason, n) })
 }
 
 // setReasonSQL tells the history triggers why the transaction changes

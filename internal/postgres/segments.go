@@ -90,7 +90,7 @@ func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment,
 
 func (r *SegmentRepo) segment(ctx context.Context, slug string) (domain.Segment, error) {
 	const q = `SELECT ` + segmentColumns + ` FROM segments s WHERE s.slug = $1`
-	rows, _ := r.pool.Query(ctx, q, slug)
+	rows, _ := on(ctx, r.pool).Query(ctx, q, slug)
 	seg, err := pgx.CollectExactlyOneRow(rows, scanSegment)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return domain.Segment{}, domain.NotFoundf("segment %q does not exist", slug)
@@ -113,7 +113,7 @@ func (r *SegmentRepo) segments(ctx context.Context, after string, limit int) ([]
 		WHERE s.slug > $1
 		ORDER BY s.slug
 		LIMIT $2`
-	rows, _ := r.pool.Query(ctx, q, after, limit)
+	rows, _ := on(ctx, r.pool).Query(ctx, q, after, limit)
 	segs, err := pgx.CollectRows(rows, scanSegment)
 	if err != nil {
 		return nil, fmt.Errorf("list segments after %q: %w", after, dbError(err))
@@ -164,8 +164,8 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
 	if err != nil {
 		return err
 	}
-	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, expired)
-	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonSegmentDeleted, deleted)
+	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonTTL, expired)
+	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonSegmentDeleted, deleted)
 	return nil
 }
 
@@ -177,7 +177,7 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 		FROM segments
 		GROUP BY 1`
 	s := domain.SegmentStats{Rollouts: map[domain.RolloutStatus]int64{}}
-	rows, err := r.pool.Query(ctx, q)
+	rows, err := on(ctx, r.pool).Query(ctx, q)
 	if err != nil {
 		return s, fmt.Errorf("segment stats: %w", dbError(err))
 	}

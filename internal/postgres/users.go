@@ -95,10 +95,10 @@ func (r *UserRepo) RegisterUsers(ctx context.Context, ids []int64) (int64, error
 	var registered, granted int64
 	b := &pgx.Batch{}
 	queueRegistration(b, ids, func(n, g int64) { registered, granted = n, g })
-	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := on(ctx, r.pool).SendBatch(ctx, b).Close(); err != nil {
 		return 0, fmt.Errorf("register %d users: %w", len(ids), dbError(err))
 	}
-	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, granted)
+	recordAfterCommit(ctx, r.rec, domain.OperationAdd, domain.ReasonAuto, granted)
 	return registered, nil
 }
 
@@ -122,7 +122,7 @@ func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Mem
 }
 
 func (r *UserRepo) userSegments(ctx context.Context, userID int64) ([]domain.Membership, error) {
-	rows, _ := r.pool.Query(ctx, userSegmentsSQL, userID)
+	rows, _ := on(ctx, r.pool).Query(ctx, userSegmentsSQL, userID)
 	ms, known, err := scanUserSegments(rows)
 	if err != nil {
 		return nil, fmt.Errorf("select segments of user %d: %w", userID, dbError(err))
@@ -138,10 +138,10 @@ func (r *UserRepo) userSegments(ctx context.Context, userID int64) ([]domain.Mem
 		ms, _, err = scanUserSegments(rows)
 		return err
 	})
-	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := on(ctx, r.pool).SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("register and select user %d: %w", userID, dbError(err))
 	}
-	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, granted)
+	recordAfterCommit(ctx, r.rec, domain.OperationAdd, domain.ReasonAuto, granted)
 	return ms, nil
 }
 
@@ -312,7 +312,7 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		res.Segments, err = pgx.CollectRows(rows, scanMembership)
 		return err
 	})
-	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+	if err := on(ctx, r.pool).SendBatch(ctx, b).Close(); err != nil {
 		return res, false, fmt.Errorf("change segments of user %d: %w", c.UserID, dbError(err))
 	}
 	switch {
@@ -327,10 +327,10 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 	}
 	slices.Sort(res.Added)
 	slices.Sort(res.Removed)
-	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, granted)
-	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonTTL, expired)
-	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonManual, created)
-	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonManual, int64(len(res.Removed)))
+	recordAfterCommit(ctx, r.rec, domain.OperationAdd, domain.ReasonAuto, granted)
+	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonTTL, expired)
+	recordAfterCommit(ctx, r.rec, domain.OperationAdd, domain.ReasonManual, created)
+	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonManual, int64(len(res.Removed)))
 	return res, false, nil
 }
 

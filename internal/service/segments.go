@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/segments-service/segments/internal/aftercommit"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/logctx"
 )
@@ -40,7 +41,8 @@ func NewSegments(store SegmentStore, rollouts RolloutScheduler, log *zap.Logger)
 // Create creates a segment. It returns domain.ErrConflict if the slug is
 // taken.
 //
-// A percent segment starts with its rollout pending and queued. Users
+// A percent segment starts with its rollout pending and queued (once the
+// creation has committed: see aftercommit). Users
 // registered from then on get it by the bucket rule at once; the rollout
 // reaches those registered before. A failure to queue the rollout (Redis
 // down) is logged and does not fail the creation: the worker's periodic
@@ -50,12 +52,14 @@ func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Seg
 	if err != nil || seg.AutoPercent == nil {
 		return seg, err
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
-	defer cancel()
-	if err := s.rollouts.ScheduleRollout(sctx, seg.ID); err != nil {
-		logctx.From(ctx, s.log).Warn("could not queue rollout; the worker's periodic resume will run it",
-			zap.String("slug", seg.Slug), zap.Error(err))
-	}
+	aftercommit.Do(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
+		defer cancel()
+		if err := s.rollouts.ScheduleRollout(sctx, seg.ID); err != nil {
+			logctx.From(ctx, s.log).Warn("could not queue rollout; the worker's periodic resume will run it",
+				zap.String("slug", seg.Slug), zap.Error(err))
+		}
+	})
 	return seg, nil
 }
 

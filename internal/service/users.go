@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/segments-service/segments/internal/aftercommit"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/logctx"
 )
@@ -64,7 +65,7 @@ func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership
 // forms, an expiry not in the future) and domain.ErrNotFound listing every
 // unknown slug; in both cases nothing is changed.
 //
-// Once the change is committed, each added membership with an expiry is
+// Once the change has committed (see aftercommit), each added membership with an expiry is
 // scheduled for removal. A failure to schedule (Redis down) is logged and
 // does not fail the change: after the first failure the rest are left to
 // the sweep, so that an outage costs a change one scheduleTimeout at most.
@@ -77,6 +78,13 @@ func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (dom
 	if err != nil || c.ExpiresAt == nil {
 		return res, err
 	}
+	aftercommit.Do(ctx, func() { u.scheduleExpiries(ctx, res) })
+	return res, nil
+}
+
+// scheduleExpiries schedules the removal of the memberships res added
+// with an expiry.
+func (u *Users) scheduleExpiries(ctx context.Context, res domain.ChangeResult) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 	defer cancel()
 	for _, m := range res.Segments {
@@ -87,10 +95,9 @@ func (u *Users) ChangeSegments(ctx context.Context, c domain.SegmentChange) (dom
 		if err := u.expiries.ScheduleExpiry(sctx, e); err != nil {
 			logctx.From(ctx, u.log).Warn("could not schedule expiry; the sweep will remove it",
 				zap.Int64("user_id", e.UserID), zap.Strings("slugs", res.Added), zap.Time("expires_at", e.ExpiresAt), zap.Error(err))
-			break
+			return
 		}
 	}
-	return res, nil
 }
 
 // normalize checks c's rules across fields, drops repeated slugs and turns a

@@ -25,6 +25,8 @@ const (
 	TypeRollout = "segment:rollout"
 	// TypeResumeRollouts runs every unfinished rollout that nobody runs.
 	TypeResumeRollouts = "segment:resume-rollouts"
+	// TypeSweepIdempotencyKeys deletes Idempotency-Keys past their TTL.
+	TypeSweepIdempotencyKeys = "idempotency:sweep"
 )
 
 // rolloutPayload is the payload of TypeRollout.
@@ -73,6 +75,10 @@ func NewSweepTask() *asynq.Task { return asynq.NewTask(TypeSweepExpired, nil) }
 // NewResumeRolloutsTask returns the periodic task that queues unfinished
 // rollouts again.
 func NewResumeRolloutsTask() *asynq.Task { return asynq.NewTask(TypeResumeRollouts, nil) }
+
+// NewSweepIdempotencyKeysTask returns the periodic task that deletes
+// Idempotency-Keys past their TTL.
+func NewSweepIdempotencyKeysTask() *asynq.Task { return asynq.NewTask(TypeSweepIdempotencyKeys, nil) }
 
 func parseExpiry(t *asynq.Task) (domain.Expiry, error) {
 	var e domain.Expiry

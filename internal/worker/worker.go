@@ -33,8 +33,9 @@ type Config struct {
 
 // Services are what the task handlers call.
 type Services struct {
-	Expiry   *service.Expiry
-	Rollouts *service.Rollouts
+	Expiry          *service.Expiry
+	Rollouts        *service.Rollouts
+	IdempotencyKeys *service.IdempotencyKeys
 }
 
 // TaskObserver records finished tasks, for monitoring; outcome is an
@@ -142,6 +143,7 @@ func NewServer(redisOpt asynq.RedisConnOpt, cfg Config, svc Services, obs TaskOb
 	s.mux.HandleFunc(TypeSweepExpired, s.handleSweep)
 	s.mux.HandleFunc(TypeRollout, s.handleRollout)
 	s.mux.HandleFunc(TypeResumeRollouts, s.handleResumeRollouts)
+	s.mux.HandleFunc(TypeSweepIdempotencyKeys, s.handleSweepIdempotencyKeys)
 	return s
 }
 
@@ -174,7 +176,7 @@ func (s *Server) Start() error {
 	// One of each per interval across all workers: a duplicate within the
 	// interval is refused by Unique.
 	every := fmt.Sprintf("@every %s", s.cfg.SweepInterval)
-	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask()} {
+	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask()} {
 		_, err := s.sched.Register(every, t, asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval),
 			asynq.MaxRetry(0), asynq.Timeout(10*time.Minute))
 		if err != nil {
@@ -232,6 +234,14 @@ func (s *Server) handleRollout(ctx context.Context, t *asynq.Task) error {
 
 func (s *Server) handleResumeRollouts(ctx context.Context, _ *asynq.Task) error {
 	return s.svc.Rollouts.Resume(ctx)
+}
+
+func (s *Server) handleSweepIdempotencyKeys(ctx context.Context, _ *asynq.Task) error {
+	n, err := s.svc.IdempotencyKeys.Sweep(ctx, s.cfg.SweepBatch)
+	if n > 0 {
+		s.log.Info("swept idempotency keys past their TTL", zap.Int64("keys", n))
+	}
+	return err
 }
 
 func taskFields(ctx context.Context, t *asynq.Task) []zap.Field {

@@ -1,0 +1,201 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+
+	"go.uber.org/zap"
+
+	"github.com/segments-service/segments/internal/domain"
+)
+
+// IdempotencyStore runs requests sent with an Idempotency-Key: each in a
+// transaction that commits its effects together with its response
+// (postgres.IdempotencyRepo).
+type IdempotencyStore interface {
+	// Begin opens the transaction, claiming caller's key for it
+	// (domain.ErrKeyInUse if another holds it), and returns the response
+	// stored under the key, if any. The context it returns carries the
+	// transaction.
+	Begin(ctx context.Context, caller, key string) (context.Context, domain.KeyedAttempt, *domain.StoredResponse, error)
+}
+
+// IdempotencyObserver counts keyed requests by outcome: "first" (ran and
+// stored), "replayed", "in_use" (409), "reused" (422), "not_stored" (ran;
+// not a success, so not stored).
+type IdempotencyObserver interface {
+	IdempotentRequest(outcome string)
+}
+
+// Idempotency headers and problem types.
+const (
+	idempotencyKeyHeader  = "Idempotency-Key"
+	replayedHeader        = "Idempotent-Replayed"
+	typeKeyInUse          = "urn:segments:problem:idempotency-key-in-use"
+	typeKeyReused         = "urn:segments:problem:idempotency-key-reused"
+	maxIdempotencyKeySize = 255
+)
+
+// idempotent makes a write safe to retry: a request with an
+// Idempotency-Key runs in a transaction that also stores its response
+// under the caller's key, and a retry with that key gets the stored
+// response again (Idempotent-Replayed: true) and changes nothing. The
+// same key with another method, path or body is refused (422); a retry
+// while the first is running gets 409. Only successes are stored: a
+// request refused with a 4xx changed nothing, and runs again when retried.
+// Requests without the header run as they are.
+//
+// onUnknownOutcome runs when a commit fails in a way that leaves its
+// outcome unknown (the service drops its cached reads then).
+func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcome func()) func(http.Handler) http.Handler {
+	count := func(outcome string) {
+		if obs != nil {
+			obs.IdempotentRequest(outcome)
+		}
+	}
+	return func(next http.Handler) http.Handler {
+		if store == nil {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			keys := r.Header.Values(idempotencyKeyHeader)
+			if len(keys) == 0 {
+				next.ServeHTTP(w, r)
+				return
+			}
+			if len(keys) > 1 || !validIdempotencyKey(keys[0]) {
+				statusProblem(w, r, http.StatusBadRequest,
+					"Idempotency-Key must be one header of 1 to 255 printable ASCII characters")
+				return
+			}
+			key := keys[0]
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+			if err != nil {
+				bodyReadProblem(w, r, err)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			fingerprint := requestFingerprint(r, body)
+
+			ctx, attempt, stored, err := store.Begin(r.Context(), callerFrom(r.Context()), key)
+			switch {
+			case errors.Is(err, domain.ErrKeyInUse):
+				count("in_use")
+				w.Header().Set("Retry-After", retryAfterSeconds)
+				writeProblem(w, r, Problem{Type: typeKeyInUse, Title: "Conflict", Status: http.StatusConflict,
+					Detail: "a request with this Idempotency-Key is still running; retry it after that one has been answered"})
+				return
+			case err != nil:
+				respondError(w, r, err)
+				return
+			}
+			defer attempt.Rollback(ctx)
+			if stored != nil {
+				if !bytes.Equal(stored.Fingerprint, fingerprint) {
+					count("reused")
+					writeProblem(w, r, Problem{Type: typeKeyReused, Title: "Idempotency-Key reused", Status: http.StatusUnprocessableEntity,
+						Detail: fmt.Sprintf("this Idempotency-Key was used at %s for %s %s with another request; use a new key for a new request",
+							stored.CreatedAt.UTC().Format("2006-01-02T15:04:05Z07:00"), stored.Method, stored.Path)})
+					return
+				}
+				count("replayed")
+				maps.Copy(w.Header(), stored.Header)
+				w.Header().Set(replayedHeader, "true")
+				w.WriteHeader(stored.Status)
+				_, _ = w.Write(stored.Body)
+				return
+			}
+
+			rec := &recordedResponse{header: http.Header{}}
+			next.ServeHTTP(rec, r.WithContext(ctx))
+			if rec.status == 0 {
+				rec.status = http.StatusOK
+			}
+			if rec.status >= 200 && rec.status < 300 {
+				err := attempt.Commit(ctx, domain.StoredResponse{
+					Fingerprint: fingerprint, Method: r.Method, Path: r.URL.RequestURI(),
+					Status: rec.status, Header: rec.header, Body: append([]byte{}, rec.body.Bytes()...),
+				})
+				if errors.Is(err, domain.ErrCommitUncertain) {
+					// The commit may or may not have happened (a cut
+					// connection): a retry with the key finds out. What this
+					// replica cached of the users involved is unknown now.
+					loggerFrom(r.Context()).Warn("keyed request: the commit failed; its outcome is unknown", zap.Error(err))
+					onUnknownOutcome()
+				}
+				if err != nil {
+					respondError(w, r, err)
+					return
+				}
+				count("first")
+			} else {
+				count("not_stored")
+			}
+			maps.Copy(w.Header(), rec.header)
+			w.WriteHeader(rec.status)
+			_, _ = w.Write(rec.body.Bytes())
+		})
+	}
+}
+
+// bodyReadProblem answers a body that cannot be read whole.
+func bodyReadProblem(w http.ResponseWriter, r *http.Request, err error) {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		statusProblem(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxBodyBytes))
+		return
+	}
+	writeProblem(w, r, Problem{Type: typeMalformed, Title: "Request body is malformed", Status: http.StatusBadRequest,
+		Detail: "the body cannot be read: " + err.Error()})
+}
+
+// validIdempotencyKey accepts 1 to 255 printable ASCII characters.
+func validIdempotencyKey(k string) bool {
+	if k == "" || len(k) > maxIdempotencyKeySize {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x20 || k[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// requestFingerprint is SHA-256 of the method, the path and query, and
+// the body.
+func requestFingerprint(r *http.Request, body []byte) []byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s %s\n", r.Method, r.URL.RequestURI())
+	h.Write(body)
+	return h.Sum(nil)
+}
+
+// recordedResponse holds a keyed request's response until its
+// transaction has committed.
+type recordedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recordedResponse) Header() http.Header { return r.header }
+
+func (r *recordedResponse) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *recordedResponse) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.body.Write(b)
+}
