@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// cutProxy stands between the API and PostgreSQL and, once armed, cuts
+// the connection that sends a chosen statement: after passing it on (the
+// server runs it; the client never hears back) or instead of passing it
+// on (the server sees the connection drop mid-transaction). It reads the
+// frontend protocol's message framing and nothing else.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+
+	mu      sync.Mutex
+	prefix  string // lower-case statement prefix to cut at; "" when disarmed
+	forward bool
+	fired   chan string
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+// arm makes the proxy cut the next connection that sends a statement
+// starting with prefix; it returns a channel that receives the statement.
+func (p *cutProxy) arm(prefix string, forward bool) <-chan string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.prefix, p.forward, p.fired = strings.ToLower(prefix), forward, make(chan string, 1)
+	return p.fired
+}
+
+func (p *cutProxy) serve(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	// Once the armed statement is passed on, nothing the server sends
+	// reaches the client: it must not learn the outcome.
+	var frozen atomic.Bool
+	go func() {
+		defer client.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 && !frozen.Load() {
+				if _, werr := client.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	// The startup message has no type byte: a length, then the rest.
+	var n [4]byte
+	if _, err := io.ReadFull(client, n[:]); err != nil {
+		return
+	}
+	startup := make([]byte, binary.BigEndian.Uint32(n[:])-4)
+	if _, err := io.ReadFull(client, startup); err != nil {
+		return
+	}
+	if _, err := server.Write(append(n[:], startup...)); err != nil {
+		return
+	}
+	for {
+		var head [5]byte
+		if _, err := io.ReadFull(client, head[:]); err != nil {
+			return
+		}
+		body := make([]byte, binary.BigEndian.Uint32(head[1:])-4)
+		if _, err := io.ReadFull(client, body); err != nil {
+			return
+		}
+		msg := append(head[:], body...)
+		if stmt, forward, ok := p.statement(head[0], body); ok {
+			frozen.Store(true)
+			if forward {
+				_, _ = server.Write(msg)
+				time.Sleep(200 * time.Millisecond) // let the server run it before it sees the cut
+			}
+			p.fired <- stmt
+			return
+		}
+		if _, err := server.Write(msg); err != nil {
+			return
+		}
+	}
+}
+
+// statement reports whether a message is the armed statement (a simple
+// query, or the Parse of an extended one), disarming the proxy if so.
+func (p *cutProxy) statement(typ byte, body []byte) (stmt string, forward, ok bool) {
+	var sql []byte
+	switch typ {
+	case 'Q':
+		sql = body
+	case 'P': // statement name, NUL, query, NUL, ...
+		if _, rest, ok := bytes.Cut(body, []byte{0}); ok {
+			sql = rest
+		}
+	default:
+		return "", false, false
+	}
+	sql, _, _ = bytes.Cut(sql, []byte{0})
+	stmt = strings.ToLower(strings.TrimSpace(string(sql)))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.prefix == "" || !strings.HasPrefix(stmt, p.prefix) {
+		return "", false, false
+	}
+	p.prefix = ""
+	return stmt, p.forward, true
+}
+
+// keyedPost sends a POST with an Idempotency-Key and returns the status,
+// the body and whether it was a replay.
+func keyedPost(t *testing.T, url, key, body string) (int, string, bool) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header.Get("Idempotent-Replayed") == "true"
+}
+
+// TestRetryAfterACutCommitAppliesOnce cuts the API's connection to
+// PostgreSQL while it commits a keyed change, in the two places that
+// matter: once the server has the COMMIT (the change is applied, the
+// client gets a 503), and before the response is stored (nothing is
+// applied). Either way the client's retry with the same key ends with the
+// change applied exactly once and the first outcome in hand; after the API
+// restarts, the key still replays from the database.
+func TestRetryAfterACutCommitAppliesOnce(t *testing.T) {
+	vars, pool := cacheVars(t)
+	u, err := url.Parse(vars["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newCutProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	vars["DATABASE_URL"] = u.String()
+	api := startReplica(t, "api", vars)
+	api.send(t, "POST", "/api/v1/segments", `{"slug":"CUT_A"}`)
+	api.send(t, "POST", "/api/v1/segments", `{"slug":"CUT_B"}`)
+	events := func(user int64) int64 {
+		return count(t, pool, fmt.Sprintf(`SELECT count(*) FROM membership_history WHERE user_id = %d`, user))
+	}
+
+	for _, tc := range []struct {
+		name    string
+		user    int64
+		prefix  string
+		forward bool
+		applied bool // whether the first attempt's change is in the database after the cut
+	}{
+		{"cut once the server has the commit", 1000, "commit", true, true},
+		{"cut before the response is stored", 1001, "insert into idempotency_keys", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := fmt.Sprintf("%s/api/v1/users/%d/segments", api.base, tc.user)
+			body := `{"add":["CUT_A","CUT_B"]}`
+			fired := proxy.arm(tc.prefix, tc.forward)
+			// A pooled connection that an earlier cut killed fails the
+			// request before it runs (503); the client retries with its key
+			// until the cut happens.
+			for attempt := 1; ; attempt++ {
+				status, answer, _ := keyedPost(t, path, "cut-"+tc.name, body)
+				if status != http.StatusServiceUnavailable {
+					t.Fatalf("attempt %d got %d %s, want 503", attempt, status, answer)
+				}
+				select {
+				case stmt := <-fired:
+					t.Logf("attempt %d: cut at %q; the client got %d %s", attempt, stmt, status, answer)
+				default:
+					if attempt == 5 {
+						t.Fatal("the proxy never saw the statement")
+					}
+					continue
+				}
+				break
+			}
+			want := int64(0)
+			if tc.applied {
+				want = 2
+			}
+			if n := events(tc.user); n != want {
+				t.Fatalf("after the cut: %d history events, want %d", n, want)
+			}
+			status, answer, replayed := keyedPost(t, path, "cut-"+tc.name, body)
+			if status != http.StatusOK || replayed != tc.applied || !strings.Contains(answer, `"added":["CUT_A","CUT_B"]`) {
+				t.Fatalf("retry: %d %s (replayed %v), want 200 with both added (replayed %v)", status, answer, replayed, tc.applied)
+			}
+			if n := events(tc.user); n != 2 {
+				t.Fatalf("after the retry: %d history events, want 2 (one add per segment)", n)
+			}
+		})
+	}
+
+	// A restarted API replays from the database.
+	_ = api.cmd.Process.Kill()
+	_, _ = api.cmd.Process.Wait()
+	again := startReplica(t, "api-restarted", vars)
+	status, answer, replayed := keyedPost(t, again.base+"/api/v1/users/1000/segments", "cut-cut once the server has the commit", `{"add":["CUT_A","CUT_B"]}`)
+	if status != http.StatusOK || !replayed || !strings.Contains(answer, `"added":["CUT_A","CUT_B"]`) {
+		t.Fatalf("after a restart: %d %s (replayed %v)", status, answer, replayed)
+	}
+	if n := events(1000); n != 2 {
+		t.Fatalf("after the restart's retry: %d history events, want 2", n)
+	}
+}
