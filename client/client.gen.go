@@ -212,6 +212,12 @@ type Problem struct {
 	// Example: 7f3c2a9e5b1d4c80
 	RequestId *string `json:"request_id,omitempty"`
 
+	// RequiredScope RequiredScope names, for insufficient-scope problems, the scope the
+	// route needs.
+	//
+	// Example: segments:admin
+	RequiredScope *string `json:"required_scope,omitempty"`
+
 	// Status Example: 422
 	Status int `json:"status"`
 
@@ -331,6 +337,12 @@ type UserSegments struct {
 	UserId int64 `json:"user_id"`
 }
 
+// CreateHistoryReportParams defines parameters for CreateHistoryReport.
+type CreateHistoryReportParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
 // ListSegmentsParams defines parameters for ListSegments.
 type ListSegmentsParams struct {
 	// Limit Page size (1 to 1000)
@@ -338,6 +350,24 @@ type ListSegmentsParams struct {
 
 	// After Return segments whose slug sorts after this one
 	After *string `form:"after,omitempty" json:"after,omitempty"`
+}
+
+// CreateSegmentParams defines parameters for CreateSegment.
+type CreateSegmentParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
+// DeleteSegmentParams defines parameters for DeleteSegment.
+type DeleteSegmentParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
+// RegisterUsersParams defines parameters for RegisterUsers.
+type RegisterUsersParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
 // GetUserHistoryParams defines parameters for GetUserHistory.
@@ -353,6 +383,12 @@ type GetUserHistoryParams struct {
 
 	// After Cursor from the previous page
 	After *string `form:"after,omitempty" json:"after,omitempty"`
+}
+
+// ChangeUserSegmentsParams defines parameters for ChangeUserSegments.
+type ChangeUserSegmentsParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
 // CreateHistoryReportJSONRequestBody defines body for CreateHistoryReport for application/json ContentType.
@@ -443,21 +479,21 @@ type ClientInterface interface {
 
 	// CreateHistoryReportWithBody Get a link to a month's history as CSV
 	//
-	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-	CreateHistoryReportWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CreateHistoryReportWithBody(ctx context.Context, params *CreateHistoryReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateHistoryReport Get a link to a month's history as CSV
 	//
-	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-	CreateHistoryReport(ctx context.Context, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CreateHistoryReport(ctx context.Context, params *CreateHistoryReportParams, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DownloadHistoryReport Download a history report
 	//
@@ -468,101 +504,103 @@ type ClientInterface interface {
 
 	// ListSegments List segments
 	//
-	// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.
+	// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 	//
 	// Corresponds with GET /segments (the `ListSegments` operationId).
 	ListSegments(ctx context.Context, params *ListSegmentsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateSegmentWithBody Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /segments (the `CreateSegment` operationId).
-	CreateSegmentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CreateSegmentWithBody(ctx context.Context, params *CreateSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateSegment Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /segments (the `CreateSegment` operationId).
-	CreateSegment(ctx context.Context, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CreateSegment(ctx context.Context, params *CreateSegmentParams, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeleteSegment Delete a segment
 	//
-	// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment.
+	// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment. Needs a token with the scope segments:admin.
 	//
 	// Corresponds with DELETE /segments/{slug} (the `DeleteSegment` operationId).
-	DeleteSegment(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeleteSegment(ctx context.Context, slug string, params *DeleteSegmentParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetSegment Get a segment
+	//
+	// Needs a token with the scope segments:read.
 	//
 	// Corresponds with GET /segments/{slug} (the `GetSegment` operationId).
 	GetSegment(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RegisterUsersWithBody Register users in bulk
 	//
-	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /users (the `RegisterUsers` operationId).
-	RegisterUsersWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	RegisterUsersWithBody(ctx context.Context, params *RegisterUsersParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RegisterUsers Register users in bulk
 	//
-	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /users (the `RegisterUsers` operationId).
-	RegisterUsers(ctx context.Context, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	RegisterUsers(ctx context.Context, params *RegisterUsersParams, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetUserHistory Get a user's history
 	//
-	// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
+	// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 	//
 	// Corresponds with GET /users/{user_id}/history (the `GetUserHistory` operationId).
 	GetUserHistory(ctx context.Context, userId int64, params *GetUserHistoryParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetUserSegments Get a user's segments
 	//
-	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
+	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
 	//
 	// Corresponds with GET /users/{user_id}/segments (the `GetUserSegments` operationId).
 	GetUserSegments(ctx context.Context, userId int64, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ChangeUserSegmentsWithBody Add and remove a user's segments
 	//
-	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-	ChangeUserSegmentsWithBody(ctx context.Context, userId int64, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ChangeUserSegmentsWithBody(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ChangeUserSegments Add and remove a user's segments
 	//
-	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-	ChangeUserSegments(ctx context.Context, userId int64, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ChangeUserSegments(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // CreateHistoryReportWithBody Get a link to a month's history as CSV
 //
-// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 //
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-func (c *Client) CreateHistoryReportWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateHistoryReportRequestWithBody(c.Server, contentType, body)
+func (c *Client) CreateHistoryReportWithBody(ctx context.Context, params *CreateHistoryReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateHistoryReportRequestWithBody(c.Server, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -575,13 +613,13 @@ func (c *Client) CreateHistoryReportWithBody(ctx context.Context, contentType st
 
 // CreateHistoryReport Get a link to a month's history as CSV
 //
-// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-func (c *Client) CreateHistoryReport(ctx context.Context, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateHistoryReportRequest(c.Server, body)
+func (c *Client) CreateHistoryReport(ctx context.Context, params *CreateHistoryReportParams, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateHistoryReportRequest(c.Server, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -611,7 +649,7 @@ func (c *Client) DownloadHistoryReport(ctx context.Context, token string, reqEdi
 
 // ListSegments List segments
 //
-// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.
+// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 //
 // Corresponds with GET /segments (the `ListSegments` operationId).
 func (c *Client) ListSegments(ctx context.Context, params *ListSegmentsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -628,13 +666,13 @@ func (c *Client) ListSegments(ctx context.Context, params *ListSegmentsParams, r
 
 // CreateSegmentWithBody Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /segments (the `CreateSegment` operationId).
-func (c *Client) CreateSegmentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateSegmentRequestWithBody(c.Server, contentType, body)
+func (c *Client) CreateSegmentWithBody(ctx context.Context, params *CreateSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSegmentRequestWithBody(c.Server, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -647,13 +685,13 @@ func (c *Client) CreateSegmentWithBody(ctx context.Context, contentType string, 
 
 // CreateSegment Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /segments (the `CreateSegment` operationId).
-func (c *Client) CreateSegment(ctx context.Context, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewCreateSegmentRequest(c.Server, body)
+func (c *Client) CreateSegment(ctx context.Context, params *CreateSegmentParams, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSegmentRequest(c.Server, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -666,11 +704,11 @@ func (c *Client) CreateSegment(ctx context.Context, body CreateSegmentJSONReques
 
 // DeleteSegment Delete a segment
 //
-// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment.
+// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment. Needs a token with the scope segments:admin.
 //
 // Corresponds with DELETE /segments/{slug} (the `DeleteSegment` operationId).
-func (c *Client) DeleteSegment(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeleteSegmentRequest(c.Server, slug)
+func (c *Client) DeleteSegment(ctx context.Context, slug string, params *DeleteSegmentParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteSegmentRequest(c.Server, slug, params)
 	if err != nil {
 		return nil, err
 	}
@@ -682,6 +720,8 @@ func (c *Client) DeleteSegment(ctx context.Context, slug string, reqEditors ...R
 }
 
 // GetSegment Get a segment
+//
+// Needs a token with the scope segments:read.
 //
 // Corresponds with GET /segments/{slug} (the `GetSegment` operationId).
 func (c *Client) GetSegment(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -698,13 +738,13 @@ func (c *Client) GetSegment(ctx context.Context, slug string, reqEditors ...Requ
 
 // RegisterUsersWithBody Register users in bulk
 //
-// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 //
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /users (the `RegisterUsers` operationId).
-func (c *Client) RegisterUsersWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewRegisterUsersRequestWithBody(c.Server, contentType, body)
+func (c *Client) RegisterUsersWithBody(ctx context.Context, params *RegisterUsersParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRegisterUsersRequestWithBody(c.Server, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -717,13 +757,13 @@ func (c *Client) RegisterUsersWithBody(ctx context.Context, contentType string, 
 
 // RegisterUsers Register users in bulk
 //
-// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /users (the `RegisterUsers` operationId).
-func (c *Client) RegisterUsers(ctx context.Context, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewRegisterUsersRequest(c.Server, body)
+func (c *Client) RegisterUsers(ctx context.Context, params *RegisterUsersParams, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRegisterUsersRequest(c.Server, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -736,7 +776,7 @@ func (c *Client) RegisterUsers(ctx context.Context, body RegisterUsersJSONReques
 
 // GetUserHistory Get a user's history
 //
-// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
+// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 //
 // Corresponds with GET /users/{user_id}/history (the `GetUserHistory` operationId).
 func (c *Client) GetUserHistory(ctx context.Context, userId int64, params *GetUserHistoryParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -753,7 +793,7 @@ func (c *Client) GetUserHistory(ctx context.Context, userId int64, params *GetUs
 
 // GetUserSegments Get a user's segments
 //
-// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
+// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
 //
 // Corresponds with GET /users/{user_id}/segments (the `GetUserSegments` operationId).
 func (c *Client) GetUserSegments(ctx context.Context, userId int64, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -770,13 +810,13 @@ func (c *Client) GetUserSegments(ctx context.Context, userId int64, reqEditors .
 
 // ChangeUserSegmentsWithBody Add and remove a user's segments
 //
-// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 //
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-func (c *Client) ChangeUserSegmentsWithBody(ctx context.Context, userId int64, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewChangeUserSegmentsRequestWithBody(c.Server, userId, contentType, body)
+func (c *Client) ChangeUserSegmentsWithBody(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewChangeUserSegmentsRequestWithBody(c.Server, userId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -789,13 +829,13 @@ func (c *Client) ChangeUserSegmentsWithBody(ctx context.Context, userId int64, c
 
 // ChangeUserSegments Add and remove a user's segments
 //
-// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-func (c *Client) ChangeUserSegments(ctx context.Context, userId int64, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewChangeUserSegmentsRequest(c.Server, userId, body)
+func (c *Client) ChangeUserSegments(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewChangeUserSegmentsRequest(c.Server, userId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -807,18 +847,18 @@ func (c *Client) ChangeUserSegments(ctx context.Context, userId int64, body Chan
 }
 
 // NewCreateHistoryReportRequest calls the generic CreateHistoryReport builder with application/json body
-func NewCreateHistoryReportRequest(server string, body CreateHistoryReportJSONRequestBody) (*http.Request, error) {
+func NewCreateHistoryReportRequest(server string, params *CreateHistoryReportParams, body CreateHistoryReportJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewCreateHistoryReportRequestWithBody(server, "application/json", bodyReader)
+	return NewCreateHistoryReportRequestWithBody(server, params, "application/json", bodyReader)
 }
 
 // NewCreateHistoryReportRequestWithBody constructs an http.Request for the CreateHistoryReport method, with any body, and a specified content type
-func NewCreateHistoryReportRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+func NewCreateHistoryReportRequestWithBody(server string, params *CreateHistoryReportParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -842,6 +882,21 @@ func NewCreateHistoryReportRequestWithBody(server string, contentType string, bo
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -947,18 +1002,18 @@ func NewListSegmentsRequest(server string, params *ListSegmentsParams) (*http.Re
 }
 
 // NewCreateSegmentRequest calls the generic CreateSegment builder with application/json body
-func NewCreateSegmentRequest(server string, body CreateSegmentJSONRequestBody) (*http.Request, error) {
+func NewCreateSegmentRequest(server string, params *CreateSegmentParams, body CreateSegmentJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewCreateSegmentRequestWithBody(server, "application/json", bodyReader)
+	return NewCreateSegmentRequestWithBody(server, params, "application/json", bodyReader)
 }
 
 // NewCreateSegmentRequestWithBody constructs an http.Request for the CreateSegment method, with any body, and a specified content type
-func NewCreateSegmentRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+func NewCreateSegmentRequestWithBody(server string, params *CreateSegmentParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -983,11 +1038,26 @@ func NewCreateSegmentRequestWithBody(server string, contentType string, body io.
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewDeleteSegmentRequest constructs an http.Request for the DeleteSegment method
-func NewDeleteSegmentRequest(server string, slug string) (*http.Request, error) {
+func NewDeleteSegmentRequest(server string, slug string, params *DeleteSegmentParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1015,6 +1085,21 @@ func NewDeleteSegmentRequest(server string, slug string) (*http.Request, error) 
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -1055,18 +1140,18 @@ func NewGetSegmentRequest(server string, slug string) (*http.Request, error) {
 }
 
 // NewRegisterUsersRequest calls the generic RegisterUsers builder with application/json body
-func NewRegisterUsersRequest(server string, body RegisterUsersJSONRequestBody) (*http.Request, error) {
+func NewRegisterUsersRequest(server string, params *RegisterUsersParams, body RegisterUsersJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewRegisterUsersRequestWithBody(server, "application/json", bodyReader)
+	return NewRegisterUsersRequestWithBody(server, params, "application/json", bodyReader)
 }
 
 // NewRegisterUsersRequestWithBody constructs an http.Request for the RegisterUsers method, with any body, and a specified content type
-func NewRegisterUsersRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+func NewRegisterUsersRequestWithBody(server string, params *RegisterUsersParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -1090,6 +1175,21 @@ func NewRegisterUsersRequestWithBody(server string, contentType string, body io.
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -1226,18 +1326,18 @@ func NewGetUserSegmentsRequest(server string, userId int64) (*http.Request, erro
 }
 
 // NewChangeUserSegmentsRequest calls the generic ChangeUserSegments builder with application/json body
-func NewChangeUserSegmentsRequest(server string, userId int64, body ChangeUserSegmentsJSONRequestBody) (*http.Request, error) {
+func NewChangeUserSegmentsRequest(server string, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewChangeUserSegmentsRequestWithBody(server, userId, "application/json", bodyReader)
+	return NewChangeUserSegmentsRequestWithBody(server, userId, params, "application/json", bodyReader)
 }
 
 // NewChangeUserSegmentsRequestWithBody constructs an http.Request for the ChangeUserSegments method, with any body, and a specified content type
-func NewChangeUserSegmentsRequestWithBody(server string, userId int64, contentType string, body io.Reader) (*http.Request, error) {
+func NewChangeUserSegmentsRequestWithBody(server string, userId int64, params *ChangeUserSegmentsParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1268,6 +1368,21 @@ func NewChangeUserSegmentsRequestWithBody(server string, userId int64, contentTy
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -1318,21 +1433,21 @@ type ClientWithResponsesInterface interface {
 
 	// CreateHistoryReportWithBodyWithResponse Get a link to a month's history as CSV
 	//
-	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-	CreateHistoryReportWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error)
+	CreateHistoryReportWithBodyWithResponse(ctx context.Context, params *CreateHistoryReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error)
 
 	// CreateHistoryReportWithResponse Get a link to a month's history as CSV
 	//
-	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-	CreateHistoryReportWithResponse(ctx context.Context, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error)
+	CreateHistoryReportWithResponse(ctx context.Context, params *CreateHistoryReportParams, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error)
 
 	// DownloadHistoryReportWithResponse Download a history report
 	//
@@ -1345,7 +1460,7 @@ type ClientWithResponsesInterface interface {
 
 	// ListSegmentsWithResponse List segments
 	//
-	// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.
+	// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1354,32 +1469,34 @@ type ClientWithResponsesInterface interface {
 
 	// CreateSegmentWithBodyWithResponse Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /segments (the `CreateSegment` operationId).
-	CreateSegmentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error)
+	CreateSegmentWithBodyWithResponse(ctx context.Context, params *CreateSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error)
 
 	// CreateSegmentWithResponse Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /segments (the `CreateSegment` operationId).
-	CreateSegmentWithResponse(ctx context.Context, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error)
+	CreateSegmentWithResponse(ctx context.Context, params *CreateSegmentParams, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error)
 
 	// DeleteSegmentWithResponse Delete a segment
 	//
-	// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment.
+	// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment. Needs a token with the scope segments:admin.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /segments/{slug} (the `DeleteSegment` operationId).
-	DeleteSegmentWithResponse(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*DeleteSegmentReply, error)
+	DeleteSegmentWithResponse(ctx context.Context, slug string, params *DeleteSegmentParams, reqEditors ...RequestEditorFn) (*DeleteSegmentReply, error)
 
 	// GetSegmentWithResponse Get a segment
+	//
+	// Needs a token with the scope segments:read.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1388,25 +1505,25 @@ type ClientWithResponsesInterface interface {
 
 	// RegisterUsersWithBodyWithResponse Register users in bulk
 	//
-	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /users (the `RegisterUsers` operationId).
-	RegisterUsersWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error)
+	RegisterUsersWithBodyWithResponse(ctx context.Context, params *RegisterUsersParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error)
 
 	// RegisterUsersWithResponse Register users in bulk
 	//
-	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /users (the `RegisterUsers` operationId).
-	RegisterUsersWithResponse(ctx context.Context, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error)
+	RegisterUsersWithResponse(ctx context.Context, params *RegisterUsersParams, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error)
 
 	// GetUserHistoryWithResponse Get a user's history
 	//
-	// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
+	// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1415,7 +1532,7 @@ type ClientWithResponsesInterface interface {
 
 	// GetUserSegmentsWithResponse Get a user's segments
 	//
-	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
+	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1424,26 +1541,27 @@ type ClientWithResponsesInterface interface {
 
 	// ChangeUserSegmentsWithBodyWithResponse Add and remove a user's segments
 	//
-	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-	ChangeUserSegmentsWithBodyWithResponse(ctx context.Context, userId int64, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error)
+	ChangeUserSegmentsWithBodyWithResponse(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error)
 
 	// ChangeUserSegmentsWithResponse Add and remove a user's segments
 	//
-	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+	// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-	ChangeUserSegmentsWithResponse(ctx context.Context, userId int64, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error)
+	ChangeUserSegmentsWithResponse(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error)
 }
 
 // CreateHistoryReportReply201Headers the declared response headers of an HTTP 201 response for CreateHistoryReport
 type CreateHistoryReportReply201Headers struct {
-	Location string
+	IdempotentReplayed *string
+	Location           string
 }
 
 type CreateHistoryReportReply struct {
@@ -1453,6 +1571,12 @@ type CreateHistoryReportReply struct {
 	JSON201 *ReportLink
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *Problem
 	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
@@ -1475,6 +1599,21 @@ func (r CreateHistoryReportReply) GetJSON201() *ReportLink {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r CreateHistoryReportReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateHistoryReportReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateHistoryReportReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r CreateHistoryReportReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
 }
 
 // GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
@@ -1600,6 +1739,10 @@ type ListSegmentsReply struct {
 	JSON200 *SegmentList
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -1614,6 +1757,16 @@ func (r ListSegmentsReply) GetJSON200() *SegmentList {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r ListSegmentsReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListSegmentsReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ListSegmentsReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -1657,7 +1810,8 @@ func (r ListSegmentsReply) ContentType() string {
 
 // CreateSegmentReply201Headers the declared response headers of an HTTP 201 response for CreateSegment
 type CreateSegmentReply201Headers struct {
-	Location string
+	IdempotentReplayed *string
+	Location           string
 }
 
 type CreateSegmentReply struct {
@@ -1667,6 +1821,10 @@ type CreateSegmentReply struct {
 	JSON201 *Segment
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationproblemJSON409 *Problem
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
@@ -1691,6 +1849,16 @@ func (r CreateSegmentReply) GetJSON201() *Segment {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r CreateSegmentReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateSegmentReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateSegmentReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
 }
 
 // GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
@@ -1752,17 +1920,32 @@ func (r CreateSegmentReply) ContentType() string {
 	return ""
 }
 
+// DeleteSegmentReply204Headers the declared response headers of an HTTP 204 response for DeleteSegment
+type DeleteSegmentReply204Headers struct {
+	IdempotentReplayed *string
+}
+
 type DeleteSegmentReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Problem
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *DeleteSegmentReply204Headers
 }
 
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
@@ -1770,9 +1953,29 @@ func (r DeleteSegmentReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
 }
 
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r DeleteSegmentReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r DeleteSegmentReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
 // GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r DeleteSegmentReply) GetApplicationproblemJSON404() *Problem {
 	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r DeleteSegmentReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r DeleteSegmentReply) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -1821,6 +2024,10 @@ type GetSegmentReply struct {
 	JSON200 *Segment
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationproblemJSON404 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
@@ -1837,6 +2044,16 @@ func (r GetSegmentReply) GetJSON200() *Segment {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r GetSegmentReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetSegmentReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetSegmentReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
 }
 
 // GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
@@ -1883,6 +2100,11 @@ func (r GetSegmentReply) ContentType() string {
 	return ""
 }
 
+// RegisterUsersReply200Headers the declared response headers of an HTTP 200 response for RegisterUsers
+type RegisterUsersReply200Headers struct {
+	IdempotentReplayed *string
+}
+
 type RegisterUsersReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -1890,6 +2112,12 @@ type RegisterUsersReply struct {
 	JSON200 *RegisterUsersResponse
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *Problem
 	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
@@ -1900,6 +2128,8 @@ type RegisterUsersReply struct {
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Problem
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *RegisterUsersReply200Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -1910,6 +2140,21 @@ func (r RegisterUsersReply) GetJSON200() *RegisterUsersResponse {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r RegisterUsersReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RegisterUsersReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RegisterUsersReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RegisterUsersReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
 }
 
 // GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
@@ -1973,6 +2218,10 @@ type GetUserHistoryReply struct {
 	JSON200 *UserHistory
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -1987,6 +2236,16 @@ func (r GetUserHistoryReply) GetJSON200() *UserHistory {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r GetUserHistoryReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetUserHistoryReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetUserHistoryReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -2040,6 +2299,10 @@ type GetUserSegmentsReply struct {
 	JSON200 *UserSegments
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -2056,6 +2319,16 @@ func (r GetUserSegmentsReply) GetJSON200() *UserSegments {
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
 func (r GetUserSegmentsReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetUserSegmentsReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetUserSegmentsReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -2097,6 +2370,11 @@ func (r GetUserSegmentsReply) ContentType() string {
 	return ""
 }
 
+// ChangeUserSegmentsReply200Headers the declared response headers of an HTTP 200 response for ChangeUserSegments
+type ChangeUserSegmentsReply200Headers struct {
+	IdempotentReplayed *string
+}
+
 type ChangeUserSegmentsReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2104,8 +2382,14 @@ type ChangeUserSegmentsReply struct {
 	JSON200 *ChangeSegmentsResponse
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
 	ApplicationproblemJSON413 *Problem
 	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
@@ -2116,6 +2400,8 @@ type ChangeUserSegmentsReply struct {
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Problem
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *ChangeUserSegmentsReply200Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2128,9 +2414,24 @@ func (r ChangeUserSegmentsReply) GetApplicationproblemJSON400() *Problem {
 	return r.ApplicationproblemJSON400
 }
 
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ChangeUserSegmentsReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ChangeUserSegmentsReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
 // GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r ChangeUserSegmentsReply) GetApplicationproblemJSON404() *Problem {
 	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r ChangeUserSegmentsReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
 }
 
 // GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
@@ -2189,13 +2490,13 @@ func (r ChangeUserSegmentsReply) ContentType() string {
 
 // CreateHistoryReportWithBodyWithResponse Get a link to a month's history as CSV
 //
-// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-func (c *ClientWithResponses) CreateHistoryReportWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error) {
-	rsp, err := c.CreateHistoryReportWithBody(ctx, contentType, body, reqEditors...)
+func (c *ClientWithResponses) CreateHistoryReportWithBodyWithResponse(ctx context.Context, params *CreateHistoryReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error) {
+	rsp, err := c.CreateHistoryReportWithBody(ctx, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2204,13 +2505,13 @@ func (c *ClientWithResponses) CreateHistoryReportWithBodyWithResponse(ctx contex
 
 // CreateHistoryReportWithResponse Get a link to a month's history as CSV
 //
-// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored.
+// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /reports/history (the `CreateHistoryReport` operationId).
-func (c *ClientWithResponses) CreateHistoryReportWithResponse(ctx context.Context, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error) {
-	rsp, err := c.CreateHistoryReport(ctx, body, reqEditors...)
+func (c *ClientWithResponses) CreateHistoryReportWithResponse(ctx context.Context, params *CreateHistoryReportParams, body CreateHistoryReportJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateHistoryReportReply, error) {
+	rsp, err := c.CreateHistoryReport(ctx, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2234,7 +2535,7 @@ func (c *ClientWithResponses) DownloadHistoryReportWithResponse(ctx context.Cont
 
 // ListSegmentsWithResponse List segments
 //
-// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after.
+// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -2249,13 +2550,13 @@ func (c *ClientWithResponses) ListSegmentsWithResponse(ctx context.Context, para
 
 // CreateSegmentWithBodyWithResponse Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /segments (the `CreateSegment` operationId).
-func (c *ClientWithResponses) CreateSegmentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error) {
-	rsp, err := c.CreateSegmentWithBody(ctx, contentType, body, reqEditors...)
+func (c *ClientWithResponses) CreateSegmentWithBodyWithResponse(ctx context.Context, params *CreateSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error) {
+	rsp, err := c.CreateSegmentWithBody(ctx, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2264,13 +2565,13 @@ func (c *ClientWithResponses) CreateSegmentWithBodyWithResponse(ctx context.Cont
 
 // CreateSegmentWithResponse Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /segments (the `CreateSegment` operationId).
-func (c *ClientWithResponses) CreateSegmentWithResponse(ctx context.Context, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error) {
-	rsp, err := c.CreateSegment(ctx, body, reqEditors...)
+func (c *ClientWithResponses) CreateSegmentWithResponse(ctx context.Context, params *CreateSegmentParams, body CreateSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSegmentReply, error) {
+	rsp, err := c.CreateSegment(ctx, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2279,13 +2580,13 @@ func (c *ClientWithResponses) CreateSegmentWithResponse(ctx context.Context, bod
 
 // DeleteSegmentWithResponse Delete a segment
 //
-// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment.
+// Deletes the segment; every member loses it (history reason segment_deleted). The slug can be used again for a new segment. Needs a token with the scope segments:admin.
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /segments/{slug} (the `DeleteSegment` operationId).
-func (c *ClientWithResponses) DeleteSegmentWithResponse(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*DeleteSegmentReply, error) {
-	rsp, err := c.DeleteSegment(ctx, slug, reqEditors...)
+func (c *ClientWithResponses) DeleteSegmentWithResponse(ctx context.Context, slug string, params *DeleteSegmentParams, reqEditors ...RequestEditorFn) (*DeleteSegmentReply, error) {
+	rsp, err := c.DeleteSegment(ctx, slug, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2293,6 +2594,8 @@ func (c *ClientWithResponses) DeleteSegmentWithResponse(ctx context.Context, slu
 }
 
 // GetSegmentWithResponse Get a segment
+//
+// Needs a token with the scope segments:read.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -2307,13 +2610,13 @@ func (c *ClientWithResponses) GetSegmentWithResponse(ctx context.Context, slug s
 
 // RegisterUsersWithBodyWithResponse Register users in bulk
 //
-// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /users (the `RegisterUsers` operationId).
-func (c *ClientWithResponses) RegisterUsersWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error) {
-	rsp, err := c.RegisterUsersWithBody(ctx, contentType, body, reqEditors...)
+func (c *ClientWithResponses) RegisterUsersWithBodyWithResponse(ctx context.Context, params *RegisterUsersParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error) {
+	rsp, err := c.RegisterUsersWithBody(ctx, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2322,13 +2625,13 @@ func (c *ClientWithResponses) RegisterUsersWithBodyWithResponse(ctx context.Cont
 
 // RegisterUsersWithResponse Register users in bulk
 //
-// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped.
+// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /users (the `RegisterUsers` operationId).
-func (c *ClientWithResponses) RegisterUsersWithResponse(ctx context.Context, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error) {
-	rsp, err := c.RegisterUsers(ctx, body, reqEditors...)
+func (c *ClientWithResponses) RegisterUsersWithResponse(ctx context.Context, params *RegisterUsersParams, body RegisterUsersJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterUsersReply, error) {
+	rsp, err := c.RegisterUsers(ctx, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2337,7 +2640,7 @@ func (c *ClientWithResponses) RegisterUsersWithResponse(ctx context.Context, bod
 
 // GetUserHistoryWithResponse Get a user's history
 //
-// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after.
+// The same events as the CSV report, as JSON, in time order, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -2352,7 +2655,7 @@ func (c *ClientWithResponses) GetUserHistoryWithResponse(ctx context.Context, us
 
 // GetUserSegmentsWithResponse Get a user's segments
 //
-// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
+// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -2367,13 +2670,13 @@ func (c *ClientWithResponses) GetUserSegmentsWithResponse(ctx context.Context, u
 
 // ChangeUserSegmentsWithBodyWithResponse Add and remove a user's segments
 //
-// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-func (c *ClientWithResponses) ChangeUserSegmentsWithBodyWithResponse(ctx context.Context, userId int64, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error) {
-	rsp, err := c.ChangeUserSegmentsWithBody(ctx, userId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) ChangeUserSegmentsWithBodyWithResponse(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error) {
+	rsp, err := c.ChangeUserSegmentsWithBody(ctx, userId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2382,13 +2685,13 @@ func (c *ClientWithResponses) ChangeUserSegmentsWithBodyWithResponse(ctx context
 
 // ChangeUserSegmentsWithResponse Add and remove a user's segments
 //
-// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed.
+// Applies add and remove atomically: all or nothing. Adding a held segment keeps its added_at and sets its expiry (none = permanent); removing one the user lacks is a no-op. Unknown slugs change nothing and are all listed. Needs a token with the scope segments:write.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
-func (c *ClientWithResponses) ChangeUserSegmentsWithResponse(ctx context.Context, userId int64, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error) {
-	rsp, err := c.ChangeUserSegments(ctx, userId, body, reqEditors...)
+func (c *ClientWithResponses) ChangeUserSegmentsWithResponse(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error) {
+	rsp, err := c.ChangeUserSegments(ctx, userId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -2422,6 +2725,27 @@ func ParseCreateHistoryReportReply(rsp *http.Response) (*CreateHistoryReportRepl
 			return nil, err
 		}
 		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest Problem
@@ -2463,6 +2787,13 @@ func ParseCreateHistoryReportReply(rsp *http.Response) (*CreateHistoryReportRepl
 	switch {
 	case rsp.StatusCode == 201:
 		var headers CreateHistoryReportReply201Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
 		if values := rsp.Header.Values("Location"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -2551,6 +2882,20 @@ func ParseListSegmentsReply(rsp *http.Response) (*ListSegmentsReply, error) {
 		}
 		response.ApplicationproblemJSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -2597,6 +2942,20 @@ func ParseCreateSegmentReply(rsp *http.Response) (*CreateSegmentReply, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
 		var dest Problem
@@ -2645,6 +3004,13 @@ func ParseCreateSegmentReply(rsp *http.Response) (*CreateSegmentReply, error) {
 	switch {
 	case rsp.StatusCode == 201:
 		var headers CreateSegmentReply201Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
 		if values := rsp.Header.Values("Location"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -2682,12 +3048,40 @@ func ParseDeleteSegmentReply(rsp *http.Response) (*DeleteSegmentReply, error) {
 		}
 		response.ApplicationproblemJSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem
@@ -2703,6 +3097,19 @@ func ParseDeleteSegmentReply(rsp *http.Response) (*DeleteSegmentReply, error) {
 		}
 		response.ApplicationproblemJSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers DeleteSegmentReply204Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers204 = &headers
 	}
 
 	return response, nil
@@ -2735,6 +3142,20 @@ func ParseGetSegmentReply(rsp *http.Response) (*GetSegmentReply, error) {
 			return nil, err
 		}
 		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest Problem
@@ -2790,6 +3211,27 @@ func ParseRegisterUsersReply(rsp *http.Response) (*RegisterUsersReply, error) {
 		}
 		response.ApplicationproblemJSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -2827,6 +3269,19 @@ func ParseRegisterUsersReply(rsp *http.Response) (*RegisterUsersReply, error) {
 
 	}
 
+	switch {
+	case rsp.StatusCode == 200:
+		var headers RegisterUsersReply200Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers200 = &headers
+	}
+
 	return response, nil
 }
 
@@ -2857,6 +3312,20 @@ func ParseGetUserHistoryReply(rsp *http.Response) (*GetUserHistoryReply, error) 
 			return nil, err
 		}
 		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem
@@ -2904,6 +3373,20 @@ func ParseGetUserSegmentsReply(rsp *http.Response) (*GetUserSegmentsReply, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem
@@ -2965,12 +3448,33 @@ func ParseChangeUserSegmentsReply(rsp *http.Response) (*ChangeUserSegmentsReply,
 		}
 		response.ApplicationproblemJSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest Problem
@@ -3007,6 +3511,19 @@ func ParseChangeUserSegmentsReply(rsp *http.Response) (*ChangeUserSegmentsReply,
 		}
 		response.ApplicationproblemJSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers ChangeUserSegmentsReply200Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers200 = &headers
 	}
 
 	return response, nil

@@ -23,6 +23,12 @@ go build -o "$out/devstack" "$root/cmd/devstack"
 port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
 base="http://127.0.0.1:$port"
 data="${TMPDIR:-/tmp}/segments-e2e-$$"
+# Authentication on, as in production: every request carries a token
+# minted with the service's secret (a throwaway one per run).
+export AUTH_JWT_SECRET
+AUTH_JWT_SECRET=$(node -e 'console.log(require("crypto").randomBytes(32).toString("hex"))')
+token=$("$out/segments" token --scope "segments:read segments:write segments:admin" --sub e2e --ttl 1h)
+read_token=$("$out/segments" token --scope "segments:read" --sub e2e-reader --ttl 1h)
 "$out/devstack" -dir "$data" -pg-port 0 -redis-port 0 -- \
   sh -c "'$out/segments' migrate up && HTTP_ADDR=127.0.0.1:$port SWEEP_INTERVAL=2s exec '$out/segments' all" \
   >"$out/service.log" 2>&1 &
@@ -46,7 +52,7 @@ echo "== Postman collection (newman): the contract through Prism's validating pr
 # Prism checks every request and response of folders 2-7 against
 # docs/openapi.json; with --errors a violation becomes an error response,
 # which fails newman's assertions, and any violation in Prism's log fails
-# the build too. The health checks and "8. Outside the contract" (requests
+# the build too (folders 2-7 and "9. Safe retries"). The health checks and "8. Outside the contract" (requests
 # that break the spec on purpose, to check the service's answers) go
 # straight to the service.
 export OUT="$out"
@@ -71,11 +77,12 @@ PRISM_URL="http://127.0.0.1:$pport" node -e '
     if (Date.now() > deadline) { console.error("prism did not start"); process.exit(1); }
     setTimeout(wait, 250);
   })();' || { cat "$out/prism.log"; exit 1; }
-collection=(../docs/postman/segments.postman_collection.json -e ../docs/postman/local.postman_environment.json --color off)
+collection=(../docs/postman/segments.postman_collection.json -e ../docs/postman/local.postman_environment.json --color off
+  --env-var "token=$token" --env-var "readToken=$read_token")
 npx newman run "${collection[@]}" --env-var "baseUrl=$base" --folder "1. Health" \
   --reporters cli,junit --reporter-junit-export "$out/newman-health.xml"
 contract=()
-for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment"; do
+for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment" "9. Safe retries"; do
   contract+=(--folder "$f")
 done
 npx newman run "${collection[@]}" --env-var "baseUrl=http://127.0.0.1:$pport" "${contract[@]}" \
@@ -104,8 +111,8 @@ rm -rf "$out/portman" && cp -r portman "$out/portman"
   -b "$base/api/v1" -o collection.json >portman.log 2>&1) || { cat "$out/portman/portman.log"; exit 1; }
 # Portman reports an invalid config on stdout and still exits 0.
 [ -s "$out/portman/collection.json" ] || { cat "$out/portman/portman.log"; exit 1; }
-npx newman run "$out/portman/collection.json" --color off \
+npx newman run "$out/portman/collection.json" --color off --env-var "token=$token" \
   --reporters cli,junit --reporter-junit-export "$out/newman-portman.xml"
 
 echo "== Swagger UI in headless Chromium (playwright-core)"
-BASE_URL="$base" E2E_OUT="$out" node swagger-ui.mjs
+BASE_URL="$base" E2E_OUT="$out" TOKEN="$token" node swagger-ui.mjs

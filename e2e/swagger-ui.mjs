@@ -3,7 +3,7 @@
 // GET /users/{user_id}/segments and checks the response it shows.
 // A screenshot goes to $E2E_OUT (build/e2e by default).
 //
-//   BASE_URL=http://127.0.0.1:8080 node swagger-ui.mjs
+//   BASE_URL=http://127.0.0.1:8080 [TOKEN=<bearer token>] node swagger-ui.mjs
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -59,6 +59,18 @@ try {
   if (missing.length) fail(`operations missing from the UI: ${missing.join(', ')}`);
   if (extra.length) fail(`operations in the UI but not in the contract: ${extra.join(', ')}`);
 
+  // Authorize: with authentication on (TOKEN set), paste the bearer token
+  // into the dialog the security scheme gives, as a user would.
+  const token = process.env.TOKEN ?? '';
+  if (token) {
+    await page.locator('.auth-wrapper .authorize').click();
+    const dialog = page.locator('.dialog-ux .modal-ux');
+    await dialog.locator('input[type="text"], input[type="password"]').first().fill(token);
+    await dialog.locator('button.authorize').click();
+    await dialog.locator('button.btn-done, button.close-modal').first().click();
+    console.log('swagger-ui: authorized with a bearer token');
+  }
+
   // Try it out: GET /users/{user_id}/segments.
   const userID = String(900000000 + Math.floor(Math.random() * 1e8));
   const op = page.locator('#operations-users-getUserSegments');
@@ -83,6 +95,10 @@ try {
     fail(`the response shown is not user ${userID}'s segments: ${body}`);
   }
   if (!requestURL.includes(`/api/v1/users/${userID}/segments`)) fail(`Try it out called ${requestURL}`);
+  if (token) {
+    const curl = await op.locator('.curl-command').textContent();
+    if (!curl.includes(`Authorization: Bearer ${token}`)) fail(`Try it out did not send the token: ${curl}`);
+  }
 
   // The documented errors are problem+json, each with an example of its own.
   const documented400 = op.locator('.responses-wrapper .responses-table tr.response[data-code="400"]');

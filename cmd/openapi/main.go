@@ -23,6 +23,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi2"
 	"github.com/getkin/kin-openapi/openapi2conv"
 	"github.com/getkin/kin-openapi/openapi3"
+
+	"github.com/segments-service/segments/internal/httpapi"
 )
 
 func main() {
@@ -99,6 +101,7 @@ var sharedResponses = map[int]string{
 // so in its description.
 var problemTypes = map[int]string{
 	400: "urn:segments:problem:malformed-request",
+	401: "urn:segments:problem:invalid-token",
 	403: "urn:segments:problem:forbidden",
 	404: "urn:segments:problem:not-found",
 	409: "urn:segments:problem:conflict",
@@ -213,12 +216,114 @@ func amend(doc *openapi3.T) error {
 			}
 		}
 	}
+	if err := accessAndRetries(doc, problem); err != nil {
+		return err
+	}
 	if op := doc.Paths.Value("/users/{user_id}/segments").Post; op != nil {
 		op.RequestBody.Value.Content["application/json"].Example = map[string]any{
 			"add": []string{"AVITO_VOICE_MESSAGES", "AVITO_DISCOUNT_30"}, "remove": []string{"AVITO_PERFORMANCE_VAS"}, "ttl_seconds": 172800,
 		}
 	}
 	return nil
+}
+
+// accessAndRetries adds what the route table (httpapi.Routes) says about
+// each operation: the bearer token and scope it needs (401 and 403), and,
+// for every write, the Idempotency-Key header with its answers (a replay's
+// Idempotent-Replayed header, 409 while the key is in use, 422 when it was
+// used for another request, 400 for a bad key).
+func accessAndRetries(doc *openapi3.T, problem *openapi3.SchemaRef) error {
+	doc.Components.SecuritySchemes = openapi3.SecuritySchemes{bearerScheme: &openapi3.SecuritySchemeRef{Value: &openapi3.SecurityScheme{
+		Type: "http", Scheme: "bearer", BearerFormat: "JWT",
+		Description: "A JWT whose space-separated scope claim grants segments:read, segments:write or segments:admin " +
+			"(each operation says which). Only when the service has authentication on (README, \"Authentication\").",
+	}}}
+	for _, rt := range httpapi.Routes() {
+		path := strings.TrimPrefix(rt.Pattern, "/api/v1")
+		item := doc.Paths.Value(path)
+		if item == nil || item.GetOperation(rt.Method) == nil {
+			return fmt.Errorf("%s %s is in the route table but not in the spec", rt.Method, path)
+		}
+		op, where := item.GetOperation(rt.Method), rt.Method+" "+path
+		if rt.Scope != "" {
+			op.Security = &openapi3.SecurityRequirements{{bearerScheme: []string{}}}
+			op.Description = strings.TrimSpace(op.Description + " Needs a token with the scope " + rt.Scope + ".")
+			if err := addProblem(op, problem, http.StatusUnauthorized, "No bearer token, or one that is expired, badly signed or not meant for this service", where); err != nil {
+				return err
+			}
+			if err := addProblem(op, problem, http.StatusForbidden, "The token lacks the scope "+rt.Scope, where); err != nil {
+				return err
+			}
+			ex := op.Responses.Value("403").Value.Content[problemJSON].Example.(map[string]any)
+			ex["type"], ex["required_scope"] = "urn:segments:problem:insufficient-scope", rt.Scope
+			ex["detail"] = rt.Method + " /api/v1" + path + " needs the scope " + rt.Scope + ", which the token does not grant"
+		}
+		if rt.Method == http.MethodGet {
+			continue
+		}
+		op.Parameters = append(op.Parameters, &openapi3.ParameterRef{Value: &openapi3.Parameter{
+			Name: "Idempotency-Key", In: "header",
+			Description: "Makes the request safe to retry: a retry with the same key gets the first response again " +
+				"(Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.",
+			Schema:  openapi3.NewSchemaRef("", &openapi3.Schema{Type: &openapi3.Types{openapi3.TypeString}, MinLength: 1, MaxLength: openapi3.Ptr(uint64(255))}),
+			Example: "9f1c2a7e-6b3d-4e58-a0c1-2d7f5e8b9a34",
+		}})
+		for code, r := range op.Responses.Map() {
+			if strings.HasPrefix(code, "2") {
+				if r.Value.Headers == nil {
+					r.Value.Headers = openapi3.Headers{}
+				}
+				r.Value.Headers["Idempotent-Replayed"] = &openapi3.HeaderRef{Value: &openapi3.Header{Parameter: openapi3.Parameter{
+					Description: "true when this is the stored response of an earlier request with the same Idempotency-Key",
+					Schema:      openapi3.NewSchemaRef("", &openapi3.Schema{Type: &openapi3.Types{openapi3.TypeString}, Enum: []any{"true"}}),
+				}}}
+			}
+		}
+		for status, description := range map[int]string{
+			http.StatusBadRequest:          "Idempotency-Key is not 1 to 255 printable ASCII characters",
+			http.StatusConflict:            "A request with the same Idempotency-Key is still running; retry after Retry-After seconds",
+			http.StatusUnprocessableEntity: "The Idempotency-Key was used for another request (method, path or body)",
+		} {
+			if err := addProblem(op, problem, status, description, where); err != nil {
+				return err
+			}
+		}
+		if r := op.Responses.Value("409"); r.Value.Description != nil && strings.HasPrefix(*r.Value.Description, "A request with the same") {
+			ex := r.Value.Content[problemJSON].Example.(map[string]any)
+			ex["type"] = "urn:segments:problem:idempotency-key-in-use"
+		}
+	}
+	return nil
+}
+
+// bearerScheme names the security scheme of bearer tokens.
+const bearerScheme = "bearerAuth"
+
+// addProblem declares status on op as a problem response; if op declares
+// it already, the description gains "or <description>" and the example
+// stays.
+func addProblem(op *openapi3.Operation, problem *openapi3.SchemaRef, status int, description, where string) error {
+	if r := op.Responses.Value(strconv.Itoa(status)); r != nil {
+		d := description
+		if r.Value.Description != nil {
+			d = *r.Value.Description + "; or: " + lowerFirst(description)
+		}
+		r.Value.Description = &d
+		return nil
+	}
+	r := openapi3.NewResponse().WithDescription(description)
+	if err := problemResponse(r, problem, status, where); err != nil {
+		return err
+	}
+	op.Responses.Set(strconv.Itoa(status), &openapi3.ResponseRef{Value: r})
+	return nil
+}
+
+func lowerFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToLower(s[:1]) + s[1:]
 }
 
 // problemResponse makes r a problem+json response with an example of its

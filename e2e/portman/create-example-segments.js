@@ -4,7 +4,7 @@ for (const slug of ['AVITO_VOICE_MESSAGES', 'AVITO_DISCOUNT_30', 'AVITO_PERFORMA
   pm.sendRequest({
     url: pm.collectionVariables.get('baseUrl') + '/segments',
     method: 'POST',
-    header: { 'Content-Type': 'application/json' },
+    header: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + pm.environment.get('token') },
     body: { mode: 'raw', raw: JSON.stringify({ slug }) },
   }, (err, res) => {
     if (err || (res.code !== 201 && res.code !== 409)) {

@@ -28,7 +28,7 @@ type Config struct {
 	// response are kept.
 	IdempotencyTTL time.Duration
 	Admin          Admin
-	Log      Log
+	Log            Log
 	// ShutdownTimeout bounds a graceful shutdown.
 	ShutdownTimeout time.Duration
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -144,6 +145,49 @@ func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
 				declared("body over 1 MiB", live.do(method, url, `{"x":"`+strings.Repeat("a", 1<<20)+`"}`).status)
 			}
 			declared("database down", dead.do(method, url, sendBody).status)
+		}
+	}
+}
+
+// TestSpecSaysWhoMayCallAndHowToRetry checks docs/openapi.json against the
+// route table: an operation needs the bearer token exactly when its route
+// has a scope, says which scope, and declares 401 and 403; every write
+// takes an Idempotency-Key and declares 409 and 422.
+func TestSpecSaysWhoMayCallAndHowToRetry(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec struct {
+		Paths map[string]map[string]struct {
+			Description string                      `json:"description"`
+			Security    []map[string][]string       `json:"security"`
+			Parameters  []struct{ Name, In string } `json:"parameters"`
+			Responses   map[string]json.RawMessage  `json:"responses"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range httpapi.Routes() {
+		where := rt.Method + " " + rt.Pattern
+		op, ok := spec.Paths[strings.TrimPrefix(rt.Pattern, "/api/v1")][strings.ToLower(rt.Method)]
+		if !ok {
+			t.Errorf("%s: not in the spec", where)
+			continue
+		}
+		secured := len(op.Security) == 1 && op.Security[0]["bearerAuth"] != nil
+		if secured != (rt.Scope != "") {
+			t.Errorf("%s: security %v, but the route's scope is %q", where, op.Security, rt.Scope)
+		}
+		if rt.Scope != "" && (!strings.Contains(op.Description, rt.Scope) || op.Responses["401"] == nil || op.Responses["403"] == nil) {
+			t.Errorf("%s: does not name its scope %s or lacks 401/403", where, rt.Scope)
+		}
+		keyed := slices.ContainsFunc(op.Parameters, func(p struct{ Name, In string }) bool {
+			return p.Name == "Idempotency-Key" && p.In == "header"
+		})
+		if keyed != (rt.Method != http.MethodGet) || (keyed && (op.Responses["409"] == nil || op.Responses["422"] == nil)) {
+			t.Errorf("%s: Idempotency-Key parameter %v, responses %v", where, keyed, slices.Collect(maps.Keys(op.Responses)))
 		}
 	}
 }
