@@ -32,6 +32,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/loadgen"
 	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/postgres"
@@ -53,6 +54,14 @@ type options struct {
 	duration                 time.Duration
 	rate                     float64
 	out                      string
+	// auth turns authentication on; every request carries a token.
+	auth bool
+	// keys sends every change with an Idempotency-Key of its own.
+	keys bool
+	// only, if "changes", runs just the change phase and its pgbench.
+	only string
+	// token is the bearer token requests carry when auth is on.
+	token string
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -65,11 +74,23 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "length of each closed-loop phase (at most 2m)")
 	fs.Float64Var(&o.rate, "rate", 1000, "reads per second (open loop) measured idle and during the rollout")
 	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
+	fs.BoolVar(&o.auth, "auth", false, "turn authentication on (AUTH_JWT_SECRET); every request carries a bearer token")
+	fs.BoolVar(&o.keys, "idempotency-keys", false, "send every change with an Idempotency-Key of its own")
+	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute {
-		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m")
+	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute ||
+		(o.only != "" && o.only != "changes") {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty or changes")
+	}
+	if o.auth {
+		token, err := auth.Mint([]byte(benchJWTSecret), "bench", []string{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}, 24*time.Hour, "", "", time.Now())
+		if err != nil {
+			return err
+		}
+		o.token = token
+		http.DefaultClient.Transport = loadgen.BearerTransport{Token: token, Base: http.DefaultTransport}
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
@@ -248,6 +269,9 @@ func startService(ctx context.Context, o options, dbURL, redisURL string, log fu
 	env := append(os.Environ(),
 		"DATABASE_URL="+dbURL, "REDIS_URL="+redisURL, "LOG_LEVEL=warn",
 		"REPORT_SECRET=bench-secret-bench-secret-bench-secret", "WORKER_QUEUE=bench")
+	if o.auth {
+		env = append(env, "AUTH_JWT_SECRET="+benchJWTSecret)
+	}
 	start := func(cmd string, port int, extra ...string) (*exec.Cmd, error) {
 		c := exec.Command(bin, cmd)
 		c.Env = append(append(env, fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port)), extra...)
@@ -369,8 +393,14 @@ func (r *report) print(w io.Writer) {
 // phases runs the load, in order, and fills the report.
 func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbURL string, rep *report, log func(string, ...any)) error {
 	client := loadgen.NewClient(o.conns)
+	if o.auth {
+		client.Transport = loadgen.BearerTransport{Token: o.token, Base: client.Transport}
+	}
 	closed := loadgen.Config{Conns: o.conns, Duration: o.duration, Requests: 5_000_000}
 	users := int64(o.users)
+	if o.only == "changes" {
+		return changePhase(ctx, o, s, dbURL, rep, client, closed, log)
+	}
 
 	// Each closed-loop phase runs right after pgbench sends the same SQL
 	// with as many connections straight to PostgreSQL: the ceiling that
@@ -415,18 +445,10 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 		rep.rows = append(rep.rows, row{name: target.name, res: res, detail: detail, wrk: w})
 	}
 
-	log("phase: pgbench, the change's SQL")
-	changeCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/change.sql")
-	if err != nil {
+	if err := changePhase(ctx, o, s, dbURL, rep, client, closed, log); err != nil {
 		return err
 	}
-	rep.add("pgbench: the change's SQL", loadgen.Result{}, 0, fmt.Sprintf("%.0f tps", changeCeiling))
-	log("phase: changes, add 2 remove 1 (closed loop)")
-	res, err := loadgen.Run(ctx, client, closed, loadgen.ChangeSegments(s.base, users, o.segments))
-	if err != nil {
-		return err
-	}
-	rep.add("POST /users/{id}/segments", res, 0, fmt.Sprintf("%.2f× pgbench", res.Throughput()/changeCeiling))
+	var res loadgen.Result
 
 	openLoop := loadgen.Config{Conns: o.conns, Duration: 10 * time.Second, Requests: 5_000_000, Rate: o.rate}
 	log("phase: reads at %.0f/s, idle", o.rate)
@@ -525,6 +547,36 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	return nil
 }
 
+// changePhase runs pgbench on the change's SQL, then changes through the
+// API (each with an Idempotency-Key of its own if o.keys).
+func changePhase(ctx context.Context, o options, s *service, dbURL string, rep *report, client *http.Client, closed loadgen.Config, log func(string, ...any)) error {
+	log("phase: pgbench, the change's SQL")
+	changeCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/change.sql")
+	if err != nil {
+		return err
+	}
+	rep.add("pgbench: the change's SQL", loadgen.Result{}, 0, fmt.Sprintf("%.0f tps", changeCeiling))
+	log("phase: changes, add 2 remove 1 (closed loop)")
+	next := loadgen.ChangeSegments(s.base, int64(o.users), o.segments)
+	name := "POST /users/{id}/segments"
+	if o.keys {
+		next = loadgen.WithIdempotencyKeys(next, fmt.Sprintf("bench-%d", time.Now().UnixNano()))
+		name += ", Idempotency-Key"
+	}
+	if o.auth {
+		name += ", bearer token"
+	}
+	res, err := loadgen.Run(ctx, client, closed, next)
+	if err != nil {
+		return err
+	}
+	rep.add(name, res, 0, fmt.Sprintf("%.2f× pgbench", res.Throughput()/changeCeiling))
+	return nil
+}
+
+// benchJWTSecret signs the bench's tokens (with -auth).
+const benchJWTSecret = "bench-jwt-secret-bench-jwt-secret-bench"
+
 func postJSON(url, body string, out any) error {
 	resp, err := http.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
@@ -583,8 +635,12 @@ func readLoad(ctx context.Context, o options, client *http.Client, cfg loadgen.C
 		res, err := loadgen.Run(ctx, client, cfg, loadgen.UserSegments(base, users))
 		return nil, res, err
 	}
-	out, err := exec.CommandContext(ctx, bin, "-t2", fmt.Sprintf("-c%d", o.conns), fmt.Sprintf("-d%ds", max(1, int(o.duration.Seconds()))),
-		"--latency", "-s", "bench/wrk/user_segments.lua", base, "--", strconv.FormatInt(users, 10)).CombinedOutput()
+	args := []string{"-t2", fmt.Sprintf("-c%d", o.conns), fmt.Sprintf("-d%ds", max(1, int(o.duration.Seconds()))), "--latency"}
+	if o.auth {
+		args = append(args, "-H", "Authorization: Bearer "+o.token)
+	}
+	args = append(args, "-s", "bench/wrk/user_segments.lua", base, "--", strconv.FormatInt(users, 10))
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	if err != nil {
 		return nil, loadgen.Result{}, fmt.Errorf("wrk: %w\n%s", err, out)
 	}

@@ -13,13 +13,16 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/segments-service/segments/internal/testenv"
 )
 
 // cutProxy stands between the API and PostgreSQL and, once armed, cuts
-// the connection that sends a chosen statement: after passing it on (the
-// server runs it; the client never hears back) or instead of passing it
-// on (the server sees the connection drop mid-transaction). It reads the
-// frontend protocol's message framing and nothing else.
+// the connection that runs a chosen statement: after passing its
+// execution on (the server runs it; the client never hears back) or
+// instead of passing it on (the server sees the connection drop
+// mid-transaction). It reads the frontend protocol's messages just enough
+// to know which statement an Execute runs.
 type cutProxy struct {
 	ln     net.Listener
 	target string
@@ -97,6 +100,7 @@ func (p *cutProxy) serve(client net.Conn) {
 	if _, err := server.Write(append(n[:], startup...)); err != nil {
 		return
 	}
+	names := map[string]string{}
 	for {
 		var head [5]byte
 		if _, err := io.ReadFull(client, head[:]); err != nil {
@@ -107,7 +111,7 @@ func (p *cutProxy) serve(client net.Conn) {
 			return
 		}
 		msg := append(head[:], body...)
-		if stmt, forward, ok := p.statement(head[0], body); ok {
+		if stmt, forward, ok := p.statement(head[0], body, names); ok {
 			frozen.Store(true)
 			if forward {
 				_, _ = server.Write(msg)
@@ -122,22 +126,27 @@ func (p *cutProxy) serve(client net.Conn) {
 	}
 }
 
-// statement reports whether a message is the armed statement (a simple
-// query, or the Parse of an extended one), disarming the proxy if so.
-func (p *cutProxy) statement(typ byte, body []byte) (stmt string, forward, ok bool) {
-	var sql []byte
+// statement reports whether a message runs the armed statement (a simple
+// query, or the Execute of a portal bound to a parsed statement that is),
+// disarming the proxy if so. names maps the connection's prepared
+// statements and portals to their SQL.
+func (p *cutProxy) statement(typ byte, body []byte, names map[string]string) (stmt string, forward, ok bool) {
+	fields := bytes.Split(body, []byte{0})
 	switch typ {
+	case 'P': // statement name, query, ...
+		names["s:"+string(fields[0])] = string(fields[1])
+		return "", false, false
+	case 'B': // portal name, statement name, ...
+		names["p:"+string(fields[0])] = names["s:"+string(fields[1])]
+		return "", false, false
+	case 'E': // portal name, row limit
+		stmt = names["p:"+string(fields[0])]
 	case 'Q':
-		sql = body
-	case 'P': // statement name, NUL, query, NUL, ...
-		if _, rest, ok := bytes.Cut(body, []byte{0}); ok {
-			sql = rest
-		}
+		stmt = string(fields[0])
 	default:
 		return "", false, false
 	}
-	sql, _, _ = bytes.Cut(sql, []byte{0})
-	stmt = strings.ToLower(strings.TrimSpace(string(sql)))
+	stmt = strings.ToLower(strings.TrimSpace(stmt))
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.prefix == "" || !strings.HasPrefix(stmt, p.prefix) {
@@ -249,5 +258,28 @@ func TestRetryAfterACutCommitAppliesOnce(t *testing.T) {
 	}
 	if n := events(1000); n != 2 {
 		t.Fatalf("after the restart's retry: %d history events, want 2", n)
+	}
+}
+
+// The worker deletes Idempotency-Keys once they are older than
+// IDEMPOTENCY_TTL, on its periodic sweep, in batches.
+func TestWorkerSweepsIdempotencyKeys(t *testing.T) {
+	vars, pool := cacheVars(t)
+	const insert = `
+		INSERT INTO idempotency_keys (caller, key, fingerprint, method, path, status, headers, body, created_at)
+		SELECT '', 'k' || i, sha256(i::text::bytea), 'POST', '/api/v1/users', 200, '{}', '{}', now() - $1::interval
+		FROM generate_series($2::int, $3::int) AS i`
+	if _, err := pool.Exec(t.Context(), insert, "1 hour", 1, 2500); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(t.Context(), insert, "0 seconds", 2501, 2510); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, mapWith(vars, "SWEEP_INTERVAL", "1s", "SWEEP_BATCH", "1000", "IDEMPOTENCY_TTL", "30s"))
+	testenv.Eventually(t, 15*time.Second, "the keys past their TTL were not swept", func() bool {
+		return count(t, pool, `SELECT count(*) FROM idempotency_keys`) == 10
+	})
+	if n := count(t, pool, `SELECT count(*) FROM idempotency_keys WHERE key IN ('k2501', 'k2510')`); n != 2 {
+		t.Fatalf("the sweep took keys inside their TTL: %d of the 10 fresh ones left", n)
 	}
 }

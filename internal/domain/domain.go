@@ -157,7 +157,9 @@ type StoredResponse struct {
 // KeyedAttempt is the transaction a request sent with an Idempotency-Key
 // runs in: its effects and its stored response commit together.
 type KeyedAttempt interface {
-	// Commit stores resp and commits it with the request's effects.
+	// Commit stores resp and commits it with the request's effects; if the
+	// key has a stored response already, it rolls back and returns
+	// ErrKeyUsed.
 	Commit(ctx context.Context, resp StoredResponse) error
 	// Rollback undoes the request's effects; it does nothing after Commit.
 	Rollback(ctx context.Context)

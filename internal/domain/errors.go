@@ -80,3 +80,7 @@ var ErrKeyInUse = errors.New("idempotency key in use")
 // unknown (the connection was cut while committing): the effects may or
 // may not be there.
 var ErrCommitUncertain = errors.New("the outcome of the commit is unknown")
+
+// ErrKeyUsed says an Idempotency-Key has a stored response already: the
+// request is a retry (or reuses the key), and what it did was rolled back.
+var ErrKeyUsed = errors.New("idempotency key used")

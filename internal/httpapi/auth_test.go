@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"github.com/MicahParks/jwkset"
 	"github.com/go-chi/chi/v5"
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/httpapi"
@@ -214,5 +217,38 @@ func TestRefusedRequestChangesNothing(t *testing.T) {
 	r.problem(t, http.StatusForbidden)
 	if n := a.scalar(`SELECT count(*) FROM users WHERE id = 1000`) + a.scalar(`SELECT count(*) FROM membership_history WHERE user_id = 1000`); n != 0 {
 		t.Fatalf("a refused change left %d rows", n)
+	}
+}
+
+// Each request's log line names the token's subject, and no line carries
+// the token itself.
+func TestSubjectIsLoggedNotTheToken(t *testing.T) {
+	v, err := auth.New(context.Background(), auth.Config{Secret: []byte(testSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	a := newAPI(t, func(o *httpapi.Options) { o.Auth, o.Log, o.LogRequests = v, zap.New(core), "all" })
+	token, err := auth.Mint([]byte(testSecret), "checkout", []string{auth.ScopeRead}, time.Hour, "", "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.do("GET", "/api/v1/users/1000/segments", nil, "Authorization", "Bearer "+token)
+	a.do("POST", "/api/v1/segments", map[string]any{"slug": "LOGGED"}, "Authorization", "Bearer "+token) // 403
+	a.do("GET", "/api/v1/segments", nil, "Authorization", "Bearer "+token+"x")                          // 401
+
+	var subjects []string
+	for _, e := range logs.All() {
+		fields := e.ContextMap()
+		if e.Message == "request" {
+			subjects = append(subjects, fmt.Sprint(fields["status"], " ", fields["subject"]))
+		}
+		line := e.Message + fmt.Sprint(fields)
+		if strings.Contains(line, token[len(token)-20:]) {
+			t.Errorf("a log line carries the token: %s", line)
+		}
+	}
+	if want := []string{"200 checkout", "403 checkout", "401 "}; !slices.Equal(subjects, want) {
+		t.Fatalf("access log subjects %q, want %q", subjects, want)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -20,10 +21,11 @@ import (
 // (postgres.IdempotencyRepo).
 type IdempotencyStore interface {
 	// Begin opens the transaction, claiming caller's key for it
-	// (domain.ErrKeyInUse if another holds it), and returns the response
-	// stored under the key, if any. The context it returns carries the
-	// transaction.
-	Begin(ctx context.Context, caller, key string) (context.Context, domain.KeyedAttempt, *domain.StoredResponse, error)
+	// (domain.ErrKeyInUse if another holds it). The context it returns
+	// carries the transaction.
+	Begin(ctx context.Context, caller, key string) (context.Context, domain.KeyedAttempt, error)
+	// Stored returns the response stored under caller's key, or nil.
+	Stored(ctx context.Context, caller, key string) (*domain.StoredResponse, error)
 }
 
 // IdempotencyObserver counts keyed requests by outcome: "first" (ran and
@@ -45,11 +47,11 @@ const (
 // idempotent makes a write safe to retry: a request with an
 // Idempotency-Key runs in a transaction that also stores its response
 // under the caller's key, and a retry with that key gets the stored
-// response again (Idempotent-Replayed: true) and changes nothing. The
-// same key with another method, path or body is refused (422); a retry
-// while the first is running gets 409. Only successes are stored: a
-// request refused with a 4xx changed nothing, and runs again when retried.
-// Requests without the header run as they are.
+// response again (Idempotent-Replayed: true) and changes nothing (what it
+// did is rolled back). The same key with another method, path or body is
+// refused (422); a retry while the first is running gets 409. Only
+// successes are stored: a request refused with a 4xx changed nothing, and
+// runs again when retried. Requests without the header run as they are.
 //
 // onUnknownOutcome runs when a commit fails in a way that leaves its
 // outcome unknown (the service drops its cached reads then).
@@ -83,7 +85,8 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			fingerprint := requestFingerprint(r, body)
 
-			ctx, attempt, stored, err := store.Begin(r.Context(), callerFrom(r.Context()), key)
+			caller := callerFrom(r.Context())
+			ctx, attempt, err := store.Begin(r.Context(), caller, key)
 			switch {
 			case errors.Is(err, domain.ErrKeyInUse):
 				count("in_use")
@@ -96,52 +99,71 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 				return
 			}
 			defer attempt.Rollback(ctx)
-			if stored != nil {
-				if !bytes.Equal(stored.Fingerprint, fingerprint) {
-					count("reused")
-					writeProblem(w, r, Problem{Type: typeKeyReused, Title: "Idempotency-Key reused", Status: http.StatusUnprocessableEntity,
-						Detail: fmt.Sprintf("this Idempotency-Key was used at %s for %s %s with another request; use a new key for a new request",
-							stored.CreatedAt.UTC().Format("2006-01-02T15:04:05Z07:00"), stored.Method, stored.Path)})
-					return
-				}
-				count("replayed")
-				maps.Copy(w.Header(), stored.Header)
-				w.Header().Set(replayedHeader, "true")
-				w.WriteHeader(stored.Status)
-				_, _ = w.Write(stored.Body)
-				return
-			}
 
+			// The request runs first; whether the key was used before comes
+			// out when its response is stored (a retry's effects are then
+			// rolled back), or is looked up if it did not succeed.
 			rec := &recordedResponse{header: http.Header{}}
 			next.ServeHTTP(rec, r.WithContext(ctx))
 			if rec.status == 0 {
 				rec.status = http.StatusOK
 			}
+			stored := (*domain.StoredResponse)(nil)
 			if rec.status >= 200 && rec.status < 300 {
 				err := attempt.Commit(ctx, domain.StoredResponse{
 					Fingerprint: fingerprint, Method: r.Method, Path: r.URL.RequestURI(),
 					Status: rec.status, Header: rec.header, Body: append([]byte{}, rec.body.Bytes()...),
 				})
-				if errors.Is(err, domain.ErrCommitUncertain) {
+				switch {
+				case err == nil:
+					count("first")
+					writeRecorded(w, rec)
+					return
+				case errors.Is(err, domain.ErrKeyUsed):
+				case errors.Is(err, domain.ErrCommitUncertain):
 					// The commit may or may not have happened (a cut
 					// connection): a retry with the key finds out. What this
 					// replica cached of the users involved is unknown now.
 					loggerFrom(r.Context()).Warn("keyed request: the commit failed; its outcome is unknown", zap.Error(err))
 					onUnknownOutcome()
-				}
-				if err != nil {
+					respondError(w, r, err)
+					return
+				default:
 					respondError(w, r, err)
 					return
 				}
-				count("first")
 			} else {
-				count("not_stored")
+				attempt.Rollback(ctx)
 			}
-			maps.Copy(w.Header(), rec.header)
-			w.WriteHeader(rec.status)
-			_, _ = w.Write(rec.body.Bytes())
+			if stored, err = store.Stored(r.Context(), caller, key); err != nil {
+				respondError(w, r, err)
+				return
+			}
+			switch {
+			case stored == nil:
+				count("not_stored")
+				writeRecorded(w, rec)
+			case !bytes.Equal(stored.Fingerprint, fingerprint):
+				count("reused")
+				writeProblem(w, r, Problem{Type: typeKeyReused, Title: "Idempotency-Key reused", Status: http.StatusUnprocessableEntity,
+					Detail: fmt.Sprintf("this Idempotency-Key was used at %s for %s %s with another request; use a new key for a new request",
+						stored.CreatedAt.UTC().Format(time.RFC3339), stored.Method, stored.Path)})
+			default:
+				count("replayed")
+				maps.Copy(w.Header(), stored.Header)
+				w.Header().Set(replayedHeader, "true")
+				w.WriteHeader(stored.Status)
+				_, _ = w.Write(stored.Body)
+			}
 		})
 	}
+}
+
+// writeRecorded sends a recorded response.
+func writeRecorded(w http.ResponseWriter, rec *recordedResponse) {
+	maps.Copy(w.Header(), rec.header)
+	w.WriteHeader(rec.status)
+	_, _ = w.Write(rec.body.Bytes())
 }
 
 // bodyReadProblem answers a body that cannot be read whole.

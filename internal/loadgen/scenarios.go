@@ -28,3 +28,28 @@ func ChangeSegments(base string, users int64, segments int) Request {
 		return req, nil
 	}
 }
+
+// WithIdempotencyKeys gives every request next makes an Idempotency-Key of
+// its own: prefix, then the request's number.
+func WithIdempotencyKeys(next Request, prefix string) Request {
+	return func(i int) (*http.Request, error) {
+		req, err := next(i)
+		if err == nil {
+			req.Header.Set("Idempotency-Key", fmt.Sprintf("%s-%d", prefix, i))
+		}
+		return req, err
+	}
+}
+
+// BearerTransport sends every request with a bearer token.
+type BearerTransport struct {
+	Token string
+	Base  http.RoundTripper
+}
+
+// RoundTrip adds the Authorization header to a copy of req.
+func (t BearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Authorization", "Bearer "+t.Token)
+	return t.Base.RoundTrip(req)
+}

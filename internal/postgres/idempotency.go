@@ -2,7 +2,10 @@ package postgres
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -55,90 +58,120 @@ func NewIdempotencyRepo(pool *pgxpool.Pool) *IdempotencyRepo {
 
 // Attempt is a keyed request's transaction.
 type Attempt struct {
+	conn        *pgxpool.Conn
 	tx          pgx.Tx
 	queue       *aftercommit.Queue
 	caller, key string
+	done        bool
 }
 
 // Begin opens the transaction a request with caller's key runs in and
-// claims the key for it (a transaction-scoped advisory lock on the pair):
-// domain.ErrKeyInUse if another transaction holds it. It returns the
-// response stored under the key, if any; then the request must not run,
-// and the attempt is to be rolled back. The returned context carries the
-// transaction: store calls made with it join it, and work deferred with
-// aftercommit runs only once Commit has committed.
-func (r *IdempotencyRepo) Begin(ctx context.Context, caller, key string) (context.Context, domain.KeyedAttempt, *domain.StoredResponse, error) {
-	tx, err := r.pool.Begin(ctx)
+// claims the key for it, in one round trip: BEGIN, then a
+// transaction-scoped advisory lock on the pair, waited for at most a
+// millisecond (domain.ErrKeyInUse if another transaction holds it). The
+// returned context carries the transaction: store calls made with it join
+// it, and work deferred with aftercommit runs only once Commit has
+// committed. Whether the key has a stored response is found out at Commit
+// (see there), not here: that saves a round trip on every first request.
+func (r *IdempotencyRepo) Begin(ctx context.Context, caller, key string) (context.Context, domain.KeyedAttempt, error) {
+	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return ctx, nil, nil, fmt.Errorf("begin keyed request: %w", dbError(err))
+		return ctx, nil, fmt.Errorf("begin keyed request: %w", dbError(err))
 	}
-	const claim = `SELECT pg_try_advisory_xact_lock(hashtextextended($1 || E'\n' || $2, 0))`
-	const stored = `
-		SELECT fingerprint, method, path, status, headers, body, created_at
-		FROM idempotency_keys WHERE caller = $1 AND key = $2`
-	var (
-		claimed bool
-		found   *domain.StoredResponse
-	)
-	b := &pgx.Batch{}
-	b.Queue(claim, caller, key).QueryRow(func(row pgx.Row) error { return row.Scan(&claimed) })
-	b.Queue(stored, caller, key).Query(func(rows pgx.Rows) error {
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				s       domain.StoredResponse
-				headers []byte
-			)
-			if err := rows.Scan(&s.Fingerprint, &s.Method, &s.Path, &s.Status, &headers, &s.Body, &s.CreatedAt); err != nil {
-				return err
-			}
-			if err := json.Unmarshal(headers, &s.Header); err != nil {
-				return err
-			}
-			found = &s
+	// The lock id is a hash of the pair, computed here so that no text of
+	// the caller's goes into the statement (BEGIN's statements take no
+	// parameters).
+	h := sha256.Sum256([]byte(caller + "\x00" + key))
+	claim := fmt.Sprintf(`BEGIN; SET LOCAL lock_timeout = 1; SELECT pg_advisory_xact_lock(%d); SET LOCAL lock_timeout = DEFAULT`,
+		int64(binary.BigEndian.Uint64(h[:8])))
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: claim})
+	if err != nil {
+		if !conn.Conn().IsClosed() {
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
-		return rows.Err()
-	})
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return ctx, nil, nil, fmt.Errorf("claim idempotency key: %w", dbError(err))
+		conn.Release()
+		if pgCode(err) == lockNotAvailable {
+			return ctx, nil, domain.ErrKeyInUse
+		}
+		return ctx, nil, fmt.Errorf("claim idempotency key: %w", dbError(err))
 	}
-	if !claimed {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return ctx, nil, nil, domain.ErrKeyInUse
-	}
-	a := &Attempt{tx: tx, caller: caller, key: key}
+	a := &Attempt{conn: conn, tx: tx, caller: caller, key: key}
 	ctx, a.queue = aftercommit.With(context.WithValue(ctx, requestTxKey{}, tx))
-	return ctx, a, found, nil
+	return ctx, a, nil
 }
 
 // Commit stores resp under the attempt's key and commits it with the
-// request's effects; then it runs the work deferred until the commit. An
-// error means the outcome is unknown if the commit itself failed (the
-// connection was cut): a retry with the key finds out.
+// request's effects, in one round trip; then it runs the work deferred
+// until the commit. If the key has a stored response already (this is a
+// retry, or reuses the key), the insert fails, the transaction rolls back
+// with everything the request did, and Commit returns domain.ErrKeyUsed:
+// the caller answers from the stored response. Of the other errors, only
+// domain.ErrCommitUncertain (the connection died) leaves the outcome
+// unknown.
 func (a *Attempt) Commit(ctx context.Context, resp domain.StoredResponse) error {
+	a.done = true
+	defer a.conn.Release()
 	headers, err := json.Marshal(resp.Header)
 	if err != nil {
+		_, _ = a.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		return err
 	}
 	const store = `
 		INSERT INTO idempotency_keys (caller, key, fingerprint, method, path, status, headers, body)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
-	if _, err := a.tx.Exec(ctx, store, a.caller, a.key, resp.Fingerprint, resp.Method, resp.Path, resp.Status, headers, resp.Body); err != nil {
-		a.Rollback(ctx)
-		return fmt.Errorf("store the response of key %q: %w", a.key, dbError(err))
+	b := &pgx.Batch{}
+	b.Queue(store, a.caller, a.key, resp.Fingerprint, resp.Method, resp.Path, resp.Status, headers, resp.Body)
+	b.Queue("COMMIT")
+	err = a.conn.SendBatch(ctx, b).Close()
+	if err == nil {
+		a.queue.Run()
+		return nil
 	}
-	if err := a.tx.Commit(ctx); err != nil {
+	if pgCode(err) == "" {
 		return fmt.Errorf("commit keyed request: %w: %w", domain.ErrCommitUncertain, dbError(err))
 	}
-	a.queue.Run()
-	return nil
+	// Refused by the server: the pipeline stopped at the error, before
+	// COMMIT; the transaction is aborted and is rolled back here.
+	if a.conn.Conn().PgConn().TxStatus() != 'I' {
+		_, _ = a.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+	}
+	if pgCode(err) == uniqueViolation {
+		return domain.ErrKeyUsed
+	}
+	return fmt.Errorf("store the response of key %q: %w", a.key, dbError(err))
 }
 
-// Rollback undoes the attempt and drops the deferred work; the key stays
-// free. It does nothing after Commit.
+// Rollback undoes the attempt and drops the deferred work. It does
+// nothing after Commit.
 func (a *Attempt) Rollback(ctx context.Context) {
+	if a.done {
+		return
+	}
+	a.done = true
 	_ = a.tx.Rollback(context.WithoutCancel(ctx))
+	a.conn.Release()
+}
+
+// Stored returns the response stored under caller's key, or nil.
+func (r *IdempotencyRepo) Stored(ctx context.Context, caller, key string) (*domain.StoredResponse, error) {
+	const q = `
+		SELECT fingerprint, method, path, status, headers, body, created_at
+		FROM idempotency_keys WHERE caller = $1 AND key = $2`
+	var (
+		s       domain.StoredResponse
+		headers []byte
+	)
+	err := r.pool.QueryRow(ctx, q, caller, key).Scan(&s.Fingerprint, &s.Method, &s.Path, &s.Status, &headers, &s.Body, &s.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the response of key %q: %w", key, dbError(err))
+	}
+	if err := json.Unmarshal(headers, &s.Header); err != nil {
+		return nil, err
+	}
+	return &s, nil
 }
 
 // SweepIdempotencyKeys deletes keys stored before olderThan, at most batch

@@ -174,7 +174,10 @@ func newMigrator(url string) (*migrate.Migrate, error) {
 }
 
 // SQLSTATE codes this package translates.
-const uniqueViolation = "23505"
+const (
+	uniqueViolation  = "23505"
+	lockNotAvailable = "55P03"
+)
 
 // dbError marks err with domain.ErrUnavailable when it says the database
 // cannot be reached or cannot take writes now: the connection failed or
