@@ -72,7 +72,7 @@ func withCaller(ctx context.Context, c auth.Caller) context.Context {
 	if st, ok := ctx.Value(requestKey).(*requestState); ok {
 		st.subject = c.Subject
 	}
-	return logctx.With(ctx, loggerFrom(ctx), zap.String("subject", c.Subject))
+	return logctx.AddFields(ctx, zap.String("subject", c.Subject))
 }
 
 // callerFrom returns the subject of the request's verified token; "" when

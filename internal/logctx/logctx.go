@@ -30,3 +30,15 @@ func From(ctx context.Context, fallback *zap.Logger) *zap.Logger {
 	}
 	return fallback
 }
+
+// AddFields returns ctx whose logger carries fields besides those it had;
+// the logger is still built only when From asks. Without a logger in ctx,
+// ctx is returned as it is.
+func AddFields(ctx context.Context, fields ...zap.Field) context.Context {
+	e, ok := ctx.Value(key{}).(entry)
+	if !ok {
+		return ctx
+	}
+	e.fields = append(e.fields[:len(e.fields):len(e.fields)], fields...)
+	return context.WithValue(ctx, key{}, e)
+}
