@@ -235,7 +235,7 @@ func TestSubjectIsLoggedNotTheToken(t *testing.T) {
 	}
 	a.do("GET", "/api/v1/users/1000/segments", nil, "Authorization", "Bearer "+token)
 	a.do("POST", "/api/v1/segments", map[string]any{"slug": "LOGGED"}, "Authorization", "Bearer "+token) // 403
-	a.do("GET", "/api/v1/segments", nil, "Authorization", "Bearer "+token+"x")                          // 401
+	a.do("GET", "/api/v1/segments", nil, "Authorization", "Bearer "+token+"x")                           // 401
 
 	var subjects []string
 	for _, e := range logs.All() {
