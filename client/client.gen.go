@@ -141,6 +141,12 @@ type CreateSegmentRequest struct {
 	// Example: 30
 	AutoPercent *float64 `json:"auto_percent,omitempty"`
 
+	// DeleteAt DeleteAt, if set, schedules the segment's deletion (RFC 3339, in
+	// the future).
+	//
+	// Example: 2030-01-02T15:04:05Z
+	DeleteAt *time.Time `json:"delete_at,omitempty"`
+
 	// Description Example: Voice messages in chat
 	Description *string `json:"description,omitempty"`
 
@@ -197,6 +203,23 @@ type Membership struct {
 
 // MembershipSource Example: manual
 type MembershipSource string
+
+// PatchSegmentRequest defines model for PatchSegmentRequest.
+type PatchSegmentRequest struct {
+	// AutoPercent AutoPercent may only repeat a percent segment's share for now.
+	AutoPercent *float64 `json:"auto_percent,omitempty"`
+
+	// DeleteAt DeleteAt schedules or moves the deletion (RFC 3339, in the
+	// future); null cancels it.
+	//
+	// Example: 2030-01-02T15:04:05Z
+	DeleteAt *time.Time `json:"delete_at,omitempty"`
+
+	// Description Description replaces the description; null clears it.
+	//
+	// Example: Voice messages in chat and calls
+	Description *string `json:"description,omitempty"`
+}
 
 // Problem defines model for Problem.
 type Problem struct {
@@ -282,6 +305,11 @@ type Segment struct {
 	// CreatedAt Example: 2026-11-22T08:00:00Z
 	CreatedAt time.Time `json:"created_at"`
 
+	// DeleteAt DeleteAt is when the segment will be deleted; null if never.
+	//
+	// Example: 2030-01-02T15:04:05Z
+	DeleteAt *time.Time `json:"delete_at"`
+
 	// Description Example: Voice messages in chat
 	Description string `json:"description"`
 
@@ -364,6 +392,12 @@ type DeleteSegmentParams struct {
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
+// PatchSegmentParams defines parameters for PatchSegment.
+type PatchSegmentParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
 // RegisterUsersParams defines parameters for RegisterUsers.
 type RegisterUsersParams struct {
 	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
@@ -396,6 +430,12 @@ type CreateHistoryReportJSONRequestBody = ReportRequest
 
 // CreateSegmentJSONRequestBody defines body for CreateSegment for application/json ContentType.
 type CreateSegmentJSONRequestBody = CreateSegmentRequest
+
+// PatchSegmentJSONRequestBody defines body for PatchSegment for application/json ContentType.
+type PatchSegmentJSONRequestBody = PatchSegmentRequest
+
+// PatchSegmentApplicationMergePatchPlusJSONRequestBody defines body for PatchSegment for application/merge-patch+json ContentType.
+type PatchSegmentApplicationMergePatchPlusJSONRequestBody = PatchSegmentRequest
 
 // RegisterUsersJSONRequestBody defines body for RegisterUsers for application/json ContentType.
 type RegisterUsersJSONRequestBody = RegisterUsersRequest
@@ -511,7 +551,7 @@ type ClientInterface interface {
 
 	// CreateSegmentWithBody Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -520,7 +560,7 @@ type ClientInterface interface {
 
 	// CreateSegment Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -540,6 +580,33 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /segments/{slug} (the `GetSegment` operationId).
 	GetSegment(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PatchSegmentWithBody Change a segment
+	//
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+	PatchSegmentWithBody(ctx context.Context, slug string, params *PatchSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PatchSegment Change a segment
+	//
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+	PatchSegment(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PatchSegmentWithApplicationMergePatchPlusJSONBody Change a segment
+	//
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `application/merge-patch+json` content type.
+	//
+	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+	PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RegisterUsersWithBody Register users in bulk
 	//
@@ -666,7 +733,7 @@ func (c *Client) ListSegments(ctx context.Context, params *ListSegmentsParams, r
 
 // CreateSegmentWithBody Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes any type of body and a specified content type.
 //
@@ -685,7 +752,7 @@ func (c *Client) CreateSegmentWithBody(ctx context.Context, params *CreateSegmen
 
 // CreateSegment Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -726,6 +793,63 @@ func (c *Client) DeleteSegment(ctx context.Context, slug string, params *DeleteS
 // Corresponds with GET /segments/{slug} (the `GetSegment` operationId).
 func (c *Client) GetSegment(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetSegmentRequest(c.Server, slug)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PatchSegmentWithBody Change a segment
+//
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+func (c *Client) PatchSegmentWithBody(ctx context.Context, slug string, params *PatchSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPatchSegmentRequestWithBody(c.Server, slug, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PatchSegment Change a segment
+//
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+func (c *Client) PatchSegment(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPatchSegmentRequest(c.Server, slug, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PatchSegmentWithApplicationMergePatchPlusJSONBody Change a segment
+//
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `application/merge-patch+json` content type.
+//
+// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+func (c *Client) PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPatchSegmentRequestWithApplicationMergePatchPlusJSONBody(c.Server, slug, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1139,6 +1263,79 @@ func NewGetSegmentRequest(server string, slug string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewPatchSegmentRequest calls the generic PatchSegment builder with application/json body
+func NewPatchSegmentRequest(server string, slug string, params *PatchSegmentParams, body PatchSegmentJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPatchSegmentRequestWithBody(server, slug, params, "application/json", bodyReader)
+}
+
+// NewPatchSegmentRequestWithApplicationMergePatchPlusJSONBody calls the generic PatchSegment builder with application/merge-patch+json body
+func NewPatchSegmentRequestWithApplicationMergePatchPlusJSONBody(server string, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPatchSegmentRequestWithBody(server, slug, params, "application/merge-patch+json", bodyReader)
+}
+
+// NewPatchSegmentRequestWithBody constructs an http.Request for the PatchSegment method, with any body, and a specified content type
+func NewPatchSegmentRequestWithBody(server string, slug string, params *PatchSegmentParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/segments/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewRegisterUsersRequest calls the generic RegisterUsers builder with application/json body
 func NewRegisterUsersRequest(server string, params *RegisterUsersParams, body RegisterUsersJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -1469,7 +1666,7 @@ type ClientWithResponsesInterface interface {
 
 	// CreateSegmentWithBodyWithResponse Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1478,7 +1675,7 @@ type ClientWithResponsesInterface interface {
 
 	// CreateSegmentWithResponse Create a segment
 	//
-	// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+	// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1502,6 +1699,33 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /segments/{slug} (the `GetSegment` operationId).
 	GetSegmentWithResponse(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*GetSegmentReply, error)
+
+	// PatchSegmentWithBodyWithResponse Change a segment
+	//
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+	PatchSegmentWithBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error)
+
+	// PatchSegmentWithResponse Change a segment
+	//
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+	PatchSegmentWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error)
+
+	// PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse Change a segment
+	//
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `application/merge-patch+json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+	PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error)
 
 	// RegisterUsersWithBodyWithResponse Register users in bulk
 	//
@@ -2100,6 +2324,124 @@ func (r GetSegmentReply) ContentType() string {
 	return ""
 }
 
+// PatchSegmentReply200Headers the declared response headers of an HTTP 200 response for PatchSegment
+type PatchSegmentReply200Headers struct {
+	IdempotentReplayed *string
+}
+
+type PatchSegmentReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Segment
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *PatchSegmentReply200Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PatchSegmentReply) GetJSON200() *Segment {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON415() *Problem {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r PatchSegmentReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r PatchSegmentReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PatchSegmentReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PatchSegmentReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PatchSegmentReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // RegisterUsersReply200Headers the declared response headers of an HTTP 200 response for RegisterUsers
 type RegisterUsersReply200Headers struct {
 	IdempotentReplayed *string
@@ -2550,7 +2892,7 @@ func (c *ClientWithResponses) ListSegmentsWithResponse(ctx context.Context, para
 
 // CreateSegmentWithBodyWithResponse Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -2565,7 +2907,7 @@ func (c *ClientWithResponses) CreateSegmentWithBodyWithResponse(ctx context.Cont
 
 // CreateSegmentWithResponse Create a segment
 //
-// Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
+// Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -2606,6 +2948,51 @@ func (c *ClientWithResponses) GetSegmentWithResponse(ctx context.Context, slug s
 		return nil, err
 	}
 	return ParseGetSegmentReply(rsp)
+}
+
+// PatchSegmentWithBodyWithResponse Change a segment
+//
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+func (c *ClientWithResponses) PatchSegmentWithBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error) {
+	rsp, err := c.PatchSegmentWithBody(ctx, slug, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePatchSegmentReply(rsp)
+}
+
+// PatchSegmentWithResponse Change a segment
+//
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+func (c *ClientWithResponses) PatchSegmentWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error) {
+	rsp, err := c.PatchSegment(ctx, slug, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePatchSegmentReply(rsp)
+}
+
+// PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse Change a segment
+//
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `application/merge-patch+json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
+func (c *ClientWithResponses) PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error) {
+	rsp, err := c.PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx, slug, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePatchSegmentReply(rsp)
 }
 
 // RegisterUsersWithBodyWithResponse Register users in bulk
@@ -3178,6 +3565,115 @@ func ParseGetSegmentReply(rsp *http.Response) (*GetSegmentReply, error) {
 		}
 		response.ApplicationproblemJSON503 = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParsePatchSegmentReply parses an HTTP response from a PatchSegmentWithResponse call
+func ParsePatchSegmentReply(rsp *http.Response) (*PatchSegmentReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PatchSegmentReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Segment
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers PatchSegmentReply200Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers200 = &headers
 	}
 
 	return response, nil

@@ -21,6 +21,7 @@ const contract = [
   'GET /segments/{slug}',
   'GET /users/{user_id}/history',
   'GET /users/{user_id}/segments',
+  'PATCH /segments/{slug}',
   'POST /reports/history',
   'POST /segments',
   'POST /users',

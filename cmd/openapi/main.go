@@ -219,6 +219,11 @@ func amend(doc *openapi3.T) error {
 	if err := accessAndRetries(doc, problem); err != nil {
 		return err
 	}
+	if op := doc.Paths.Value("/segments/{slug}").Patch; op != nil {
+		json := op.RequestBody.Value.Content["application/json"]
+		json.Example = map[string]any{"description": "Voice messages in chat and calls", "delete_at": "2030-01-02T15:04:05Z"}
+		op.RequestBody.Value.Content["application/merge-patch+json"] = json
+	}
 	if op := doc.Paths.Value("/users/{user_id}/segments").Post; op != nil {
 		op.RequestBody.Value.Content["application/json"].Example = map[string]any{
 			"add": []string{"AVITO_VOICE_MESSAGES", "AVITO_DISCOUNT_30"}, "remove": []string{"AVITO_PERFORMANCE_VAS"}, "ttl_seconds": 172800,

@@ -38,6 +38,7 @@ var (
 type Recorder interface {
 	postgres.Recorder
 	service.Recorder
+	service.DeletionRecorder
 }
 
 // Nop counts nothing.
@@ -45,6 +46,9 @@ type Nop struct{ postgres.NopRecorder }
 
 // ReportDownloaded does nothing.
 func (Nop) ReportDownloaded(bool, bool) {}
+
+// SegmentDeletedOnSchedule does nothing.
+func (Nop) SegmentDeletedOnSchedule(string) {}
 
 // Deps are what New builds on.
 type Deps struct {
@@ -64,6 +68,8 @@ type Services struct {
 	Reports  *service.Reports
 	Expiry   *service.Expiry
 	Rollouts *service.Rollouts
+	// Deletions deletes segments at the time set for them.
+	Deletions *service.Deletions
 	// IdempotencyKeys sweeps old Idempotency-Keys.
 	IdempotencyKeys *service.IdempotencyKeys
 	// Idempotency runs requests sent with an Idempotency-Key.
@@ -96,8 +102,9 @@ func New(cfg config.Config, d Deps) (*Services, error) {
 	segments := postgres.NewSegmentRepo(d.Pool, d.Recorder)
 	keys := postgres.NewIdempotencyRepo(d.Pool)
 	return &Services{
-		Segments: service.NewSegments(segments, tasks, d.Log.Named("segments")),
-		Users:    service.NewUsers(postgres.NewUserRepo(d.Pool, d.Recorder), tasks, d.Now, d.Log.Named("users")),
+		Segments:  service.NewSegments(segments, tasks, d.Now, d.Log.Named("segments")),
+		Deletions: service.NewDeletions(segments, d.Recorder, d.Log.Named("deletions")),
+		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, d.Recorder), tasks, d.Now, d.Log.Named("users")),
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), d.Recorder,
 			secret, cfg.Reports.LinkTTL, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, d.Recorder), d.Log.Named("expiry")),
@@ -123,5 +130,5 @@ func WorkerConfig(cfg config.Config) worker.Config {
 
 // WorkerServices are what the worker's handlers call.
 func (s *Services) WorkerServices() worker.Services {
-	return worker.Services{Expiry: s.Expiry, Rollouts: s.Rollouts, IdempotencyKeys: s.IdempotencyKeys}
+	return worker.Services{Expiry: s.Expiry, Rollouts: s.Rollouts, IdempotencyKeys: s.IdempotencyKeys, Deletions: s.Deletions}
 }

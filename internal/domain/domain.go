@@ -39,6 +39,8 @@ type Segment struct {
 	// Rollout is the progress of giving a percent segment to the users
 	// registered when it was created; nil for a manual segment.
 	Rollout *Rollout
+	// DeleteAt is when the segment is to be deleted; nil if never.
+	DeleteAt *time.Time
 }
 
 // NewSegment is what an analyst supplies to create a segment.
@@ -47,6 +49,28 @@ type NewSegment struct {
 	Description string
 	// AutoPercent, if set, makes a percent segment.
 	AutoPercent *Percent
+	// DeleteAt, if set, schedules the segment's deletion.
+	DeleteAt *time.Time
+}
+
+// SegmentPatch is a change to a segment (a JSON merge patch): a nil field
+// is left as it is.
+type SegmentPatch struct {
+	Description *string
+	// AutoPercent changes a percent segment's share.
+	AutoPercent *Percent
+	// AutoPercentNull is a request to make the segment manual (refused).
+	AutoPercentNull bool
+	// DeleteAt schedules (or moves) the deletion; CancelDeletion cancels it.
+	DeleteAt       *time.Time
+	CancelDeletion bool
+}
+
+// ScheduledDeletion is a segment's deletion due at DeleteAt.
+type ScheduledDeletion struct {
+	SegmentID int64     `json:"segment_id"`
+	Slug      string    `json:"slug"`
+	DeleteAt  time.Time `json:"delete_at"`
 }
 
 // Percent is a share of users in hundredths of a percent: 5025 is 50.25 %.

@@ -100,7 +100,7 @@ func BenchmarkCachedRead(b *testing.B) {
 		c.Fill(id, t, appendUserSegments(nil, id, ms), time.Time{})
 	}
 	h := NewRouter(Options{
-		Segments: service.NewSegments(nil, nil, zap.NewNop()),
+		Segments: service.NewSegments(nil, nil, time.Now, zap.NewNop()),
 		Users:    service.NewUsers(nil, nil, time.Now, zap.NewNop()),
 		Cache:    c, Observer: nopRecorder{}, RequestTimeout: 30 * time.Second,
 	})

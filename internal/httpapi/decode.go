@@ -135,13 +135,22 @@ func (e *fieldDecodeError) Error() string { return fmt.Sprintf("field %q %s", e.
 type expiryTime struct{ time.Time }
 
 // UnmarshalJSON reads an RFC 3339 string.
-func (t *expiryTime) UnmarshalJSON(b []byte) error {
+func (t *expiryTime) UnmarshalJSON(b []byte) error { return parseRFC3339(&t.Time, "expires_at", b) }
+
+// rfc3339Time is the delete_at field of a request: an RFC 3339 time.
+type rfc3339Time struct{ time.Time }
+
+// UnmarshalJSON reads an RFC 3339 string.
+func (t *rfc3339Time) UnmarshalJSON(b []byte) error { return parseRFC3339(&t.Time, "delete_at", b) }
+
+// parseRFC3339 reads the JSON string b, field's value, into t.
+func parseRFC3339(t *time.Time, field string, b []byte) error {
 	s, err := strconv.Unquote(string(b))
 	if err == nil {
-		t.Time, err = time.Parse(time.RFC3339, s)
+		*t, err = time.Parse(time.RFC3339, s)
 	}
 	if err != nil {
-		return &fieldDecodeError{field: "expires_at", detail: fmt.Sprintf("must be an RFC 3339 time such as \"2030-01-02T15:04:05Z\", not %s", b)}
+		return &fieldDecodeError{field: field, detail: fmt.Sprintf("must be an RFC 3339 time such as \"2030-01-02T15:04:05Z\", not %s", b)}
 	}
 	return nil
 }

@@ -183,6 +183,7 @@ var apiRoutes = []apiRoute{
 	{method: http.MethodPost, pattern: "/segments", scope: auth.ScopeAdmin, handle: (*handler).createSegment},
 	{method: http.MethodGet, pattern: "/segments", scope: auth.ScopeRead, handle: (*handler).listSegments},
 	{method: http.MethodGet, pattern: "/segments/{slug}", scope: auth.ScopeRead, handle: (*handler).getSegment},
+	{method: http.MethodPatch, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).patchSegment},
 	{method: http.MethodDelete, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteSegment},
 
 	{method: http.MethodPost, pattern: "/users", scope: auth.ScopeWrite, handle: (*handler).registerUsers},

@@ -1,7 +1,11 @@
 package httpapi
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"math"
+	"mime"
 	"net/http"
 	"net/url"
 	"time"
@@ -19,6 +23,21 @@ type CreateSegmentRequest struct {
 	// AutoPercent makes a percent segment: this share of users (0 to 100,
 	// up to two decimals) gets it automatically.
 	AutoPercent *float64 `json:"auto_percent,omitempty" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" format:"double" example:"30"`
+	// DeleteAt, if set, schedules the segment's deletion (RFC 3339, in
+	// the future).
+	DeleteAt *rfc3339Time `json:"delete_at,omitempty" swaggertype:"string" format:"date-time" example:"2030-01-02T15:04:05Z"`
+}
+
+// PatchSegmentRequest is the body of PATCH /segments/{slug}, a JSON merge
+// patch (RFC 7396): a field left out stays as it is.
+type PatchSegmentRequest struct {
+	// Description replaces the description; null clears it.
+	Description *string `json:"description" validate:"omitnil,max=1000,text" example:"Voice messages in chat and calls" extensions:"x-nullable"`
+	// AutoPercent may only repeat a percent segment's share for now.
+	AutoPercent *float64 `json:"auto_percent" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" format:"double" extensions:"x-nullable"`
+	// DeleteAt schedules or moves the deletion (RFC 3339, in the
+	// future); null cancels it.
+	DeleteAt *rfc3339Time `json:"delete_at" swaggertype:"string" format:"date-time" example:"2030-01-02T15:04:05Z" extensions:"x-nullable"`
 }
 
 // Segment is a segment as the API shows it.
@@ -31,6 +50,8 @@ type Segment struct {
 	MemberCount int64 `json:"member_count" example:"1200"`
 	// Rollout is null for a manual segment.
 	Rollout *Rollout `json:"rollout" extensions:"x-nullable"`
+	// DeleteAt is when the segment will be deleted; null if never.
+	DeleteAt *time.Time `json:"delete_at" format:"date-time" example:"2030-01-02T15:04:05Z" extensions:"x-nullable"`
 }
 
 // Rollout is the progress of a percent segment's background assignment.
@@ -61,6 +82,10 @@ func segmentFrom(s domain.Segment) Segment {
 	if s.Rollout != nil {
 		out.Rollout = &Rollout{Status: string(s.Rollout.Status), Assigned: s.Rollout.Assigned, Total: s.Rollout.Total}
 	}
+	if s.DeleteAt != nil {
+		t := s.DeleteAt.UTC()
+		out.DeleteAt = &t
+	}
 	return out
 }
 
@@ -68,7 +93,7 @@ func segmentFrom(s domain.Segment) Segment {
 //
 //	@ID				createSegment
 //	@Summary		Create a segment
-//	@Description	Creates a segment that users can then be added to. The slug is unique among existing segments. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
+//	@Description	Creates a segment that users can then be added to. The slug is unique among existing segments. With delete_at, the segment is deleted at that time exactly as DELETE does it. With auto_percent, the segment goes to exactly round(N·p/100) of the N users registered now (a background rollout, whose progress GET shows) and to every user registered later whose bucket is below p.
 //	@Tags			segments
 //	@Accept			json
 //	@Produce		json
@@ -79,7 +104,7 @@ func segmentFrom(s domain.Segment) Segment {
 //	@Failure		409		{object}	Problem					"The slug is taken"
 //	@Failure		413		{object}	Problem					"Body over 1 MiB"
 //	@Failure		415		{object}	Problem					"Content-Type is not application/json"
-//	@Failure		422		{object}	Problem					"Invalid slug or description"
+//	@Failure		422		{object}	Problem					"Invalid slug or description, or delete_at not in the future"
 //	@Router			/segments [post]
 func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 	var req CreateSegmentRequest
@@ -87,6 +112,9 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ns := domain.NewSegment{Slug: req.Slug, Description: req.Description}
+	if req.DeleteAt != nil {
+		ns.DeleteAt = &req.DeleteAt.Time
+	}
 	if req.AutoPercent != nil {
 		p := domain.Percent(math.Round(*req.AutoPercent * 100))
 		ns.AutoPercent = &p
@@ -173,4 +201,85 @@ func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// patchSegment godoc
+//
+//	@ID				patchSegment
+//	@Summary		Change a segment
+//	@Description	A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are.
+//	@Tags			segments
+//	@Accept			json
+//	@Produce		json
+//	@Param			slug	path		string				true	"Segment slug"
+//	@Param			patch	body		PatchSegmentRequest	true	"What changes"
+//	@Success		200		{object}	Segment
+//	@Failure		400		{object}	Problem	"Malformed JSON"
+//	@Failure		404		{object}	Problem	"No such segment"
+//	@Failure		413		{object}	Problem	"Body over 1 MiB"
+//	@Failure		415		{object}	Problem	"Content-Type is not application/merge-patch+json or application/json"
+//	@Failure		422		{object}	Problem	"A bad value, delete_at not in the future, auto_percent on a manual segment, null on a percent one, or another share"
+//	@Router			/segments/{slug} [patch]
+func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
+	// A merge patch tells a null (clear) from a field left out (keep): the
+	// fields are read raw first.
+	var raw struct {
+		Description json.RawMessage `json:"description"`
+		AutoPercent json.RawMessage `json:"auto_percent"`
+		DeleteAt    json.RawMessage `json:"delete_at"`
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && mt == "application/merge-patch+json" {
+		r.Header.Set("Content-Type", "application/json")
+	}
+	if !decode(w, r, h.validate, &raw) {
+		return
+	}
+	var req PatchSegmentRequest
+	p := domain.SegmentPatch{}
+	for _, f := range []struct {
+		name string
+		raw  json.RawMessage
+		dst  any
+		null func()
+	}{
+		{"description", raw.Description, &req.Description, func() { empty := ""; p.Description = &empty }},
+		{"auto_percent", raw.AutoPercent, &req.AutoPercent, func() { p.AutoPercentNull = true }},
+		{"delete_at", raw.DeleteAt, &req.DeleteAt, func() { p.CancelDeletion = true }},
+	} {
+		switch {
+		case f.raw == nil:
+		case string(f.raw) == "null":
+			f.null()
+		default:
+			if err := json.Unmarshal(f.raw, f.dst); err != nil {
+				var fe *fieldDecodeError
+				detail := fmt.Sprintf("field %q has the wrong type: %s", f.name, f.raw)
+				if errors.As(err, &fe) {
+					detail = fe.Error()
+				}
+				writeProblem(w, r, Problem{Type: typeMalformed, Title: "Request body is malformed", Status: http.StatusBadRequest, Detail: detail})
+				return
+			}
+		}
+	}
+	if err := validate(h.validate, &req); err != nil {
+		respondError(w, r, err)
+		return
+	}
+	if req.Description != nil {
+		p.Description = req.Description
+	}
+	if req.AutoPercent != nil {
+		v := domain.Percent(math.Round(*req.AutoPercent * 100))
+		p.AutoPercent = &v
+	}
+	if req.DeleteAt != nil {
+		p.DeleteAt = &req.DeleteAt.Time
+	}
+	seg, err := h.segments.Patch(r.Context(), chi.URLParam(r, "slug"), p)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	respond(w, http.StatusOK, segmentFrom(seg))
 }

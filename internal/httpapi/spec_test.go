@@ -66,8 +66,8 @@ func TestSpecMatchesRoutes(t *testing.T) {
 	if diff := cmp.Diff(served, documented); diff != "" {
 		t.Errorf("routes served (-) versus documented in docs/openapi.json (+):\n%s", diff)
 	}
-	if len(served) != 10 {
-		t.Errorf("%d routes under /api/v1, the contract has 10: %v", len(served), served)
+	if len(served) != 11 {
+		t.Errorf("%d routes under /api/v1, the contract has 11: %v", len(served), served)
 	}
 }
 
@@ -112,6 +112,7 @@ func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
 	})
 	bodies := map[string]string{
 		"createSegment":       `{"slug":"SPEC_NEW"}`,
+		"patchSegment":        `{"description":"patched"}`,
 		"registerUsers":       `{"user_ids":[1]}`,
 		"changeUserSegments":  `{"add":["SPEC"]}`,
 		"createHistoryReport": `{"period":"2026-11"}`,

@@ -342,7 +342,7 @@ func TestRoutingProblems(t *testing.T) {
 		{"PUT", "/api/v1/segments", "GET, HEAD, POST"},
 		{"PATCH", "/api/v1/users/1/segments", "GET, HEAD, POST"},
 		{"DELETE", "/api/v1/users/1/segments", "GET, HEAD, POST"},
-		{"POST", "/api/v1/segments/A", "GET, HEAD, DELETE"},
+		{"POST", "/api/v1/segments/A", "GET, HEAD, PATCH, DELETE"},
 	} {
 		r := a.do(tc.method, tc.path, nil)
 		r.problem(t, http.StatusMethodNotAllowed)

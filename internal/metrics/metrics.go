@@ -28,15 +28,16 @@ const namespace = "segments"
 
 // Metrics holds the service's metrics in a registry of its own.
 type Metrics struct {
-	reg          *prometheus.Registry
-	httpRequests *prometheus.CounterVec
-	httpDuration *prometheus.HistogramVec
-	memberships  *prometheus.CounterVec
-	reports      *prometheus.CounterVec
-	tasks        *prometheus.CounterVec
-	taskDuration *prometheus.HistogramVec
-	authRefused  *prometheus.CounterVec
-	keyed        *prometheus.CounterVec
+	reg                *prometheus.Registry
+	httpRequests       *prometheus.CounterVec
+	httpDuration       *prometheus.HistogramVec
+	memberships        *prometheus.CounterVec
+	reports            *prometheus.CounterVec
+	tasks              *prometheus.CounterVec
+	taskDuration       *prometheus.HistogramVec
+	authRefused        *prometheus.CounterVec
+	keyed              *prometheus.CounterVec
+	scheduledDeletions *prometheus.CounterVec
 
 	cacheLookups      [readcache.Off + 1]prometheus.Counter
 	cacheInvalidated  *prometheus.CounterVec
@@ -82,6 +83,10 @@ func New() *Metrics {
 			Namespace: namespace, Subsystem: "idempotency", Name: "requests_total",
 			Help: "Requests sent with an Idempotency-Key, by outcome: first (ran, response stored), replayed, in_use (409), reused (422), not_stored (not a success).",
 		}, []string{"outcome"}),
+		scheduledDeletions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "scheduled_deletions_total",
+			Help: "Segments deleted at their delete_at, by how: task (its scheduled task) or sweep (the periodic sweep, when the task was lost).",
+		}, []string{"via"}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "auth", Name: "refused_total",
 			Help: "Requests refused for their bearer token (401) or its scopes (403), by reason.",
@@ -89,7 +94,7 @@ func New() *Metrics {
 	}
 	m.registerCache()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed)
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
 	for _, c := range domain.Changes {
@@ -100,6 +105,9 @@ func New() *Metrics {
 			m.reports.WithLabelValues(scope, outcome)
 		}
 	}
+	for _, via := range []string{"task", "sweep"} {
+		m.scheduledDeletions.WithLabelValues(via)
+	}
 	for _, o := range []string{"first", "replayed", "in_use", "reused", "not_stored"} {
 		m.keyed.WithLabelValues(o)
 	}
@@ -107,6 +115,11 @@ func New() *Metrics {
 		m.authRefused.WithLabelValues(string(r))
 	}
 	return m
+}
+
+// SegmentDeletedOnSchedule counts a segment deleted at its delete_at.
+func (m *Metrics) SegmentDeletedOnSchedule(via string) {
+	m.scheduledDeletions.WithLabelValues(via).Inc()
 }
 
 // IdempotentRequest counts a request sent with an Idempotency-Key.

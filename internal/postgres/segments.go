@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -30,7 +31,7 @@ const segmentColumns = `
 	(SELECT count(*) FROM memberships m
 	  WHERE m.segment_id = s.id
 	    AND (m.expires_at IS NULL OR m.expires_at > now())) AS member_count,
-	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0)`
+	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0), s.delete_at`
 
 func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 	var (
@@ -39,7 +40,7 @@ func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 		ro     domain.Rollout
 	)
 	err := row.Scan(&seg.ID, &seg.Slug, &seg.Description, &seg.CreatedAt, &seg.MemberCount,
-		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total)
+		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt)
 	if status != nil {
 		ro.Status = domain.RolloutStatus(*status)
 		seg.Rollout = &ro
@@ -65,11 +66,11 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 			}
 		}
 		const q = `
-			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq)
+			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq, delete_at)
 			SELECT $1, $2, $3::numeric / 100, CASE WHEN $3::integer IS NOT NULL THEN 'pending' END,
-			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END
+			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END, $4
 			RETURNING ` + segmentColumns
-		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent)
+		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent, ns.DeleteAt)
 		var err error
 		seg, err = pgx.CollectExactlyOneRow(rows, scanSegment)
 		return err
@@ -127,17 +128,67 @@ func (r *SegmentRepo) segments(ctx context.Context, after string, limit int) ([]
 // row is locked first, so a concurrent change that adds it to a user
 // either completes before the delete or finds the slug unknown.
 func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
+	const lock = `SELECT id FROM segments WHERE slug = $1 FOR UPDATE`
+	found, err := r.deleteSegment(ctx, slug, lock, slug)
+	if err == nil && !found {
+		return domain.NotFoundf("segment %q does not exist", slug)
+	}
+	return err
+}
+
+// DeleteSegmentIfDue deletes the segment as DeleteSegment does if it is
+// still scheduled for deletion at d.DeleteAt and that time has passed on
+// the database's clock. It reports whether it deleted it, and the
+// database's time.
+func (r *SegmentRepo) DeleteSegmentIfDue(ctx context.Context, d domain.ScheduledDeletion) (bool, time.Time, error) {
+	const lock = `SELECT id FROM segments WHERE id = $1 AND delete_at = $2 AND delete_at <= now() FOR UPDATE`
+	deleted, err := r.deleteSegment(ctx, d.Slug, lock, d.SegmentID, d.DeleteAt)
+	if err != nil || deleted {
+		return deleted, time.Time{}, err
+	}
+	var now time.Time
+	if err := on(ctx, r.pool).QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return false, time.Time{}, fmt.Errorf("read the time: %w", dbError(err))
+	}
+	return false, now, nil
+}
+
+// DueDeletions returns up to limit segments whose deletion is due, the
+// earliest first.
+func (r *SegmentRepo) DueDeletions(ctx context.Context, limit int) ([]domain.ScheduledDeletion, error) {
+	const q = `
+		SELECT id, slug, delete_at FROM segments
+		WHERE delete_at <= now()
+		ORDER BY delete_at, id
+		LIMIT $1`
+	rows, _ := on(ctx, r.pool).Query(ctx, q, limit)
+	due, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.ScheduledDeletion, error) {
+		var d domain.ScheduledDeletion
+		err := row.Scan(&d.SegmentID, &d.Slug, &d.DeleteAt)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select due deletions: %w", dbError(err))
+	}
+	return due, nil
+}
+
+// deleteSegment deletes the segment that the locking statement lock
+// (with args) selects and locks, with its memberships; it reports whether
+// lock found one.
+func (r *SegmentRepo) deleteSegment(ctx context.Context, slug, lock string, args ...any) (bool, error) {
 	var expired, deleted int64
+	found := false
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		const lock = `SELECT id FROM segments WHERE slug = $1 FOR UPDATE`
 		var id int64
-		err := tx.QueryRow(ctx, lock, slug).Scan(&id)
+		err := tx.QueryRow(ctx, lock, args...).Scan(&id)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return domain.NotFoundf("segment %q does not exist", slug)
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("lock segment %s: %w", slug, dbError(err))
 		}
+		found = true
 		// One instant for the whole deletion, so that the members counted as
 		// expired are exactly those the trigger records as ttl.
 		const begin = `SELECT set_config('segments.reason', $1, true), set_config('segments.now', clock_timestamp()::text, true)`
@@ -161,12 +212,33 @@ func (r *SegmentRepo) DeleteSegment(ctx context.Context, slug string) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
+	if err != nil || !found {
+		return false, err
 	}
 	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonTTL, expired)
 	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonSegmentDeleted, deleted)
-	return nil
+	return true, nil
+}
+
+// PatchSegment changes the segment named slug as p says and returns it, or
+// domain.ErrNotFound. Only the description and the scheduled deletion
+// change here.
+func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error) {
+	const q = `
+		UPDATE segments AS s
+		SET description = coalesce($2, s.description),
+		    delete_at = CASE WHEN $4 THEN NULL WHEN $3::timestamptz IS NOT NULL THEN $3 ELSE s.delete_at END
+		WHERE s.slug = $1
+		RETURNING ` + segmentColumns
+	rows, _ := on(ctx, r.pool).Query(ctx, q, slug, p.Description, p.DeleteAt, p.CancelDeletion)
+	seg, err := pgx.CollectExactlyOneRow(rows, scanSegment)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return domain.Segment{}, domain.NotFoundf("segment %q does not exist", slug)
+	}
+	if err != nil {
+		return domain.Segment{}, fmt.Errorf("update segment %s: %w", slug, dbError(err))
+	}
+	return seg, nil
 }
 
 // Stats reads figures about all segments: one small scan of segments.

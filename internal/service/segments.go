@@ -6,6 +6,7 @@ package service
 
 import (
 	"context"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -23,19 +24,30 @@ type SegmentStore interface {
 	// segment_deleted, or ttl for those that had expired), or returns
 	// domain.ErrNotFound.
 	DeleteSegment(ctx context.Context, slug string) error
+	// PatchSegment changes a segment's description and scheduled deletion,
+	// or returns domain.ErrNotFound.
+	PatchSegment(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error)
+}
+
+// SegmentScheduler queues a segment's background work: its rollout, and
+// its deletion at the time set for it.
+type SegmentScheduler interface {
+	RolloutScheduler
+	ScheduleDeletion(ctx context.Context, d domain.ScheduledDeletion) error
 }
 
 // Segments manages segments.
 type Segments struct {
-	store    SegmentStore
-	rollouts RolloutScheduler
-	log      *zap.Logger
+	store SegmentStore
+	tasks SegmentScheduler
+	now   func() time.Time
+	log   *zap.Logger
 }
 
-// NewSegments returns Segments on store; the rollouts of percent segments
-// are queued with rollouts.
-func NewSegments(store SegmentStore, rollouts RolloutScheduler, log *zap.Logger) *Segments {
-	return &Segments{store: store, rollouts: rollouts, log: log}
+// NewSegments returns Segments on store; rollouts and scheduled deletions
+// are queued with tasks; now tells the time.
+func NewSegments(store SegmentStore, tasks SegmentScheduler, now func() time.Time, log *zap.Logger) *Segments {
+	return &Segments{store: store, tasks: tasks, now: now, log: log}
 }
 
 // Create creates a segment. It returns domain.ErrConflict if the slug is
@@ -48,19 +60,89 @@ func NewSegments(store SegmentStore, rollouts RolloutScheduler, log *zap.Logger)
 // down) is logged and does not fail the creation: the worker's periodic
 // resume runs an unfinished rollout that has no task.
 func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
+	if err := s.checkDeleteAt(ns.DeleteAt); err != nil {
+		return domain.Segment{}, err
+	}
 	seg, err := s.store.CreateSegment(ctx, ns)
-	if err != nil || seg.AutoPercent == nil {
+	if err != nil {
 		return seg, err
+	}
+	s.scheduleDeletion(ctx, seg)
+	if seg.AutoPercent == nil {
+		return seg, nil
 	}
 	aftercommit.Do(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 		defer cancel()
-		if err := s.rollouts.ScheduleRollout(sctx, seg.ID); err != nil {
+		if err := s.tasks.ScheduleRollout(sctx, seg.ID); err != nil {
 			logctx.From(ctx, s.log).Warn("could not queue rollout; the worker's periodic resume will run it",
 				zap.String("slug", seg.Slug), zap.Error(err))
 		}
 	})
 	return seg, nil
+}
+
+// Patch changes the segment named slug: its description, and when it is
+// deleted (p.DeleteAt moves or sets it, p.CancelDeletion cancels it). A
+// deletion task queued for an earlier time finds the segment no longer due
+// then and does nothing. It returns domain.ErrInvalid for a deletion time
+// not in the future, for auto_percent on a manual segment or null on a
+// percent one, and for a change of a percent segment's share (not
+// supported yet); domain.ErrNotFound if there is no such segment.
+func (s *Segments) Patch(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error) {
+	if err := s.checkDeleteAt(p.DeleteAt); err != nil {
+		return domain.Segment{}, err
+	}
+	if p.AutoPercent != nil || p.AutoPercentNull {
+		seg, err := s.store.Segment(ctx, slug)
+		if err != nil {
+			return domain.Segment{}, err
+		}
+		switch {
+		case seg.AutoPercent == nil:
+			return domain.Segment{}, domain.Invalid("a manual segment has no auto_percent; create a percent segment instead",
+				domain.FieldError{Field: "/auto_percent", Message: "not allowed on a manual segment"})
+		case p.AutoPercentNull:
+			return domain.Segment{}, domain.Invalid("a percent segment cannot become manual",
+				domain.FieldError{Field: "/auto_percent", Message: "cannot be null on a percent segment"})
+		case *p.AutoPercent != *seg.AutoPercent:
+			return domain.Segment{}, domain.Invalid("changing a percent segment's share is not supported yet",
+				domain.FieldError{Field: "/auto_percent", Message: "must equal the segment's current auto_percent"})
+		}
+	}
+	seg, err := s.store.PatchSegment(ctx, slug, p)
+	if err != nil {
+		return seg, err
+	}
+	s.scheduleDeletion(ctx, seg)
+	return seg, nil
+}
+
+// checkDeleteAt refuses a deletion time that is not in the future.
+func (s *Segments) checkDeleteAt(at *time.Time) error {
+	if at != nil && !at.After(s.now()) {
+		return domain.Invalid("delete_at is not in the future",
+			domain.FieldError{Field: "/delete_at", Message: "must be in the future"})
+	}
+	return nil
+}
+
+// scheduleDeletion queues seg's deletion at its delete_at once the write
+// has committed. A failure (Redis down) is logged: the worker's sweep
+// deletes what is due either way.
+func (s *Segments) scheduleDeletion(ctx context.Context, seg domain.Segment) {
+	if seg.DeleteAt == nil {
+		return
+	}
+	d := domain.ScheduledDeletion{SegmentID: seg.ID, Slug: seg.Slug, DeleteAt: *seg.DeleteAt}
+	aftercommit.Do(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
+		defer cancel()
+		if err := s.tasks.ScheduleDeletion(sctx, d); err != nil {
+			logctx.From(ctx, s.log).Warn("could not schedule the segment's deletion; the sweep will delete it",
+				zap.String("slug", d.Slug), zap.Time("delete_at", d.DeleteAt), zap.Error(err))
+		}
+	})
 }
 
 // Get returns the segment named slug, or domain.ErrNotFound.

@@ -46,6 +46,10 @@ func (f *fakeSegments) Segments(_ context.Context, after string, limit int) ([]d
 
 func (f *fakeSegments) DeleteSegment(context.Context, string) error { return f.err }
 
+func (f *fakeSegments) PatchSegment(context.Context, string, domain.SegmentPatch) (domain.Segment, error) {
+	return domain.Segment{}, f.err
+}
+
 // rolloutScheduler records what it is asked to schedule.
 type rolloutScheduler struct {
 	ids []int64
@@ -54,6 +58,10 @@ type rolloutScheduler struct {
 
 func (s *rolloutScheduler) ScheduleRollout(_ context.Context, id int64) error {
 	s.ids = append(s.ids, id)
+	return s.err
+}
+
+func (s *rolloutScheduler) ScheduleDeletion(context.Context, domain.ScheduledDeletion) error {
 	return s.err
 }
 
@@ -75,7 +83,7 @@ func TestSegmentsCreateQueuesRolloutsOfPercentSegments(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sched := &rolloutScheduler{err: tc.schedErr}
-			segs := service.NewSegments(&fakeSegments{err: tc.storeErr}, sched, zap.NewNop())
+			segs := service.NewSegments(&fakeSegments{err: tc.storeErr}, sched, time.Now, zap.NewNop())
 			seg, err := segs.Create(t.Context(), tc.seg)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
@@ -91,7 +99,7 @@ func TestSegmentsCreateQueuesRolloutsOfPercentSegments(t *testing.T) {
 }
 
 func TestSegmentsListPages(t *testing.T) {
-	segs := service.NewSegments(&fakeSegments{slugs: []string{"A", "B", "C", "D", "E"}}, &rolloutScheduler{}, zap.NewNop())
+	segs := service.NewSegments(&fakeSegments{slugs: []string{"A", "B", "C", "D", "E"}}, &rolloutScheduler{}, time.Now, zap.NewNop())
 	tests := []struct {
 		after     string
 		limit     int

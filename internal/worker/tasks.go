@@ -27,6 +27,10 @@ const (
 	TypeResumeRollouts = "segment:resume-rollouts"
 	// TypeSweepIdempotencyKeys deletes Idempotency-Keys past their TTL.
 	TypeSweepIdempotencyKeys = "idempotency:sweep"
+	// TypeDeleteSegment deletes a segment at the time set for it.
+	TypeDeleteSegment = "segment:delete"
+	// TypeSweepDeletions deletes every segment whose deletion is due.
+	TypeSweepDeletions = "segment:sweep-deletions"
 )
 
 // rolloutPayload is the payload of TypeRollout.
@@ -68,6 +72,30 @@ func NewExpireTask(e domain.Expiry) (*asynq.Task, []asynq.Option, error) {
 	id := "expire:" + strconv.FormatInt(e.UserID, 10) + ":" + e.Slug + ":" + strconv.FormatInt(e.ExpiresAt.UnixMicro(), 10)
 	return asynq.NewTask(TypeExpireMembership, payload), []asynq.Option{asynq.TaskID(id), asynq.ProcessAt(e.ExpiresAt)}, nil
 }
+
+// NewDeleteSegmentTask returns the task that deletes a segment at
+// d.DeleteAt. Its id is unique per segment and time: a deletion moved to
+// another time is a new task, and the old one finds the segment not due.
+func NewDeleteSegmentTask(d domain.ScheduledDeletion) (*asynq.Task, []asynq.Option, error) {
+	payload, err := json.Marshal(d)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode deletion: %w", err)
+	}
+	id := "delete:" + strconv.FormatInt(d.SegmentID, 10) + ":" + strconv.FormatInt(d.DeleteAt.UnixMicro(), 10)
+	return asynq.NewTask(TypeDeleteSegment, payload), []asynq.Option{asynq.TaskID(id), asynq.ProcessAt(d.DeleteAt), asynq.Timeout(10 * time.Minute)}, nil
+}
+
+func parseDeletion(t *asynq.Task) (domain.ScheduledDeletion, error) {
+	var d domain.ScheduledDeletion
+	if err := json.Unmarshal(t.Payload(), &d); err != nil || d.SegmentID <= 0 || d.DeleteAt.IsZero() {
+		return d, fmt.Errorf("bad %s payload %q: %w", t.Type(), t.Payload(), asynq.SkipRetry)
+	}
+	return d, nil
+}
+
+// NewSweepDeletionsTask returns the periodic task that deletes the
+// segments whose deletion is due.
+func NewSweepDeletionsTask() *asynq.Task { return asynq.NewTask(TypeSweepDeletions, nil) }
 
 // NewSweepTask returns the periodic sweep task.
 func NewSweepTask() *asynq.Task { return asynq.NewTask(TypeSweepExpired, nil) }
@@ -111,6 +139,15 @@ func NewClient(rdb redis.UniversalClient, queue string, rolloutMaxRetry int) *Cl
 // same membership and expiry twice is not an error.
 func (c *Client) ScheduleExpiry(ctx context.Context, e domain.Expiry) error {
 	if err := c.enqueue(ctx)(NewExpireTask(e)); !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	return nil
+}
+
+// ScheduleDeletion enqueues the deletion of a segment at d.DeleteAt.
+// Scheduling the same segment and time twice is not an error.
+func (c *Client) ScheduleDeletion(ctx context.Context, d domain.ScheduledDeletion) error {
+	if err := c.enqueue(ctx)(NewDeleteSegmentTask(d)); !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
 	return nil

@@ -36,6 +36,7 @@ type Services struct {
 	Expiry          *service.Expiry
 	Rollouts        *service.Rollouts
 	IdempotencyKeys *service.IdempotencyKeys
+	Deletions       *service.Deletions
 }
 
 // TaskObserver records finished tasks, for monitoring; outcome is an
@@ -59,12 +60,17 @@ const (
 // classify is the one place that decides what a task's error means: its
 // outcome and, for a deferred task, when to run it again.
 func classify(err error) (out Outcome, wait time.Duration) {
-	var early *service.NotYetExpiredError
+	var (
+		early  *service.NotYetExpiredError
+		notDue *service.NotDueError
+	)
 	switch {
 	case err == nil:
 		return Success, 0
 	case errors.As(err, &early):
 		return Deferred, early.Wait + 50*time.Millisecond
+	case errors.As(err, &notDue):
+		return Deferred, notDue.Wait + 50*time.Millisecond
 	case errors.Is(err, service.ErrRolloutIncomplete):
 		return Deferred, 5 * time.Second
 	}
@@ -106,9 +112,9 @@ func NewServer(redisOpt asynq.RedisConnOpt, cfg Config, svc Services, obs TaskOb
 	s.srv = asynq.NewServer(redisOpt, asynq.Config{
 		Concurrency: cfg.Concurrency,
 		Queues:      map[string]int{cfg.Queue: 1},
-		// Scheduled expiry tasks become due within a second of their time
-		// (asynq's default checks every 5 s).
-		DelayedTaskCheckInterval: time.Second,
+		// Scheduled expiry and deletion tasks become due within half a
+		// second of their time (asynq's default checks every 5 s).
+		DelayedTaskCheckInterval: 500 * time.Millisecond,
 		ShutdownTimeout:          cfg.ShutdownTimeout,
 		Logger:                   zapLogger{log.Sugar()},
 		LogLevel:                 asynq.WarnLevel,
@@ -144,6 +150,8 @@ func NewServer(redisOpt asynq.RedisConnOpt, cfg Config, svc Services, obs TaskOb
 	s.mux.HandleFunc(TypeRollout, s.handleRollout)
 	s.mux.HandleFunc(TypeResumeRollouts, s.handleResumeRollouts)
 	s.mux.HandleFunc(TypeSweepIdempotencyKeys, s.handleSweepIdempotencyKeys)
+	s.mux.HandleFunc(TypeDeleteSegment, s.handleDeleteSegment)
+	s.mux.HandleFunc(TypeSweepDeletions, s.handleSweepDeletions)
 	return s
 }
 
@@ -176,7 +184,7 @@ func (s *Server) Start() error {
 	// One of each per interval across all workers: a duplicate within the
 	// interval is refused by Unique.
 	every := fmt.Sprintf("@every %s", s.cfg.SweepInterval)
-	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask()} {
+	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask(), NewSweepDeletionsTask()} {
 		_, err := s.sched.Register(every, t, asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval),
 			asynq.MaxRetry(0), asynq.Timeout(10*time.Minute))
 		if err != nil {
@@ -234,6 +242,19 @@ func (s *Server) handleRollout(ctx context.Context, t *asynq.Task) error {
 
 func (s *Server) handleResumeRollouts(ctx context.Context, _ *asynq.Task) error {
 	return s.svc.Rollouts.Resume(ctx)
+}
+
+func (s *Server) handleDeleteSegment(ctx context.Context, t *asynq.Task) error {
+	d, err := parseDeletion(t)
+	if err != nil {
+		return err
+	}
+	return s.svc.Deletions.Delete(ctx, d)
+}
+
+func (s *Server) handleSweepDeletions(ctx context.Context, _ *asynq.Task) error {
+	_, err := s.svc.Deletions.Sweep(ctx)
+	return err
 }
 
 func (s *Server) handleSweepIdempotencyKeys(ctx context.Context, _ *asynq.Task) error {

@@ -1,0 +1,2 @@
+DROP INDEX segments_delete_at_idx;
+ALTER TABLE segments DROP COLUMN delete_at;
