@@ -206,7 +206,8 @@ type MembershipSource string
 
 // PatchSegmentRequest defines model for PatchSegmentRequest.
 type PatchSegmentRequest struct {
-	// AutoPercent AutoPercent may only repeat a percent segment's share for now.
+	// AutoPercent AutoPercent changes a percent segment's share (0 to 100, up to two
+	// decimals); not allowed on a manual segment, nor null on a percent one.
 	AutoPercent *float64 `json:"auto_percent,omitempty"`
 
 	// DeleteAt DeleteAt schedules or moves the deletion (RFC 3339, in the
@@ -583,7 +584,7 @@ type ClientInterface interface {
 
 	// PatchSegmentWithBody Change a segment
 	//
-	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -592,7 +593,7 @@ type ClientInterface interface {
 
 	// PatchSegment Change a segment
 	//
-	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -601,7 +602,7 @@ type ClientInterface interface {
 
 	// PatchSegmentWithApplicationMergePatchPlusJSONBody Change a segment
 	//
-	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/merge-patch+json` content type.
 	//
@@ -805,7 +806,7 @@ func (c *Client) GetSegment(ctx context.Context, slug string, reqEditors ...Requ
 
 // PatchSegmentWithBody Change a segment
 //
-// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 //
 // Takes any type of body and a specified content type.
 //
@@ -824,7 +825,7 @@ func (c *Client) PatchSegmentWithBody(ctx context.Context, slug string, params *
 
 // PatchSegment Change a segment
 //
-// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -843,7 +844,7 @@ func (c *Client) PatchSegment(ctx context.Context, slug string, params *PatchSeg
 
 // PatchSegmentWithApplicationMergePatchPlusJSONBody Change a segment
 //
-// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/merge-patch+json` content type.
 //
@@ -1702,7 +1703,7 @@ type ClientWithResponsesInterface interface {
 
 	// PatchSegmentWithBodyWithResponse Change a segment
 	//
-	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1711,7 +1712,7 @@ type ClientWithResponsesInterface interface {
 
 	// PatchSegmentWithResponse Change a segment
 	//
-	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1720,7 +1721,7 @@ type ClientWithResponsesInterface interface {
 
 	// PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse Change a segment
 	//
-	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+	// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 	//
 	// Takes a body of the `application/merge-patch+json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2952,7 +2953,7 @@ func (c *ClientWithResponses) GetSegmentWithResponse(ctx context.Context, slug s
 
 // PatchSegmentWithBodyWithResponse Change a segment
 //
-// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -2967,7 +2968,7 @@ func (c *ClientWithResponses) PatchSegmentWithBodyWithResponse(ctx context.Conte
 
 // PatchSegmentWithResponse Change a segment
 //
-// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -2982,7 +2983,7 @@ func (c *ClientWithResponses) PatchSegmentWithResponse(ctx context.Context, slug
 
 // PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse Change a segment
 //
-// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are. Needs a token with the scope segments:admin.
+// A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are. Needs a token with the scope segments:admin.
 //
 // Takes a body of the `application/merge-patch+json` content type, and returns a wrapper object for the known response body format(s).
 //

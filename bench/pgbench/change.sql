@@ -26,11 +26,24 @@ SELECT coalesce(NULL::timestamptz <= c.now, false),
        set_config('segments.change', CASE WHEN NULL::timestamptz <= c.now THEN 'refused'
                                           ELSE current_setting('segments.change') END, true)
 FROM (SELECT clock_timestamp() AS now) AS c;
-DELETE FROM memberships m
-USING segments s
-WHERE m.user_id = :uid AND s.id = m.segment_id AND current_setting('segments.change') = 'accepted'
-  AND (m.expires_at <= current_setting('segments.now')::timestamptz OR s.slug = ANY (ARRAY['SEG_' || (:c + 1)]::text[]))
-RETURNING s.slug, coalesce(m.expires_at <= current_setting('segments.now')::timestamptz, false);
+WITH removed AS (
+	DELETE FROM memberships m
+	USING segments s
+	WHERE m.user_id = :uid AND s.id = m.segment_id AND current_setting('segments.change') = 'accepted'
+	  AND (m.expires_at <= current_setting('segments.now')::timestamptz OR s.slug = ANY (ARRAY['SEG_' || (:c + 1)]::text[]))
+	RETURNING s.slug, m.segment_id, s.auto_percent IS NOT NULL AS percent,
+	          coalesce(m.expires_at <= current_setting('segments.now')::timestamptz, false) AS expired
+), opted_out AS (
+	INSERT INTO segment_opt_outs (segment_id, user_id)
+	SELECT segment_id, :uid FROM removed WHERE percent AND NOT expired
+	ON CONFLICT DO NOTHING
+)
+SELECT slug, expired FROM removed;
+WITH opted_in AS (
+	DELETE FROM segment_opt_outs o
+	USING segments s
+	WHERE o.user_id = :uid AND o.segment_id = s.id AND s.slug = ANY (ARRAY['SEG_' || (:a + 1), 'SEG_' || (:b + 1)]::text[]) AND current_setting('segments.change') = 'accepted'
+)
 INSERT INTO memberships AS m (user_id, segment_id, source, added_at, expires_at)
 SELECT :uid, s.id, 'manual', current_setting('segments.now')::timestamptz, NULL
 FROM segments s

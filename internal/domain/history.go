@@ -42,6 +42,7 @@ var Changes = []struct {
 	{OperationAdd, ReasonManual},
 	{OperationAdd, ReasonAuto},
 	{OperationRemove, ReasonManual},
+	{OperationRemove, ReasonAuto},
 	{OperationRemove, ReasonTTL},
 	{OperationRemove, ReasonSegmentDeleted},
 }

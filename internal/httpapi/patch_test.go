@@ -68,7 +68,6 @@ func TestPatchSegment(t *testing.T) {
 		{"not an object", "PATCHED", `[]`, "application/json", 400, "object"},
 		{"auto_percent on a manual segment", "PATCHED", `{"auto_percent":10}`, "application/json", 422, "manual"},
 		{"null auto_percent on a percent segment", "PATCHED_PCT", `{"auto_percent":null}`, "application/json", 422, "manual"},
-		{"another share", "PATCHED_PCT", `{"auto_percent":30}`, "application/json", 422, "not supported yet"},
 		{"auto_percent out of range", "PATCHED_PCT", `{"auto_percent":101}`, "application/json", 422, "auto_percent"},
 		{"text/plain", "PATCHED", `{"description":"x"}`, "text/plain", 415, "Content-Type"},
 		{"no such segment", "NOPE", `{"description":"x"}`, "application/json", 404, "NOPE"},

@@ -33,7 +33,8 @@ type CreateSegmentRequest struct {
 type PatchSegmentRequest struct {
 	// Description replaces the description; null clears it.
 	Description *string `json:"description" validate:"omitnil,max=1000,text" example:"Voice messages in chat and calls" extensions:"x-nullable"`
-	// AutoPercent may only repeat a percent segment's share for now.
+	// AutoPercent changes a percent segment's share (0 to 100, up to two
+	// decimals); not allowed on a manual segment, nor null on a percent one.
 	AutoPercent *float64 `json:"auto_percent" validate:"omitnil,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" format:"double" extensions:"x-nullable"`
 	// DeleteAt schedules or moves the deletion (RFC 3339, in the
 	// future); null cancels it.
@@ -207,7 +208,7 @@ func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
 //
 //	@ID				patchSegment
 //	@Summary		Change a segment
-//	@Description	A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels). auto_percent may only repeat a percent segment's share for now. Fields left out stay as they are.
+//	@Description	A JSON merge patch (RFC 7396; application/merge-patch+json or application/json): description replaces the description (null clears it); delete_at schedules or moves the segment's deletion, at which time it is deleted exactly as DELETE does it (null cancels); auto_percent changes a percent segment's share: a new rollout (status pending, then running, done) ends with exactly round(N·q/100) of the N users registered now, less those who removed the segment explicitly, holding it by the rule (the lowest hashes); raising only adds, lowering only takes it from users who got it by the rule; memberships given by hand are never touched; users registered later get it iff their bucket is below q·100. Fields left out stay as they are.
 //	@Tags			segments
 //	@Accept			json
 //	@Produce		json
@@ -218,7 +219,7 @@ func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
 //	@Failure		404		{object}	Problem	"No such segment"
 //	@Failure		413		{object}	Problem	"Body over 1 MiB"
 //	@Failure		415		{object}	Problem	"Content-Type is not application/merge-patch+json or application/json"
-//	@Failure		422		{object}	Problem	"A bad value, delete_at not in the future, auto_percent on a manual segment, null on a percent one, or another share"
+//	@Failure		422		{object}	Problem	"A bad value, delete_at not in the future, auto_percent on a manual segment or null on a percent one"
 //	@Router			/segments/{slug} [patch]
 func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 	// A merge patch tells a null (clear) from a field left out (keep): the

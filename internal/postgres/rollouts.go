@@ -64,7 +64,10 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		const lock = `
 			SELECT slug, population_seq, rollout_status, rollout_assigned, coalesce(rollout_total, 0),
-			       round((SELECT count(*) FROM users WHERE seq <= s.population_seq) * auto_percent / 100)::bigint
+			       round((SELECT count(*) FROM users u WHERE u.seq <= s.population_seq
+			                AND NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = s.id AND o.user_id = u.id))
+			             * auto_percent / 100)::bigint,
+			       EXISTS (SELECT FROM memberships m WHERE m.segment_id = s.id AND m.source = 'auto')
 			FROM segments s
 			WHERE id = $1 AND auto_percent IS NOT NULL
 			FOR NO KEY UPDATE`
@@ -72,8 +75,9 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 			slug       string
 			population int64
 			chosen     int64
+			autoHeld   bool
 		)
-		err := tx.QueryRow(ctx, lock, segmentID).Scan(&slug, &population, &ro.Status, &ro.Assigned, &ro.Total, &chosen)
+		err := tx.QueryRow(ctx, lock, segmentID).Scan(&slug, &population, &ro.Status, &ro.Assigned, &ro.Total, &chosen, &autoHeld)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return segmentGone(segmentID)
 		}
@@ -92,22 +96,27 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 		if ro.Status != domain.RolloutPending {
 			return nil
 		}
-		if chosen == 0 {
+		if chosen == 0 && !autoHeld {
 			const done = `UPDATE segments SET rollout_status = 'done', rollout_total = 0 WHERE id = $1`
 			ro = domain.Rollout{Status: domain.RolloutDone}
 			_, err := tx.Exec(ctx, done, segmentID)
 			return err
 		}
-		// The chosen set is every (hash, id) up to the k-th smallest. (A
+		// The chosen set is every (hash, id) up to the k-th smallest among
+		// the users who have not opted out; (-1, -1) chooses nobody. (A
 		// plain SELECT, so that the database may hash in parallel.)
 		const threshold = `
 			SELECT h, id FROM (
-				SELECT segment_hash($1, u.id) AS h, u.id FROM users u WHERE u.seq <= $2
+				SELECT segment_hash($1, u.id) AS h, u.id FROM users u
+				WHERE u.seq <= $2
+				  AND NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $4 AND o.user_id = u.id)
 			) x
 			ORDER BY h, id OFFSET $3 - 1 LIMIT 1`
-		var thHash, thUser int64
-		if err := tx.QueryRow(ctx, threshold, slug, population, chosen).Scan(&thHash, &thUser); err != nil {
-			return fmt.Errorf("choose threshold: %w", dbError(err))
+		thHash, thUser := int64(-1), int64(-1)
+		if chosen > 0 {
+			if err := tx.QueryRow(ctx, threshold, slug, population, chosen, segmentID).Scan(&thHash, &thUser); err != nil {
+				return fmt.Errorf("choose threshold: %w", dbError(err))
+			}
 		}
 		const running = `
 			UPDATE segments SET rollout_status = 'running', rollout_total = $2, rollout_assigned = 0,
@@ -136,10 +145,13 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 
 // RolloutBatch claims one unfinished batch that no other transaction holds,
 // gives the segment (history reason auto, source auto) to the chosen users
-// in it who lack it, and marks the batch done, all in one transaction. It
+// in it who lack it, takes it (reason auto) from those who hold it by the
+// rule but are not chosen, and marks the batch done, all in one
+// transaction. It
 // reports false when there was no batch to claim, and how many memberships
 // it created.
 func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claimed bool, added int64, err error) {
+	var removed int64
 	err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		// FOR KEY SHARE of the segment holds off its deletion until commit.
 		const claim = `
@@ -167,22 +179,32 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		if err := setReason(ctx, tx, domain.ReasonAuto); err != nil {
 			return err
 		}
+		// The batch's users of the population who have not opted out get
+		// the segment if chosen, and lose it if they hold it by the rule
+		// (source auto) but are not chosen (a lowered share). Memberships
+		// given by hand are never touched.
 		const assign = `
-			WITH chosen AS (
-				SELECT u.id FROM users u
+			WITH population AS (
+				SELECT u.id, (segment_hash($5, u.id), u.id) <= ($6::bigint, $7::bigint) AS chosen
+				FROM users u
 				WHERE u.id BETWEEN $2 AND $3 AND u.seq <= $4
-				  AND (segment_hash($5, u.id), u.id) <= ($6::bigint, $7::bigint)
+				  AND NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = u.id)
 			), given AS (
 				INSERT INTO memberships (user_id, segment_id, source)
-				SELECT id, $1, 'auto' FROM chosen ORDER BY id
+				SELECT id, $1, 'auto' FROM population WHERE chosen ORDER BY id
 				ON CONFLICT (user_id, segment_id) DO NOTHING
 				RETURNING 1
+			), taken AS (
+				DELETE FROM memberships m
+				USING population p
+				WHERE m.segment_id = $1 AND m.user_id = p.id AND NOT p.chosen AND m.source = 'auto'
+				RETURNING 1
 			), progress AS (
-				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM chosen)
+				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM population WHERE chosen)
 				WHERE id = $1
 			)
-			SELECT count(*) FROM given`
-		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, thHash, thUser).Scan(&added); err != nil {
+			SELECT (SELECT count(*) FROM given), (SELECT count(*) FROM taken)`
+		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, thHash, thUser).Scan(&added, &removed); err != nil {
 			return fmt.Errorf("assign users %d..%d: %w", first, last, dbError(err))
 		}
 		const done = `UPDATE rollout_batches SET done = true WHERE segment_id = $1 AND first_user = $2`
@@ -193,6 +215,7 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		return false, 0, fmt.Errorf("rollout batch of segment %d: %w", segmentID, dbError(err))
 	}
 	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonAuto, added)
+	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonAuto, removed)
 	return claimed, added, nil
 }
 

@@ -221,24 +221,65 @@ func (r *SegmentRepo) deleteSegment(ctx context.Context, slug, lock string, args
 }
 
 // PatchSegment changes the segment named slug as p says and returns it, or
-// domain.ErrNotFound. Only the description and the scheduled deletion
-// change here.
+// domain.ErrNotFound. A new share for a percent segment (p.AutoPercent, not
+// its current one) starts a new rollout, pending, over the users
+// registered now: it is taken under the registry lock held exclusively, as
+// a percent segment's creation is, so that every user registered so far is
+// in that population and every later one sees the new share. An
+// unfinished rollout is dropped (its batches deleted; the latest change
+// wins). The caller validates p against the segment's kind.
 func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error) {
-	const q = `
-		UPDATE segments AS s
-		SET description = coalesce($2, s.description),
-		    delete_at = CASE WHEN $4 THEN NULL WHEN $3::timestamptz IS NOT NULL THEN $3 ELSE s.delete_at END
-		WHERE s.slug = $1
-		RETURNING ` + segmentColumns
-	rows, _ := on(ctx, r.pool).Query(ctx, q, slug, p.Description, p.DeleteAt, p.CancelDeletion)
-	seg, err := pgx.CollectExactlyOneRow(rows, scanSegment)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return domain.Segment{}, domain.NotFoundf("segment %q does not exist", slug)
+	var seg domain.Segment
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		if p.AutoPercent != nil {
+			const lock = `SELECT pg_advisory_xact_lock($1)`
+			if _, err := tx.Exec(ctx, lock, registryLock); err != nil {
+				return fmt.Errorf("take the registry lock: %w", dbError(err))
+			}
+		}
+		// Whether the share changes is decided on the locked row.
+		const current = `SELECT id, (auto_percent * 100)::integer FROM segments WHERE slug = $1 FOR NO KEY UPDATE`
+		var (
+			id  int64
+			cur *int
+		)
+		err := tx.QueryRow(ctx, current, slug).Scan(&id, &cur)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return domain.NotFoundf("segment %q does not exist", slug)
+		}
+		if err != nil {
+			return fmt.Errorf("lock segment %s: %w", slug, dbError(err))
+		}
+		reshare := p.AutoPercent != nil && cur != nil && *cur != int(*p.AutoPercent)
+		const update = `
+			UPDATE segments AS s
+			SET description = coalesce($2, s.description),
+			    delete_at = CASE WHEN $4 THEN NULL WHEN $3::timestamptz IS NOT NULL THEN $3 ELSE s.delete_at END,
+			    auto_percent = CASE WHEN $6 THEN $5::numeric / 100 ELSE s.auto_percent END,
+			    population_seq = CASE WHEN $6 THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) ELSE s.population_seq END,
+			    rollout_status = CASE WHEN $6 THEN 'pending' ELSE s.rollout_status END,
+			    rollout_total = CASE WHEN $6 THEN NULL ELSE s.rollout_total END,
+			    rollout_assigned = CASE WHEN $6 THEN 0 ELSE s.rollout_assigned END,
+			    rollout_threshold_hash = CASE WHEN $6 THEN NULL ELSE s.rollout_threshold_hash END,
+			    rollout_threshold_user = CASE WHEN $6 THEN NULL ELSE s.rollout_threshold_user END
+			WHERE s.id = $1
+			RETURNING ` + segmentColumns
+		rows, _ := tx.Query(ctx, update, id, p.Description, p.DeleteAt, p.CancelDeletion, p.AutoPercent, reshare)
+		if seg, err = pgx.CollectExactlyOneRow(rows, scanSegment); err != nil {
+			return fmt.Errorf("update segment %s: %w", slug, dbError(err))
+		}
+		if reshare {
+			const drop = `DELETE FROM rollout_batches WHERE segment_id = $1`
+			if _, err := tx.Exec(ctx, drop, id); err != nil {
+				return fmt.Errorf("drop the unfinished rollout of %s: %w", slug, dbError(err))
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, domain.ErrNotFound) {
+		return domain.Segment{}, err
 	}
-	if err != nil {
-		return domain.Segment{}, fmt.Errorf("update segment %s: %w", slug, dbError(err))
-	}
-	return seg, nil
+	return seg, err
 }
 
 // Stats reads figures about all segments: one small scan of segments.

@@ -232,13 +232,28 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		       set_config('segments.change', CASE WHEN $1::timestamptz <= c.now THEN 'refused'
 		                                          ELSE current_setting('segments.change') END, true)
 		FROM (SELECT clock_timestamp() AS now) AS c`
+	// Removing a percent segment opts the user out of it (a rollout will
+	// not give it back); adding one by hand cancels that.
 	const remove = `
-		DELETE FROM memberships m
-		USING segments s
-		WHERE m.user_id = $1 AND s.id = m.segment_id AND ` + accepted + `
-		  AND (m.expires_at <= current_setting('segments.now')::timestamptz OR s.slug = ANY ($2::text[]))
-		RETURNING s.slug, coalesce(m.expires_at <= current_setting('segments.now')::timestamptz, false)`
+		WITH removed AS (
+			DELETE FROM memberships m
+			USING segments s
+			WHERE m.user_id = $1 AND s.id = m.segment_id AND ` + accepted + `
+			  AND (m.expires_at <= current_setting('segments.now')::timestamptz OR s.slug = ANY ($2::text[]))
+			RETURNING s.slug, m.segment_id, s.auto_percent IS NOT NULL AS percent,
+			          coalesce(m.expires_at <= current_setting('segments.now')::timestamptz, false) AS expired
+		), opted_out AS (
+			INSERT INTO segment_opt_outs (segment_id, user_id)
+			SELECT segment_id, $1 FROM removed WHERE percent AND NOT expired
+			ON CONFLICT DO NOTHING
+		)
+		SELECT slug, expired FROM removed`
 	const add = `
+		WITH opted_in AS (
+			DELETE FROM segment_opt_outs o
+			USING segments s
+			WHERE o.user_id = $1 AND o.segment_id = s.id AND s.slug = ANY ($2::text[]) AND ` + accepted + `
+		)
 		INSERT INTO memberships AS m (user_id, segment_id, source, added_at, expires_at)
 		SELECT $1, s.id, 'manual', current_setting('segments.now')::timestamptz, $3
 		FROM segments s

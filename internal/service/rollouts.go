@@ -83,39 +83,46 @@ func (r *Rollouts) Run(ctx context.Context, segmentID int64) error {
 		return fmt.Errorf("segment %d: %w", segmentID, ErrRolloutIncomplete)
 	}
 	defer release()
-	ro, err := r.store.PrepareRollout(ctx, segmentID, r.batchSize)
-	if errors.Is(err, domain.ErrNotFound) {
-		return nil
-	}
-	if err != nil || ro.Status != domain.RolloutRunning {
-		return err
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	for range r.workers {
-		g.Go(func() error {
-			for {
-				claimed, _, err := r.store.RolloutBatch(gctx, segmentID)
-				if err != nil || !claimed {
-					return err
+	for {
+		ro, err := r.store.PrepareRollout(ctx, segmentID, r.batchSize)
+		if errors.Is(err, domain.ErrNotFound) {
+			return nil
+		}
+		if err != nil || ro.Status != domain.RolloutRunning {
+			return err
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		for range r.workers {
+			g.Go(func() error {
+				for {
+					claimed, _, err := r.store.RolloutBatch(gctx, segmentID)
+					if err != nil || !claimed {
+						return err
+					}
 				}
-			}
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	ro, err = r.store.FinishRollout(ctx, segmentID)
-	if errors.Is(err, domain.ErrNotFound) {
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		ro, err = r.store.FinishRollout(ctx, segmentID)
+		if errors.Is(err, domain.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if ro.Status == domain.RolloutPending {
+			// The share changed while this rollout ran: the latest wins,
+			// and this run carries it out.
+			continue
+		}
+		if ro.Status != domain.RolloutDone {
+			return fmt.Errorf("segment %d: %w", segmentID, ErrRolloutIncomplete)
+		}
+		logctx.From(ctx, r.log).Info("rollout done", zap.Int64("segment_id", segmentID), zap.Int64("assigned", ro.Assigned))
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	if ro.Status != domain.RolloutDone {
-		return fmt.Errorf("segment %d: %w", segmentID, ErrRolloutIncomplete)
-	}
-	logctx.From(ctx, r.log).Info("rollout done", zap.Int64("segment_id", segmentID), zap.Int64("assigned", ro.Assigned))
-	return nil
 }
 
 // Fail marks the rollout of segmentID failed, when it will not be retried.

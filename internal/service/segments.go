@@ -71,6 +71,14 @@ func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Seg
 	if seg.AutoPercent == nil {
 		return seg, nil
 	}
+	s.scheduleRollout(ctx, seg)
+	return seg, nil
+}
+
+// scheduleRollout queues seg's rollout once the write has committed. A
+// failure (Redis down) is logged: the worker's periodic resume runs an
+// unfinished rollout that has no task.
+func (s *Segments) scheduleRollout(ctx context.Context, seg domain.Segment) {
 	aftercommit.Do(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 		defer cancel()
@@ -79,16 +87,17 @@ func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Seg
 				zap.String("slug", seg.Slug), zap.Error(err))
 		}
 	})
-	return seg, nil
 }
 
-// Patch changes the segment named slug: its description, and when it is
-// deleted (p.DeleteAt moves or sets it, p.CancelDeletion cancels it). A
+// Patch changes the segment named slug: its description, when it is
+// deleted (p.DeleteAt moves or sets it, p.CancelDeletion cancels it; a
 // deletion task queued for an earlier time finds the segment no longer due
-// then and does nothing. It returns domain.ErrInvalid for a deletion time
-// not in the future, for auto_percent on a manual segment or null on a
-// percent one, and for a change of a percent segment's share (not
-// supported yet); domain.ErrNotFound if there is no such segment.
+// then and does nothing), and a percent segment's share: a new share
+// starts a new rollout over the users registered now (see
+// RolloutStore.PrepareRollout), replacing an unfinished one. It returns
+// domain.ErrInvalid for a deletion time not in the future, for auto_percent
+// on a manual segment or null on a percent one; domain.ErrNotFound if there
+// is no such segment.
 func (s *Segments) Patch(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error) {
 	if err := s.checkDeleteAt(p.DeleteAt); err != nil {
 		return domain.Segment{}, err
@@ -105,9 +114,6 @@ func (s *Segments) Patch(ctx context.Context, slug string, p domain.SegmentPatch
 		case p.AutoPercentNull:
 			return domain.Segment{}, domain.Invalid("a percent segment cannot become manual",
 				domain.FieldError{Field: "/auto_percent", Message: "cannot be null on a percent segment"})
-		case *p.AutoPercent != *seg.AutoPercent:
-			return domain.Segment{}, domain.Invalid("changing a percent segment's share is not supported yet",
-				domain.FieldError{Field: "/auto_percent", Message: "must equal the segment's current auto_percent"})
 		}
 	}
 	seg, err := s.store.PatchSegment(ctx, slug, p)
@@ -115,6 +121,9 @@ func (s *Segments) Patch(ctx context.Context, slug string, p domain.SegmentPatch
 		return seg, err
 	}
 	s.scheduleDeletion(ctx, seg)
+	if p.AutoPercent != nil && seg.Rollout != nil && seg.Rollout.Status == domain.RolloutPending {
+		s.scheduleRollout(ctx, seg)
+	}
 	return seg, nil
 }
 
