@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -197,6 +199,84 @@ func TestWorkerKilledMidRolloutIsTakenOverAtOnce(t *testing.T) {
 	t.Logf("killed with %d of %d assigned; done %s after the second worker started", n, users/2, time.Since(killed).Round(100*time.Millisecond))
 	if n, _ := assigned(); n != users/2 || count(t, pool, `SELECT count(*) FROM memberships`) != users/2 {
 		t.Errorf("assigned %d, %d memberships; want %d", n, count(t, pool, `SELECT count(*) FROM memberships`), users/2)
+	}
+	testenv.AssertHistoryReplays(t, pool)
+}
+
+// TestWorkerKilledMidPercentChange raises a percent segment from 10 to
+// 40 % on 100,000 users, kills the worker with SIGKILL while the change's
+// rollout runs, and starts another: the rollout ends exact (the 40,000
+// lowest (hash, id) hold the segment, no one else), and history replays.
+func TestWorkerKilledMidPercentChange(t *testing.T) {
+	const users = 100000
+	url := env.NewDatabase(t)
+	pool, err := postgres.Open(t.Context(), url, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(t.Context(), fmt.Sprintf(`INSERT INTO users (id) SELECT generate_series(1, %d)`, users)); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{
+		"DATABASE_URL":    url,
+		"REDIS_URL":       env.RedisURL,
+		"WORKER_QUEUE":    fmt.Sprintf("percent-kill-%d", time.Now().UnixNano()),
+		"ROLLOUT_BATCH":   "500",
+		"ROLLOUT_WORKERS": "1",
+	}
+	base, _ := startService(t, "serve", maps.Clone(vars))
+	if code := post(t, base+"/api/v1/segments", `{"slug":"RAMP","auto_percent":10}`); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	rollout := func() (int64, string) {
+		var n int64
+		var status string
+		if err := pool.QueryRow(t.Context(), `SELECT rollout_assigned, rollout_status FROM segments WHERE slug = 'RAMP'`).Scan(&n, &status); err != nil {
+			t.Fatal(err)
+		}
+		return n, status
+	}
+	w := startWorker(t, vars)
+	testenv.Eventually(t, 60*time.Second, "the first rollout did not finish", func() bool { _, s := rollout(); return s == "done" })
+
+	req, err := http.NewRequest(http.MethodPatch, base+"/api/v1/segments/RAMP", strings.NewReader(`{"auto_percent":40}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/merge-patch+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH: %d", resp.StatusCode)
+	}
+	testenv.Eventually(t, 30*time.Second, "the change's rollout did not start", func() bool { n, s := rollout(); return s == "running" && n > 0 })
+	if err := w.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Wait()
+	n, status := rollout()
+	if status != "running" {
+		t.Fatalf("after the kill the rollout is %s (%d assigned): kill it sooner", status, n)
+	}
+	startWorker(t, vars)
+	testenv.Eventually(t, 30*time.Second, "the second worker did not finish the change", func() bool { _, s := rollout(); return s == "done" })
+	t.Logf("killed with %d of %d assigned", n, users*40/100)
+	const mismatches = `
+		WITH ranked AS (
+			SELECT u.id, row_number() OVER (ORDER BY segment_hash('RAMP', u.id), u.id) AS rank FROM users u
+		)
+		SELECT count(*) FROM ranked r
+		LEFT JOIN memberships m ON m.user_id = r.id AND m.segment_id = (SELECT id FROM segments WHERE slug = 'RAMP')
+		WHERE (r.rank <= 40000) <> (m.user_id IS NOT NULL)`
+	if bad := count(t, pool, mismatches); bad != 0 {
+		t.Errorf("%d users hold RAMP against the rule (the 40,000 lowest hashes)", bad)
+	}
+	if n, _ := rollout(); n != 40000 {
+		t.Errorf("assigned %d, want 40000", n)
 	}
 	testenv.AssertHistoryReplays(t, pool)
 }
