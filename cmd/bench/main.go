@@ -76,13 +76,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
 	fs.BoolVar(&o.auth, "auth", false, "turn authentication on (AUTH_JWT_SECRET); every request carries a bearer token")
 	fs.BoolVar(&o.keys, "idempotency-keys", false, "send every change with an Idempotency-Key of its own")
-	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL)`)
+	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute ||
-		(o.only != "" && o.only != "changes") {
-		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty or changes")
+		(o.only != "" && o.only != "changes" && o.only != "percent") {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes or percent")
 	}
 	if o.auth {
 		token, err := auth.Mint([]byte(benchJWTSecret), "bench", []string{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}, 24*time.Hour, "", "", time.Now())
@@ -398,8 +398,11 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	}
 	closed := loadgen.Config{Conns: o.conns, Duration: o.duration, Requests: 5_000_000}
 	users := int64(o.users)
-	if o.only == "changes" {
+	switch o.only {
+	case "changes":
 		return changePhase(ctx, o, s, dbURL, rep, client, closed, log)
+	case "percent":
+		return percentPhase(ctx, o, s, pool, rep, client, log)
 	}
 
 	// Each closed-loop phase runs right after pgbench sends the same SQL
@@ -571,6 +574,89 @@ func changePhase(ctx context.Context, o options, s *service, dbURL string, rep *
 		return err
 	}
 	rep.add(name, res, 0, fmt.Sprintf("%.2f× pgbench", res.Throughput()/changeCeiling))
+	return nil
+}
+
+// percentPhase creates a 10 % segment, waits for its rollout, then raises
+// it to 50 % and times that rollout, with reads at o.rate measured idle and
+// during it.
+func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, client *http.Client, log func(string, ...any)) error {
+	users := int64(o.users)
+	slug := fmt.Sprintf("RAMP_%d", time.Now().Unix())
+	wait := func(what string) (time.Duration, int64, error) {
+		start := time.Now()
+		for {
+			var (
+				status   string
+				assigned int64
+			)
+			const q = `SELECT rollout_status, rollout_assigned FROM segments WHERE slug = $1`
+			if err := pool.QueryRow(ctx, q, slug).Scan(&status, &assigned); err != nil {
+				return 0, 0, err
+			}
+			if status == "done" {
+				return time.Since(start), assigned, nil
+			}
+			if status == "failed" || time.Since(start) > 10*time.Minute {
+				return 0, 0, fmt.Errorf("%s: rollout %s", what, status)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	log("phase: a 10 %% segment over %d users", o.users)
+	t0 := time.Now()
+	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":10}`, slug), nil); err != nil {
+		return err
+	}
+	_, assigned, err := wait("creation")
+	if err != nil {
+		return err
+	}
+	rep.add(fmt.Sprintf("10 %% rollout (%d of %d users)", assigned, o.users), loadgen.Result{}, time.Since(t0), "")
+
+	openLoop := loadgen.Config{Conns: o.conns, Duration: 10 * time.Second, Requests: 5_000_000, Rate: o.rate}
+	log("phase: reads at %.0f/s, idle", o.rate)
+	idle, err := loadgen.Run(ctx, client, openLoop, loadgen.UserSegments(s.base, users))
+	if err != nil {
+		return err
+	}
+	rep.add(fmt.Sprintf("GET at %.0f/s, idle", o.rate), idle, 0, "")
+
+	log("phase: 10 → 50 %%, with reads at %.0f/s", o.rate)
+	reads := make(chan loadgen.Result, 1)
+	rctx, stopReads := context.WithCancel(ctx)
+	defer stopReads()
+	go func() {
+		cfg := openLoop
+		cfg.Duration = 10 * time.Minute
+		r, _ := loadgen.Run(rctx, client, cfg, loadgen.UserSegments(s.base, users))
+		reads <- r
+	}()
+	time.Sleep(500 * time.Millisecond)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, s.base+"/api/v1/segments/"+slug, strings.NewReader(`{"auto_percent":50}`))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/merge-patch+json")
+	t1 := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("PATCH: %d", resp.StatusCode)
+	}
+	_, assigned, err = wait("change")
+	wall := time.Since(t1)
+	stopReads()
+	during := <-reads
+	if err != nil {
+		return err
+	}
+	rep.add(fmt.Sprintf("10 → 50 %% (%d of %d users)", assigned, o.users), loadgen.Result{}, wall,
+		fmt.Sprintf("read p99 %.2f× idle", float64(during.Percentile(99))/float64(idle.Percentile(99))))
+	rep.add(fmt.Sprintf("GET at %.0f/s, during 10 → 50 %%", o.rate), during, 0, "")
 	return nil
 }
 
