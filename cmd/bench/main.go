@@ -25,6 +25,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -463,14 +464,7 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 
 	log("phase: 50 %% rollout over %d users, with reads at %.0f/s", o.users, o.rate)
 	workerBefore := rssMB(s.wrkr.Process.Pid, "VmRSS")
-	reads := make(chan loadgen.Result, 1)
-	rctx, stopReads := context.WithCancel(ctx)
-	go func() {
-		cfg := openLoop
-		cfg.Duration = 10 * time.Minute
-		r, _ := loadgen.Run(rctx, client, cfg, loadgen.UserSegments(s.base, users))
-		reads <- r
-	}()
+	stopReads := backgroundReads(ctx, client, openLoop, s.base, users)
 	time.Sleep(500 * time.Millisecond)
 	slug := fmt.Sprintf("ROLLOUT_%d", time.Now().Unix())
 	startRollout := time.Now()
@@ -478,31 +472,12 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 		stopReads()
 		return err
 	}
-	// Watch the status column itself: GET /segments/{slug} counts the
-	// members, which on a large segment would load the machine being
-	// measured.
-	var (
-		status          string
-		assigned, total int64
-	)
-	for {
-		const q = `SELECT rollout_status, rollout_assigned, coalesce(rollout_total, 0) FROM segments WHERE slug = $1`
-		if err := pool.QueryRow(ctx, q, slug).Scan(&status, &assigned, &total); err != nil {
-			stopReads()
-			return err
-		}
-		if status == "done" || status == "failed" {
-			break
-		}
-		if time.Since(startRollout) > 10*time.Minute {
-			stopReads()
-			return errors.New("the rollout did not finish in 10 minutes")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	status, assigned, err := waitRollout(ctx, pool, slug)
 	rolloutWall := time.Since(startRollout)
-	stopReads()
-	during := <-reads
+	during := stopReads()
+	if err != nil {
+		return err
+	}
 	rep.add(fmt.Sprintf("50 %% rollout (%d of %d users)", assigned, o.users), loadgen.Result{}, rolloutWall,
 		fmt.Sprintf("worker RSS %.0f → peak %.0f MB; %s", workerBefore, rssMB(s.wrkr.Process.Pid, "VmHWM"), status))
 	rep.add(fmt.Sprintf("GET at %.0f/s, during rollout", o.rate), during, 0, "")
@@ -583,32 +558,15 @@ func changePhase(ctx context.Context, o options, s *service, dbURL string, rep *
 func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, client *http.Client, log func(string, ...any)) error {
 	users := int64(o.users)
 	slug := fmt.Sprintf("RAMP_%d", time.Now().Unix())
-	wait := func(what string) (time.Duration, int64, error) {
-		start := time.Now()
-		for {
-			var (
-				status   string
-				assigned int64
-			)
-			const q = `SELECT rollout_status, rollout_assigned FROM segments WHERE slug = $1`
-			if err := pool.QueryRow(ctx, q, slug).Scan(&status, &assigned); err != nil {
-				return 0, 0, err
-			}
-			if status == "done" {
-				return time.Since(start), assigned, nil
-			}
-			if status == "failed" || time.Since(start) > 10*time.Minute {
-				return 0, 0, fmt.Errorf("%s: rollout %s", what, status)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	log("phase: a 10 %% segment over %d users", o.users)
 	t0 := time.Now()
 	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":10}`, slug), nil); err != nil {
 		return err
 	}
-	_, assigned, err := wait("creation")
+	status, assigned, err := waitRollout(ctx, pool, slug)
+	if err == nil && status != "done" {
+		err = fmt.Errorf("the 10 %% rollout ended %s", status)
+	}
 	if err != nil {
 		return err
 	}
@@ -623,15 +581,8 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	rep.add(fmt.Sprintf("GET at %.0f/s, idle", o.rate), idle, 0, "")
 
 	log("phase: 10 → 50 %%, with reads at %.0f/s", o.rate)
-	reads := make(chan loadgen.Result, 1)
-	rctx, stopReads := context.WithCancel(ctx)
+	stopReads := backgroundReads(ctx, client, openLoop, s.base, users)
 	defer stopReads()
-	go func() {
-		cfg := openLoop
-		cfg.Duration = 10 * time.Minute
-		r, _ := loadgen.Run(rctx, client, cfg, loadgen.UserSegments(s.base, users))
-		reads <- r
-	}()
 	time.Sleep(500 * time.Millisecond)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, s.base+"/api/v1/segments/"+slug, strings.NewReader(`{"auto_percent":50}`))
 	if err != nil {
@@ -647,10 +598,12 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("PATCH: %d", resp.StatusCode)
 	}
-	_, assigned, err = wait("change")
+	status, assigned, err = waitRollout(ctx, pool, slug)
 	wall := time.Since(t1)
-	stopReads()
-	during := <-reads
+	during := stopReads()
+	if err == nil && status != "done" {
+		err = fmt.Errorf("the change's rollout ended %s", status)
+	}
 	if err != nil {
 		return err
 	}
@@ -658,6 +611,50 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 		fmt.Sprintf("read p99 %.2f× idle", float64(during.Percentile(99))/float64(idle.Percentile(99))))
 	rep.add(fmt.Sprintf("GET at %.0f/s, during 10 → 50 %%", o.rate), during, 0, "")
 	return nil
+}
+
+// backgroundReads sends reads at cfg's rate until the returned function is
+// called, which returns what they measured (once; later calls return the
+// zero Result).
+func backgroundReads(ctx context.Context, client *http.Client, cfg loadgen.Config, base string, users int64) func() loadgen.Result {
+	reads := make(chan loadgen.Result, 1)
+	rctx, cancel := context.WithCancel(ctx)
+	go func() {
+		cfg.Duration = 10 * time.Minute
+		r, _ := loadgen.Run(rctx, client, cfg, loadgen.UserSegments(base, users))
+		reads <- r
+	}()
+	var once sync.Once
+	return func() loadgen.Result {
+		var r loadgen.Result
+		once.Do(func() { cancel(); r = <-reads })
+		return r
+	}
+}
+
+// waitRollout waits until slug's rollout is done or failed (10 minutes at
+// most) and returns its status and assigned count. It watches the status
+// column itself: GET /segments/{slug} counts the members, which on a large
+// segment would load the machine being measured.
+func waitRollout(ctx context.Context, pool *pgxpool.Pool, slug string) (string, int64, error) {
+	start := time.Now()
+	for {
+		var (
+			status   string
+			assigned int64
+		)
+		const q = `SELECT rollout_status, rollout_assigned FROM segments WHERE slug = $1`
+		if err := pool.QueryRow(ctx, q, slug).Scan(&status, &assigned); err != nil {
+			return "", 0, err
+		}
+		if status == "done" || status == "failed" {
+			return status, assigned, nil
+		}
+		if time.Since(start) > 10*time.Minute {
+			return status, assigned, errors.New("the rollout did not finish in 10 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // benchJWTSecret signs the bench's tokens (with -auth).

@@ -152,34 +152,11 @@ func TestWorkerKilledMidSweepLosesAndDuplicatesNothing(t *testing.T) {
 // 60 to 120 s), and the rollout ends exact.
 func TestWorkerKilledMidRolloutIsTakenOverAtOnce(t *testing.T) {
 	const users = 200000
-	url := env.NewDatabase(t)
-	pool, err := postgres.Open(t.Context(), url, postgres.PoolConfig{MaxConns: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := pool.Exec(t.Context(), fmt.Sprintf(`INSERT INTO users (id) SELECT generate_series(1, %d)`, users)); err != nil {
-		t.Fatal(err)
-	}
-	vars := map[string]string{
-		"DATABASE_URL":    url,
-		"REDIS_URL":       env.RedisURL,
-		"WORKER_QUEUE":    fmt.Sprintf("rollout-kill-%d", time.Now().UnixNano()),
-		"ROLLOUT_BATCH":   "500",
-		"ROLLOUT_WORKERS": "1",
-	}
-	base, _ := startService(t, "serve", maps.Clone(vars))
+	pool, vars, base := rolloutProcesses(t, users, "rollout-kill")
 	if code := post(t, base+"/api/v1/segments", `{"slug":"HALF","auto_percent":50}`); code != 201 {
 		t.Fatalf("create: %d", code)
 	}
-	assigned := func() (int64, string) {
-		var n int64
-		var status string
-		if err := pool.QueryRow(t.Context(), `SELECT rollout_assigned, rollout_status FROM segments WHERE slug = 'HALF'`).Scan(&n, &status); err != nil {
-			t.Fatal(err)
-		}
-		return n, status
-	}
+	assigned := func() (int64, string) { return rolloutState(t, pool, "HALF") }
 	w := startWorker(t, vars)
 	testenv.Eventually(t, 30*time.Second, "the rollout did not start", func() bool { n, _ := assigned(); return n > 0 })
 	if err := w.Process.Signal(syscall.SIGKILL); err != nil {
@@ -209,34 +186,11 @@ func TestWorkerKilledMidRolloutIsTakenOverAtOnce(t *testing.T) {
 // lowest (hash, id) hold the segment, no one else), and history replays.
 func TestWorkerKilledMidPercentChange(t *testing.T) {
 	const users = 100000
-	url := env.NewDatabase(t)
-	pool, err := postgres.Open(t.Context(), url, postgres.PoolConfig{MaxConns: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := pool.Exec(t.Context(), fmt.Sprintf(`INSERT INTO users (id) SELECT generate_series(1, %d)`, users)); err != nil {
-		t.Fatal(err)
-	}
-	vars := map[string]string{
-		"DATABASE_URL":    url,
-		"REDIS_URL":       env.RedisURL,
-		"WORKER_QUEUE":    fmt.Sprintf("percent-kill-%d", time.Now().UnixNano()),
-		"ROLLOUT_BATCH":   "500",
-		"ROLLOUT_WORKERS": "1",
-	}
-	base, _ := startService(t, "serve", maps.Clone(vars))
+	pool, vars, base := rolloutProcesses(t, users, "percent-kill")
 	if code := post(t, base+"/api/v1/segments", `{"slug":"RAMP","auto_percent":10}`); code != 201 {
 		t.Fatalf("create: %d", code)
 	}
-	rollout := func() (int64, string) {
-		var n int64
-		var status string
-		if err := pool.QueryRow(t.Context(), `SELECT rollout_assigned, rollout_status FROM segments WHERE slug = 'RAMP'`).Scan(&n, &status); err != nil {
-			t.Fatal(err)
-		}
-		return n, status
-	}
+	rollout := func() (int64, string) { return rolloutState(t, pool, "RAMP") }
 	w := startWorker(t, vars)
 	testenv.Eventually(t, 60*time.Second, "the first rollout did not finish", func() bool { _, s := rollout(); return s == "done" })
 
@@ -279,4 +233,41 @@ func TestWorkerKilledMidPercentChange(t *testing.T) {
 		t.Errorf("assigned %d, want 40000", n)
 	}
 	testenv.AssertHistoryReplays(t, pool)
+}
+
+// rolloutProcesses registers users 1..users in a database of the test's
+// own and starts an API process on it; it returns the pool, the settings
+// (rollouts in batches of 500 on one connection, for a worker to share)
+// and the API's base URL.
+func rolloutProcesses(t *testing.T, users int, queue string) (*pgxpool.Pool, map[string]string, string) {
+	t.Helper()
+	url := env.NewDatabase(t)
+	pool, err := postgres.Open(t.Context(), url, postgres.PoolConfig{MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := pool.Exec(t.Context(), fmt.Sprintf(`INSERT INTO users (id) SELECT generate_series(1, %d)`, users)); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{
+		"DATABASE_URL":    url,
+		"REDIS_URL":       env.RedisURL,
+		"WORKER_QUEUE":    fmt.Sprintf("%s-%d", queue, time.Now().UnixNano()),
+		"ROLLOUT_BATCH":   "500",
+		"ROLLOUT_WORKERS": "1",
+	}
+	base, _ := startService(t, "serve", maps.Clone(vars))
+	return pool, vars, base
+}
+
+// rolloutState reads slug's rollout: assigned so far, and status.
+func rolloutState(t *testing.T, pool *pgxpool.Pool, slug string) (int64, string) {
+	t.Helper()
+	var n int64
+	var status string
+	if err := pool.QueryRow(t.Context(), `SELECT rollout_assigned, rollout_status FROM segments WHERE slug = $1`, slug).Scan(&n, &status); err != nil {
+		t.Fatal(err)
+	}
+	return n, status
 }

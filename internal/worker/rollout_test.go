@@ -55,28 +55,11 @@ func (s *stack) register(users []int64) {
 // holds it other than by the rollout or the rule (source auto).
 func (s *stack) members(slug string) []int64 {
 	s.t.Helper()
-	rows, err := s.pool.Query(context.Background(), `
-		SELECT m.user_id, m.source FROM memberships m JOIN segments s ON s.id = m.segment_id
-		WHERE s.slug = $1 ORDER BY m.user_id`, slug)
-	if err != nil {
-		s.t.Fatal(err)
+	h := s.holders(slug)
+	if len(h["manual"]) > 0 {
+		s.t.Errorf("users %v hold %s by hand", h["manual"], slug)
 	}
-	defer rows.Close()
-	out := []int64{}
-	for rows.Next() {
-		var (
-			id     int64
-			source string
-		)
-		if err := rows.Scan(&id, &source); err != nil {
-			s.t.Fatal(err)
-		}
-		if source != "auto" {
-			s.t.Errorf("user %d holds %s with source %s", id, slug, source)
-		}
-		out = append(out, id)
-	}
-	return out
+	return h["auto"]
 }
 
 func (s *stack) waitRollout(slug string) httpapi.Segment {
