@@ -148,13 +148,13 @@ func servers(ctx context.Context, log func(string, ...any)) (db, rd string, clea
 		// Default settings but for connections: three service processes
 		// (up to 32 each) and pgbench's clients exceed the default 100.
 		pg, err := localserver.StartPostgres(ctx, localserver.PostgresOptions{Dir: filepath.Join(dir, "pg"),
-			Settings: map[string]string{"max_connections": "200"}})
+			Settings: benchSettings()})
 		if err != nil {
 			return "", "", cleanup, err
 		}
 		stops = append(stops, func() { _ = pg.Stop() })
 		db = pg.URL("postgres")
-		log("started PostgreSQL on port %d (default settings, max_connections 200)", pg.Port())
+		log("started PostgreSQL on port %d (default settings but %v)", pg.Port(), benchSettings())
 	}
 	if rd = os.Getenv("BENCH_REDIS_URL"); rd == "" {
 		dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-bench-redis-%d", os.Getpid()))
@@ -655,6 +655,19 @@ func waitRollout(ctx context.Context, pool *pgxpool.Pool, slug string) (string, 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// benchSettings are the bench server's settings beyond the defaults:
+// max_connections 200 (three service processes and pgbench), and any
+// name=value pairs in BENCH_PG_SETTINGS (comma-separated), to try others.
+func benchSettings() map[string]string {
+	settings := map[string]string{"max_connections": "200"}
+	for _, kv := range strings.Split(os.Getenv("BENCH_PG_SETTINGS"), ",") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok {
+			settings[k] = v
+		}
+	}
+	return settings
 }
 
 // benchJWTSecret signs the bench's tokens (with -auth).
