@@ -17,18 +17,78 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for ExplainedEventOperation.
+const (
+	ExplainedEventOperationAdd    ExplainedEventOperation = "add"
+	ExplainedEventOperationRemove ExplainedEventOperation = "remove"
+)
+
+// Valid indicates whether the value is a known member of the ExplainedEventOperation enum.
+func (e ExplainedEventOperation) Valid() bool {
+	switch e {
+	case ExplainedEventOperationAdd:
+		return true
+	case ExplainedEventOperationRemove:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExplainedEventReason.
+const (
+	ExplainedEventReasonAuto           ExplainedEventReason = "auto"
+	ExplainedEventReasonManual         ExplainedEventReason = "manual"
+	ExplainedEventReasonSegmentDeleted ExplainedEventReason = "segment_deleted"
+	ExplainedEventReasonTtl            ExplainedEventReason = "ttl"
+)
+
+// Valid indicates whether the value is a known member of the ExplainedEventReason enum.
+func (e ExplainedEventReason) Valid() bool {
+	switch e {
+	case ExplainedEventReasonAuto:
+		return true
+	case ExplainedEventReasonManual:
+		return true
+	case ExplainedEventReasonSegmentDeleted:
+		return true
+	case ExplainedEventReasonTtl:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExplanationMembershipSource.
+const (
+	ExplanationMembershipSourceAuto   ExplanationMembershipSource = "auto"
+	ExplanationMembershipSourceManual ExplanationMembershipSource = "manual"
+)
+
+// Valid indicates whether the value is a known member of the ExplanationMembershipSource enum.
+func (e ExplanationMembershipSource) Valid() bool {
+	switch e {
+	case ExplanationMembershipSourceAuto:
+		return true
+	case ExplanationMembershipSourceManual:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for HistoryEventOperation.
 const (
-	Add    HistoryEventOperation = "add"
-	Remove HistoryEventOperation = "remove"
+	HistoryEventOperationAdd    HistoryEventOperation = "add"
+	HistoryEventOperationRemove HistoryEventOperation = "remove"
 )
 
 // Valid indicates whether the value is a known member of the HistoryEventOperation enum.
 func (e HistoryEventOperation) Valid() bool {
 	switch e {
-	case Add:
+	case HistoryEventOperationAdd:
 		return true
-	case Remove:
+	case HistoryEventOperationRemove:
 		return true
 	default:
 		return false
@@ -101,6 +161,24 @@ func (e SegmentRolloutStatus) Valid() bool {
 	}
 }
 
+// Defines values for SegmentMemberSource.
+const (
+	SegmentMemberSourceAuto   SegmentMemberSource = "auto"
+	SegmentMemberSourceManual SegmentMemberSource = "manual"
+)
+
+// Valid indicates whether the value is a known member of the SegmentMemberSource enum.
+func (e SegmentMemberSource) Valid() bool {
+	switch e {
+	case SegmentMemberSourceAuto:
+		return true
+	case SegmentMemberSourceManual:
+		return true
+	default:
+		return false
+	}
+}
+
 // ChangeSegmentsRequest defines model for ChangeSegmentsRequest.
 type ChangeSegmentsRequest struct {
 	// Add Example: ["AVITO_VOICE_MESSAGES","AVITO_DISCOUNT_30"]
@@ -154,6 +232,75 @@ type CreateSegmentRequest struct {
 	Slug string `json:"slug"`
 }
 
+// ExplainedEvent defines model for ExplainedEvent.
+type ExplainedEvent struct {
+	// At Example: 2026-11-22T08:00:00Z
+	At *time.Time `json:"at,omitempty"`
+
+	// Operation Example: add
+	Operation *ExplainedEventOperation `json:"operation,omitempty"`
+
+	// Reason Example: manual
+	Reason *ExplainedEventReason `json:"reason,omitempty"`
+}
+
+// ExplainedEventOperation Example: add
+type ExplainedEventOperation string
+
+// ExplainedEventReason Example: manual
+type ExplainedEventReason string
+
+// Explanation defines model for Explanation.
+type Explanation struct {
+	// AutoPercent AutoPercent is the segment's share; null for a manual segment.
+	//
+	// Example: 50
+	AutoPercent *float64 `json:"auto_percent,omitempty"`
+
+	// Bucket Bucket is segment_bucket(slug, user_id), 0 to 9999 (README, "Percent segments").
+	//
+	// Example: 4483
+	Bucket *int64 `json:"bucket,omitempty"`
+
+	// Events Events are the user's last (at most 100) events in the segment,
+	// oldest first.
+	Events *[]ExplainedEvent `json:"events,omitempty"`
+
+	// Member Member says whether the user holds the segment now.
+	//
+	// Example: true
+	Member *bool `json:"member,omitempty"`
+
+	// Membership Membership is the active membership; null if none.
+	Membership *struct {
+		// AddedAt Example: 2026-11-22T08:00:00Z
+		AddedAt *time.Time `json:"added_at,omitempty"`
+
+		// ExpiresAt ExpiresAt is null for a permanent membership.
+		//
+		// Example: 2026-11-24T08:00:00Z
+		ExpiresAt *time.Time `json:"expires_at,omitempty"`
+
+		// Source Example: manual
+		Source *ExplanationMembershipSource `json:"source,omitempty"`
+	} `json:"membership,omitempty"`
+
+	// PercentRule PercentRule is bucket < auto_percent·100 for a percent segment; null
+	// for a manual one.
+	//
+	// Example: true
+	PercentRule *bool `json:"percent_rule,omitempty"`
+
+	// Slug Example: AVITO_VOICE_MESSAGES
+	Slug *string `json:"slug,omitempty"`
+
+	// UserId Example: 1000
+	UserId *int64 `json:"user_id,omitempty"`
+}
+
+// ExplanationMembershipSource Example: manual
+type ExplanationMembershipSource string
+
 // FieldProblem defines model for FieldProblem.
 type FieldProblem struct {
 	// Detail Example: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not "voice messages"
@@ -183,6 +330,20 @@ type HistoryEventOperation string
 
 // HistoryEventReason Example: manual
 type HistoryEventReason string
+
+// MemberList defines model for MemberList.
+type MemberList struct {
+	Members *[]SegmentMember `json:"members,omitempty"`
+
+	// NextAfter NextAfter is the after= cursor of the next page (the last user id);
+	// null on the last page.
+	//
+	// Example: 1000
+	NextAfter *int64 `json:"next_after,omitempty"`
+
+	// Slug Example: AVITO_VOICE_MESSAGES
+	Slug *string `json:"slug,omitempty"`
+}
 
 // Membership defines model for Membership.
 type Membership struct {
@@ -347,6 +508,26 @@ type SegmentList struct {
 	Segments  []Segment `json:"segments"`
 }
 
+// SegmentMember defines model for SegmentMember.
+type SegmentMember struct {
+	// AddedAt Example: 2026-11-22T08:00:00Z
+	AddedAt *time.Time `json:"added_at,omitempty"`
+
+	// ExpiresAt ExpiresAt is null for a permanent membership.
+	//
+	// Example: 2026-11-24T08:00:00Z
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+
+	// Source Example: manual
+	Source *SegmentMemberSource `json:"source,omitempty"`
+
+	// UserId Example: 1000
+	UserId *int64 `json:"user_id,omitempty"`
+}
+
+// SegmentMemberSource Example: manual
+type SegmentMemberSource string
+
 // UserHistory defines model for UserHistory.
 type UserHistory struct {
 	Events []HistoryEvent `json:"events"`
@@ -397,6 +578,15 @@ type DeleteSegmentParams struct {
 type PatchSegmentParams struct {
 	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
+// ListMembersParams defines parameters for ListMembers.
+type ListMembersParams struct {
+	// Limit Page size (1 to 1000)
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// After Return members whose user id is above this one
+	After *int64 `form:"after,omitempty" json:"after,omitempty"`
 }
 
 // RegisterUsersParams defines parameters for RegisterUsers.
@@ -609,6 +799,13 @@ type ClientInterface interface {
 	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
 	PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListMembers List a segment's members
+	//
+	// Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /segments/{slug}/members (the `ListMembers` operationId).
+	ListMembers(ctx context.Context, slug string, params *ListMembersParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// RegisterUsersWithBody Register users in bulk
 	//
 	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
@@ -658,6 +855,13 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
 	ChangeUserSegments(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ExplainMembership Why a user is or is not in a segment
+	//
+	// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
+	ExplainMembership(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // CreateHistoryReportWithBody Get a link to a month's history as CSV
@@ -861,6 +1065,23 @@ func (c *Client) PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.C
 	return c.Client.Do(req)
 }
 
+// ListMembers List a segment's members
+//
+// Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /segments/{slug}/members (the `ListMembers` operationId).
+func (c *Client) ListMembers(ctx context.Context, slug string, params *ListMembersParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListMembersRequest(c.Server, slug, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // RegisterUsersWithBody Register users in bulk
 //
 // Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
@@ -961,6 +1182,23 @@ func (c *Client) ChangeUserSegmentsWithBody(ctx context.Context, userId int64, p
 // Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
 func (c *Client) ChangeUserSegments(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewChangeUserSegmentsRequest(c.Server, userId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ExplainMembership Why a user is or is not in a segment
+//
+// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
+func (c *Client) ExplainMembership(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewExplainMembershipRequest(c.Server, userId, slug)
 	if err != nil {
 		return nil, err
 	}
@@ -1337,6 +1575,79 @@ func NewPatchSegmentRequestWithBody(server string, slug string, params *PatchSeg
 	return req, nil
 }
 
+// NewListMembersRequest constructs an http.Request for the ListMembers method
+func NewListMembersRequest(server string, slug string, params *ListMembersParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/segments/%s/members", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewRegisterUsersRequest calls the generic RegisterUsers builder with application/json body
 func NewRegisterUsersRequest(server string, params *RegisterUsersParams, body RegisterUsersJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -1585,6 +1896,47 @@ func NewChangeUserSegmentsRequestWithBody(server string, userId int64, params *C
 	return req, nil
 }
 
+// NewExplainMembershipRequest constructs an http.Request for the ExplainMembership method
+func NewExplainMembershipRequest(server string, userId int64, slug string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "user_id", userId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/users/%s/segments/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -1728,6 +2080,15 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
 	PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error)
 
+	// ListMembersWithResponse List a segment's members
+	//
+	// Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /segments/{slug}/members (the `ListMembers` operationId).
+	ListMembersWithResponse(ctx context.Context, slug string, params *ListMembersParams, reqEditors ...RequestEditorFn) (*ListMembersReply, error)
+
 	// RegisterUsersWithBodyWithResponse Register users in bulk
 	//
 	// Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
@@ -1781,6 +2142,15 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /users/{user_id}/segments (the `ChangeUserSegments` operationId).
 	ChangeUserSegmentsWithResponse(ctx context.Context, userId int64, params *ChangeUserSegmentsParams, body ChangeUserSegmentsJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangeUserSegmentsReply, error)
+
+	// ExplainMembershipWithResponse Why a user is or is not in a segment
+	//
+	// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
+	ExplainMembershipWithResponse(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*ExplainMembershipReply, error)
 }
 
 // CreateHistoryReportReply201Headers the declared response headers of an HTTP 201 response for CreateHistoryReport
@@ -2443,6 +2813,89 @@ func (r PatchSegmentReply) ContentType() string {
 	return ""
 }
 
+type ListMembersReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MemberList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListMembersReply) GetJSON200() *MemberList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListMembersReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListMembersReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ListMembersReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ListMembersReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListMembersReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListMembersReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListMembersReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListMembersReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListMembersReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListMembersReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // RegisterUsersReply200Headers the declared response headers of an HTTP 200 response for RegisterUsers
 type RegisterUsersReply200Headers struct {
 	IdempotentReplayed *string
@@ -2831,6 +3284,89 @@ func (r ChangeUserSegmentsReply) ContentType() string {
 	return ""
 }
 
+type ExplainMembershipReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Explanation
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ExplainMembershipReply) GetJSON200() *Explanation {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ExplainMembershipReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ExplainMembershipReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ExplainMembershipReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ExplainMembershipReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ExplainMembershipReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ExplainMembershipReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ExplainMembershipReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ExplainMembershipReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ExplainMembershipReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ExplainMembershipReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // CreateHistoryReportWithBodyWithResponse Get a link to a month's history as CSV
 //
 // Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
@@ -2996,6 +3532,21 @@ func (c *ClientWithResponses) PatchSegmentWithApplicationMergePatchPlusJSONBodyW
 	return ParsePatchSegmentReply(rsp)
 }
 
+// ListMembersWithResponse List a segment's members
+//
+// Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /segments/{slug}/members (the `ListMembers` operationId).
+func (c *ClientWithResponses) ListMembersWithResponse(ctx context.Context, slug string, params *ListMembersParams, reqEditors ...RequestEditorFn) (*ListMembersReply, error) {
+	rsp, err := c.ListMembers(ctx, slug, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListMembersReply(rsp)
+}
+
 // RegisterUsersWithBodyWithResponse Register users in bulk
 //
 // Adds up to 10,000 user ids to the population that percent segments draw from. Idempotent: known ids are skipped. Needs a token with the scope segments:write.
@@ -3084,6 +3635,21 @@ func (c *ClientWithResponses) ChangeUserSegmentsWithResponse(ctx context.Context
 		return nil, err
 	}
 	return ParseChangeUserSegmentsReply(rsp)
+}
+
+// ExplainMembershipWithResponse Why a user is or is not in a segment
+//
+// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
+func (c *ClientWithResponses) ExplainMembershipWithResponse(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*ExplainMembershipReply, error) {
+	rsp, err := c.ExplainMembership(ctx, userId, slug, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseExplainMembershipReply(rsp)
 }
 
 // ParseCreateHistoryReportReply parses an HTTP response from a CreateHistoryReportWithResponse call
@@ -3680,6 +4246,74 @@ func ParsePatchSegmentReply(rsp *http.Response) (*PatchSegmentReply, error) {
 	return response, nil
 }
 
+// ParseListMembersReply parses an HTTP response from a ListMembersWithResponse call
+func ParseListMembersReply(rsp *http.Response) (*ListMembersReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListMembersReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MemberList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseRegisterUsersReply parses an HTTP response from a RegisterUsersWithResponse call
 func ParseRegisterUsersReply(rsp *http.Response) (*RegisterUsersReply, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -4021,6 +4655,74 @@ func ParseChangeUserSegmentsReply(rsp *http.Response) (*ChangeUserSegmentsReply,
 			headers.IdempotentReplayed = &value
 		}
 		response.Headers200 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseExplainMembershipReply parses an HTTP response from a ExplainMembershipWithResponse call
+func ParseExplainMembershipReply(rsp *http.Response) (*ExplainMembershipReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ExplainMembershipReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Explanation
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
 	}
 
 	return response, nil

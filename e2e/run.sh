@@ -82,7 +82,7 @@ collection=(../docs/postman/segments.postman_collection.json -e ../docs/postman/
 npx newman run "${collection[@]}" --env-var "baseUrl=$base" --folder "1. Health" \
   --reporters cli,junit --reporter-junit-export "$out/newman-health.xml"
 contract=()
-for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment" "9. Safe retries" "10. Changing a segment"; do
+for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment" "9. Safe retries" "10. Changing a segment" "11. Support tools"; do
   contract+=(--folder "$f")
 done
 npx newman run "${collection[@]}" --env-var "baseUrl=http://127.0.0.1:$pport" "${contract[@]}" \

@@ -82,9 +82,10 @@ var parameterExamples = map[string]any{
 }
 
 // afterExamples are the after= cursors, by operation.
-var afterExamples = map[string]string{
+var afterExamples = map[string]any{
 	"listSegments":   "AVITO_DISCOUNT_50",
 	"getUserHistory": "1764000000000000-1234",
+	"listMembers":    1000,
 }
 
 // sharedResponses are the statuses every operation can answer, whatever

@@ -188,3 +188,25 @@ type KeyedAttempt interface {
 	// Rollback undoes the request's effects; it does nothing after Commit.
 	Rollback(ctx context.Context)
 }
+
+// Member is a segment's member, as its member list shows it.
+type Member struct {
+	UserID  int64
+	AddedAt time.Time
+	// ExpiresAt is nil for a permanent membership.
+	ExpiresAt *time.Time
+	Source    Source
+}
+
+// Explanation says why a user is or is not in a segment.
+type Explanation struct {
+	// Membership is the user's active membership, or nil.
+	Membership *Membership
+	// Bucket is segment_bucket(slug, user id).
+	Bucket int
+	// AutoPercent is the segment's share; nil for a manual segment.
+	AutoPercent *Percent
+	// Events are the user's last (at most 100) history events in the
+	// segment, oldest first.
+	Events []HistoryEvent
+}

@@ -185,10 +185,12 @@ var apiRoutes = []apiRoute{
 	{method: http.MethodGet, pattern: "/segments/{slug}", scope: auth.ScopeRead, handle: (*handler).getSegment},
 	{method: http.MethodPatch, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).patchSegment},
 	{method: http.MethodDelete, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteSegment},
+	{method: http.MethodGet, pattern: "/segments/{slug}/members", scope: auth.ScopeRead, handle: (*handler).listMembers},
 
 	{method: http.MethodPost, pattern: "/users", scope: auth.ScopeWrite, handle: (*handler).registerUsers},
 	{method: http.MethodGet, pattern: "/users/{user_id}/segments", scope: auth.ScopeRead, handle: (*handler).userSegments},
 	{method: http.MethodPost, pattern: "/users/{user_id}/segments", scope: auth.ScopeWrite, handle: (*handler).changeUserSegments},
+	{method: http.MethodGet, pattern: "/users/{user_id}/segments/{slug}", scope: auth.ScopeRead, handle: (*handler).explainMembership},
 	{method: http.MethodGet, pattern: "/users/{user_id}/history", scope: auth.ScopeRead, handle: (*handler).userHistory},
 
 	{method: http.MethodPost, pattern: "/reports/history", scope: auth.ScopeRead, handle: (*handler).createReport},

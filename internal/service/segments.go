@@ -27,6 +27,12 @@ type SegmentStore interface {
 	// PatchSegment changes a segment's description and scheduled deletion,
 	// or returns domain.ErrNotFound.
 	PatchSegment(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error)
+	// Explain reads why a user is or is not in a segment, without
+	// registering the user, or returns domain.ErrNotFound.
+	Explain(ctx context.Context, userID int64, slug string) (domain.Explanation, error)
+	// Members returns up to limit active members with user ids above
+	// after, in user id order, or domain.ErrNotFound.
+	Members(ctx context.Context, slug string, after int64, limit int) ([]domain.Member, error)
 }
 
 // SegmentScheduler queues a segment's background work: its rollout, and
@@ -185,4 +191,36 @@ func (s *Segments) List(ctx context.Context, after string, limit int) (Page, err
 // domain.ErrNotFound if there is no such segment.
 func (s *Segments) Delete(ctx context.Context, slug string) error {
 	return s.store.DeleteSegment(ctx, slug)
+}
+
+// Explain says why the user is or is not in the segment named slug: the
+// active membership, the bucket and the percent rule's verdict, and the
+// user's last events in it. It does not register the user. It returns
+// domain.ErrNotFound if there is no such segment.
+func (s *Segments) Explain(ctx context.Context, userID int64, slug string) (domain.Explanation, error) {
+	return s.store.Explain(ctx, userID, slug)
+}
+
+// MemberPage is one page of a segment's members in user id order.
+type MemberPage struct {
+	Members []domain.Member
+	// NextAfter is the cursor of the next page; 0 on the last page.
+	NextAfter int64
+}
+
+// Members returns up to limit active members of the segment named slug
+// with user ids above after. Paging by user id sees every member that
+// stays a member while the pages are read exactly once. It returns
+// domain.ErrNotFound if there is no such segment.
+func (s *Segments) Members(ctx context.Context, slug string, after int64, limit int) (MemberPage, error) {
+	ms, err := s.store.Members(ctx, slug, after, limit+1)
+	if err != nil {
+		return MemberPage{}, err
+	}
+	p := MemberPage{Members: ms}
+	if len(ms) > limit {
+		p.Members = ms[:limit]
+		p.NextAfter = ms[limit-1].UserID
+	}
+	return p, nil
 }

@@ -46,6 +46,14 @@ func (f *fakeSegments) Segments(_ context.Context, after string, limit int) ([]d
 
 func (f *fakeSegments) DeleteSegment(context.Context, string) error { return f.err }
 
+func (f *fakeSegments) Explain(context.Context, int64, string) (domain.Explanation, error) {
+	return domain.Explanation{}, f.err
+}
+
+func (f *fakeSegments) Members(context.Context, string, int64, int) ([]domain.Member, error) {
+	return nil, f.err
+}
+
 func (f *fakeSegments) PatchSegment(context.Context, string, domain.SegmentPatch) (domain.Segment, error) {
 	return domain.Segment{}, f.err
 }
