@@ -345,6 +345,12 @@ type MemberList struct {
 	Slug *string `json:"slug,omitempty"`
 }
 
+// MembersReportRequest defines model for MembersReportRequest.
+type MembersReportRequest struct {
+	// Slug Example: AVITO_VOICE_MESSAGES
+	Slug string `json:"slug"`
+}
+
 // Membership defines model for Membership.
 type Membership struct {
 	// AddedAt Example: 2026-11-22T08:00:00Z
@@ -553,6 +559,12 @@ type CreateHistoryReportParams struct {
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
+// CreateMembersReportParams defines parameters for CreateMembersReport.
+type CreateMembersReportParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
 // ListSegmentsParams defines parameters for ListSegments.
 type ListSegmentsParams struct {
 	// Limit Page size (1 to 1000)
@@ -618,6 +630,9 @@ type ChangeUserSegmentsParams struct {
 
 // CreateHistoryReportJSONRequestBody defines body for CreateHistoryReport for application/json ContentType.
 type CreateHistoryReportJSONRequestBody = ReportRequest
+
+// CreateMembersReportJSONRequestBody defines body for CreateMembersReport for application/json ContentType.
+type CreateMembersReportJSONRequestBody = MembersReportRequest
 
 // CreateSegmentJSONRequestBody defines body for CreateSegment for application/json ContentType.
 type CreateSegmentJSONRequestBody = CreateSegmentRequest
@@ -732,6 +747,31 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /reports/history/{token} (the `DownloadHistoryReport` operationId).
 	DownloadHistoryReport(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateMembersReportWithBody Get a link to a segment's members as CSV
+	//
+	// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+	CreateMembersReportWithBody(ctx context.Context, params *CreateMembersReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateMembersReport Get a link to a segment's members as CSV
+	//
+	// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+	CreateMembersReport(ctx context.Context, params *CreateMembersReportParams, body CreateMembersReportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DownloadMembersReport Download a segment's members
+	//
+	// Streams the CSV named by a signed link: header user_id;added_at;expires_at;source, then one line per active member in user id order, times in RFC 3339 UTC, a permanent membership's expires_at empty.
+	//
+	// Corresponds with GET /reports/members/{token} (the `DownloadMembersReport` operationId).
+	DownloadMembersReport(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListSegments List segments
 	//
@@ -909,6 +949,61 @@ func (c *Client) CreateHistoryReport(ctx context.Context, params *CreateHistoryR
 // Corresponds with GET /reports/history/{token} (the `DownloadHistoryReport` operationId).
 func (c *Client) DownloadHistoryReport(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDownloadHistoryReportRequest(c.Server, token)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateMembersReportWithBody Get a link to a segment's members as CSV
+//
+// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+func (c *Client) CreateMembersReportWithBody(ctx context.Context, params *CreateMembersReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateMembersReportRequestWithBody(c.Server, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateMembersReport Get a link to a segment's members as CSV
+//
+// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+func (c *Client) CreateMembersReport(ctx context.Context, params *CreateMembersReportParams, body CreateMembersReportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateMembersReportRequest(c.Server, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DownloadMembersReport Download a segment's members
+//
+// Streams the CSV named by a signed link: header user_id;added_at;expires_at;source, then one line per active member in user id order, times in RFC 3339 UTC, a permanent membership's expires_at empty.
+//
+// Corresponds with GET /reports/members/{token} (the `DownloadMembersReport` operationId).
+func (c *Client) DownloadMembersReport(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDownloadMembersReportRequest(c.Server, token)
 	if err != nil {
 		return nil, err
 	}
@@ -1281,6 +1376,95 @@ func NewDownloadHistoryReportRequest(server string, token string) (*http.Request
 	}
 
 	operationPath := fmt.Sprintf("/reports/history/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateMembersReportRequest calls the generic CreateMembersReport builder with application/json body
+func NewCreateMembersReportRequest(server string, params *CreateMembersReportParams, body CreateMembersReportJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateMembersReportRequestWithBody(server, params, "application/json", bodyReader)
+}
+
+// NewCreateMembersReportRequestWithBody constructs an http.Request for the CreateMembersReport method, with any body, and a specified content type
+func NewCreateMembersReportRequestWithBody(server string, params *CreateMembersReportParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/reports/members")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewDownloadMembersReportRequest constructs an http.Request for the DownloadMembersReport method
+func NewDownloadMembersReportRequest(server string, token string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "token", token, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/reports/members/%s", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -2008,6 +2192,33 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /reports/history/{token} (the `DownloadHistoryReport` operationId).
 	DownloadHistoryReportWithResponse(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*DownloadHistoryReportReply, error)
 
+	// CreateMembersReportWithBodyWithResponse Get a link to a segment's members as CSV
+	//
+	// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+	CreateMembersReportWithBodyWithResponse(ctx context.Context, params *CreateMembersReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateMembersReportReply, error)
+
+	// CreateMembersReportWithResponse Get a link to a segment's members as CSV
+	//
+	// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+	CreateMembersReportWithResponse(ctx context.Context, params *CreateMembersReportParams, body CreateMembersReportJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateMembersReportReply, error)
+
+	// DownloadMembersReportWithResponse Download a segment's members
+	//
+	// Streams the CSV named by a signed link: header user_id;added_at;expires_at;source, then one line per active member in user id order, times in RFC 3339 UTC, a permanent membership's expires_at empty.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /reports/members/{token} (the `DownloadMembersReport` operationId).
+	DownloadMembersReportWithResponse(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*DownloadMembersReportReply, error)
+
 	// ListSegmentsWithResponse List segments
 	//
 	// Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
@@ -2321,6 +2532,194 @@ func (r DownloadHistoryReportReply) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DownloadHistoryReportReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// CreateMembersReportReply201Headers the declared response headers of an HTTP 201 response for CreateMembersReport
+type CreateMembersReportReply201Headers struct {
+	IdempotentReplayed *string
+	Location           string
+}
+
+type CreateMembersReportReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *ReportLink
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers201 the parsed response headers for an HTTP 201 response
+	Headers201 *CreateMembersReportReply201Headers
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateMembersReportReply) GetJSON201() *ReportLink {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON415() *Problem {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r CreateMembersReportReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateMembersReportReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateMembersReportReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateMembersReportReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateMembersReportReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DownloadMembersReportReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r DownloadMembersReportReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r DownloadMembersReportReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r DownloadMembersReportReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r DownloadMembersReportReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r DownloadMembersReportReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DownloadMembersReportReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DownloadMembersReportReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DownloadMembersReportReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DownloadMembersReportReply) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3412,6 +3811,51 @@ func (c *ClientWithResponses) DownloadHistoryReportWithResponse(ctx context.Cont
 	return ParseDownloadHistoryReportReply(rsp)
 }
 
+// CreateMembersReportWithBodyWithResponse Get a link to a segment's members as CSV
+//
+// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+func (c *ClientWithResponses) CreateMembersReportWithBodyWithResponse(ctx context.Context, params *CreateMembersReportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateMembersReportReply, error) {
+	rsp, err := c.CreateMembersReportWithBody(ctx, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateMembersReportReply(rsp)
+}
+
+// CreateMembersReportWithResponse Get a link to a segment's members as CSV
+//
+// Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse. Needs a token with the scope segments:read.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /reports/members (the `CreateMembersReport` operationId).
+func (c *ClientWithResponses) CreateMembersReportWithResponse(ctx context.Context, params *CreateMembersReportParams, body CreateMembersReportJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateMembersReportReply, error) {
+	rsp, err := c.CreateMembersReport(ctx, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateMembersReportReply(rsp)
+}
+
+// DownloadMembersReportWithResponse Download a segment's members
+//
+// Streams the CSV named by a signed link: header user_id;added_at;expires_at;source, then one line per active member in user id order, times in RFC 3339 UTC, a permanent membership's expires_at empty.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /reports/members/{token} (the `DownloadMembersReport` operationId).
+func (c *ClientWithResponses) DownloadMembersReportWithResponse(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*DownloadMembersReportReply, error) {
+	rsp, err := c.DownloadMembersReport(ctx, token, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDownloadMembersReportReply(rsp)
+}
+
 // ListSegmentsWithResponse List segments
 //
 // Lists segments in byte order of slug, a page at a time. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
@@ -3788,6 +4232,176 @@ func ParseDownloadHistoryReportReply(rsp *http.Response) (*DownloadHistoryReport
 			return nil, err
 		}
 		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateMembersReportReply parses an HTTP response from a CreateMembersReportWithResponse call
+func ParseCreateMembersReportReply(rsp *http.Response) (*CreateMembersReportReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateMembersReportReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest ReportLink
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 201:
+		var headers CreateMembersReportReply201Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = value
+		}
+		response.Headers201 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDownloadMembersReportReply parses an HTTP response from a DownloadMembersReportWithResponse call
+func ParseDownloadMembersReportReply(rsp *http.Response) (*DownloadMembersReportReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DownloadMembersReportReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem

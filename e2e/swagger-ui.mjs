@@ -17,6 +17,7 @@ const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const contract = [
   'DELETE /segments/{slug}',
   'GET /reports/history/{token}',
+  'GET /reports/members/{token}',
   'GET /segments',
   'GET /segments/{slug}',
   'GET /segments/{slug}/members',
@@ -25,6 +26,7 @@ const contract = [
   'GET /users/{user_id}/segments/{slug}',
   'PATCH /segments/{slug}',
   'POST /reports/history',
+  'POST /reports/members',
   'POST /segments',
   'POST /users',
   'POST /users/{user_id}/segments',

@@ -211,7 +211,7 @@ func amend(doc *openapi3.T) error {
 					if err := problemResponse(r.Value, problem, status, where); err != nil {
 						return err
 					}
-				case op.OperationID == "downloadHistoryReport" && status == http.StatusOK:
+				case strings.HasPrefix(op.OperationID, "download") && status == http.StatusOK:
 					r.Value.Content = openapi3.Content{textCSV: r.Value.Content[textCSV]}
 				}
 			}

@@ -48,6 +48,8 @@ func (s csvStore) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w io.
 	return nil
 }
 
+func (csvStore) CopyMembersCSV(context.Context, int64, io.Writer) error { return nil }
+
 func (csvStore) UserHistory(context.Context, int64, time.Time, time.Time, domain.HistoryCursor, int) ([]domain.HistoryEvent, error) {
 	return nil, nil
 }

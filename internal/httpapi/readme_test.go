@@ -134,6 +134,17 @@ func checkCSV(t *testing.T, b readmeBlock, got string) {
 				}
 				cols[3] = "<datetime>"
 			}
+			if i > 0 && len(cols) == 4 { // a member list: added_at, expires_at (empty if permanent)
+				for _, c := range []int{1, 2} {
+					if cols[c] == "" && c == 2 {
+						continue
+					}
+					if _, err := time.Parse(time.RFC3339Nano, cols[c]); err != nil || !strings.HasSuffix(cols[c], "Z") {
+						t.Errorf("README.md:%d: time %q is not RFC 3339 UTC", b.line, cols[c])
+					}
+					cols[c] = "<time>"
+				}
+			}
 			rows = append(rows, strings.Join(cols, ";"))
 		}
 		return rows

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/service"
 )
 
 // ReportRequest is the body of POST /reports/history.
@@ -84,21 +85,7 @@ func (h *handler) downloadReport(w http.ResponseWriter, r *http.Request) {
 	if q.UserID != 0 {
 		name += "-user-" + strconv.FormatInt(q.UserID, 10)
 	}
-	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`.csv"`)
-	w.Header().Set("Cache-Control", "private, no-store")
-	cw := &countingWriter{w: w}
-	if err := h.reports.WriteCSV(r.Context(), q, cw); err != nil {
-		if cw.n == 0 {
-			w.Header().Del("Content-Disposition")
-			respondError(w, r, err)
-			return
-		}
-		// Headers and part of the file are out: cut the connection so that
-		// the client sees a broken download, not a short file.
-		loggerFrom(r.Context()).Error("report stream failed", zap.Int64("bytes_sent", cw.n), zap.Error(err))
-		panic(http.ErrAbortHandler)
-	}
+	h.streamCSV(w, r, name, func(cw io.Writer) error { return h.reports.WriteCSV(r.Context(), q, cw) })
 }
 
 // countingWriter counts the bytes written through it.
@@ -111,4 +98,84 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// MembersReportRequest is the body of POST /reports/members.
+type MembersReportRequest struct {
+	Slug string `json:"slug" validate:"required,slug" example:"AVITO_VOICE_MESSAGES"`
+}
+
+// createMembersReport godoc
+//
+//	@ID				createMembersReport
+//	@Summary		Get a link to a segment's members as CSV
+//	@Description	Returns a signed link to the CSV of the segment's active members. The link works on any replica until expires_at; nothing is stored. A history link does not open a member list, nor the reverse.
+//	@Tags			reports
+//	@Accept			json
+//	@Produce		json
+//	@Param			report	body		MembersReportRequest	true	"Which segment"
+//	@Success		201		{object}	ReportLink
+//	@Header			201		{string}	Location	"the report's URL"
+//	@Failure		400		{object}	Problem		"Malformed JSON"
+//	@Failure		404		{object}	Problem		"No such segment"
+//	@Failure		413		{object}	Problem		"Body over 1 MiB"
+//	@Failure		415		{object}	Problem		"Content-Type is not application/json"
+//	@Failure		422		{object}	Problem		"Bad slug"
+//	@Router			/reports/members [post]
+func (h *handler) createMembersReport(w http.ResponseWriter, r *http.Request) {
+	var req MembersReportRequest
+	if !decode(w, r, h.validate, &req) {
+		return
+	}
+	seg, err := h.segments.Get(r.Context(), req.Slug)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	token, expiresAt := h.reports.MembersLink(service.MembersReport{SegmentID: seg.ID, Slug: seg.Slug})
+	link := h.publicURL + "/api/v1/reports/members/" + url.PathEscape(token)
+	w.Header().Set("Location", link)
+	respond(w, http.StatusCreated, ReportLink{URL: link, ExpiresAt: expiresAt})
+}
+
+// downloadMembersReport godoc
+//
+//	@ID				downloadMembersReport
+//	@Summary		Download a segment's members
+//	@Description	Streams the CSV named by a signed link: header user_id;added_at;expires_at;source, then one line per active member in user id order, times in RFC 3339 UTC, a permanent membership's expires_at empty.
+//	@Tags			reports
+//	@Produce		text/csv
+//	@Produce		json
+//	@Param			token	path		string	true	"The token from the link"
+//	@Success		200		{string}	string	"user_id;added_at;expires_at;source"
+//	@Failure		403		{object}	Problem	"Tampered, truncated or expired link, or a link of another kind"
+//	@Failure		404		{object}	Problem	"The segment was deleted since"
+//	@Router			/reports/members/{token} [get]
+func (h *handler) downloadMembersReport(w http.ResponseWriter, r *http.Request) {
+	m, err := h.reports.OpenMembers(chi.URLParam(r, "token"))
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	h.streamCSV(w, r, "segments-members-"+m.Slug, func(cw io.Writer) error { return h.reports.WriteMembersCSV(r.Context(), m, cw) })
+}
+
+// streamCSV streams a CSV download named name: if it fails before a byte
+// is out, the client gets the problem; after, the connection is cut, so
+// that a broken download does not pass for a short file.
+func (h *handler) streamCSV(w http.ResponseWriter, r *http.Request, name string, write func(io.Writer) error) {
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`.csv"`)
+	w.Header().Set("Cache-Control", "private, no-store")
+	cw := &countingWriter{w: w}
+	if err := write(cw); err != nil {
+		if cw.n == 0 {
+			w.Header().Del("Content-Disposition")
+			w.Header().Del("Cache-Control")
+			respondError(w, r, err)
+			return
+		}
+		loggerFrom(r.Context()).Error("report stream failed", zap.Int64("bytes_sent", cw.n), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
 }

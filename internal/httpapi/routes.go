@@ -195,6 +195,8 @@ var apiRoutes = []apiRoute{
 
 	{method: http.MethodPost, pattern: "/reports/history", scope: auth.ScopeRead, handle: (*handler).createReport},
 	{method: http.MethodGet, pattern: "/reports/history/{token}", scope: scopeOpen, handle: (*handler).downloadReport, download: true},
+	{method: http.MethodPost, pattern: "/reports/members", scope: auth.ScopeRead, handle: (*handler).createMembersReport},
+	{method: http.MethodGet, pattern: "/reports/members/{token}", scope: scopeOpen, handle: (*handler).downloadMembersReport, download: true},
 }
 
 // headAsGet hands a HEAD request to h as a GET, for handlers that refuse

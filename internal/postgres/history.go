@@ -56,6 +56,41 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 	})
 }
 
+// CopyMembersCSV streams the active members of segment segmentID as CSV
+// to w with COPY … TO STDOUT, in user id order (from the (segment_id,
+// user_id) index), times as the history CSV writes them, a permanent
+// membership's expires_at empty. The segment's row is locked FOR KEY SHARE
+// first, so that it cannot be deleted while its members stream; a segment
+// that is gone gives domain.ErrNotFound.
+func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.Writer) error {
+	const query = `COPY (
+		SELECT user_id,
+		       to_char(added_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS added_at,
+		       to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS expires_at,
+		       source
+		FROM memberships
+		WHERE segment_id = %d AND (expires_at IS NULL OR expires_at > now())
+		ORDER BY user_id
+	) TO STDOUT WITH (FORMAT csv, HEADER true, DELIMITER ';')`
+	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		timeout := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())
+		if _, err := tx.Exec(ctx, timeout); err != nil {
+			return fmt.Errorf("set export timeout: %w", dbError(err))
+		}
+		var found bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM segments WHERE id = $1 FOR KEY SHARE)`, segmentID).Scan(&found); err != nil {
+			return fmt.Errorf("lock segment %d: %w", segmentID, dbError(err))
+		}
+		if !found {
+			return domain.NotFoundf("the segment no longer exists; its member list is gone with it")
+		}
+		if _, err := tx.Conn().PgConn().CopyTo(ctx, w, fmt.Sprintf(query, segmentID)); err != nil {
+			return fmt.Errorf("export members of segment %d: %w", segmentID, dbError(err))
+		}
+		return nil
+	})
+}
+
 // UserHistory returns up to limit events of the user in [from, to) after
 // the cursor, in (at, id) order, from the primary key.
 func (r *HistoryRepo) UserHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"strconv"
@@ -22,6 +23,10 @@ type HistoryStore interface {
 	// UserHistory returns up to limit events of the user in [from, to) that
 	// come after the cursor, in time order.
 	UserHistory(ctx context.Context, userID int64, from, to time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error)
+	// CopyMembersCSV streams the active members of the segment with id
+	// segmentID to w as CSV, in user id order, the database doing the
+	// formatting. It returns domain.ErrNotFound if the segment is gone.
+	CopyMembersCSV(ctx context.Context, segmentID int64, w io.Writer) error
 }
 
 // HistoryPage is one page of a user's history.
@@ -68,31 +73,86 @@ func (r *Reports) sign(payload string) string {
 	return b64.EncodeToString(mac.Sum(nil))
 }
 
+// membersTokenVersion prefixes the payload of a members report's token: a
+// kind of its own, so that no history link opens a member list and no
+// member-list link opens a history.
+const membersTokenVersion = "m1"
+
+// MembersReport names a segment's member list.
+type MembersReport struct {
+	SegmentID int64
+	Slug      string
+}
+
+// MembersLink returns the token of the member list of a segment and when
+// it expires.
+func (r *Reports) MembersLink(m MembersReport) (token string, expiresAt time.Time) {
+	expiresAt = r.now().Add(r.linkTTL).Truncate(time.Second)
+	// The slug goes in hex: it may hold dots, the payload's separator.
+	payload := b64.EncodeToString(fmt.Appendf(nil, "%s.%d.%s.%d", membersTokenVersion, m.SegmentID, hex.EncodeToString([]byte(m.Slug)), expiresAt.Unix()))
+	return payload + "." + r.sign(payload), expiresAt.UTC()
+}
+
+// OpenMembers checks a member-list token as Open checks a history token.
+func (r *Reports) OpenMembers(token string) (MembersReport, error) {
+	parts, err := r.verify(token, membersTokenVersion)
+	if err != nil {
+		return MembersReport{}, err
+	}
+	id, err1 := strconv.ParseInt(parts[1], 10, 64)
+	slug, err2 := hex.DecodeString(parts[2])
+	if err1 != nil || err2 != nil || id <= 0 || !domain.ValidSlug(string(slug)) {
+		return MembersReport{}, domain.Forbiddenf("the report link is not valid; ask for a new one")
+	}
+	return MembersReport{SegmentID: id, Slug: string(slug)}, nil
+}
+
+// WriteMembersCSV streams the member list m to w: a header line
+// user_id;added_at;expires_at;source, then one line per active member in
+// user id order, times in RFC 3339 UTC, a permanent membership's
+// expires_at empty. It returns domain.ErrNotFound if the segment is gone.
+func (r *Reports) WriteMembersCSV(ctx context.Context, m MembersReport, w io.Writer) error {
+	return r.store.CopyMembersCSV(ctx, m.SegmentID, w)
+}
+
+// verify checks a token's signature, kind (version) and expiry, and
+// returns its payload's four dot-separated parts.
+func (r *Reports) verify(token, version string) ([]string, error) {
+	bad := domain.Forbiddenf("the report link is not valid; ask for a new one")
+	payload, sig, ok := strings.Cut(token, ".")
+	if !ok || !hmac.Equal([]byte(sig), []byte(r.sign(payload))) {
+		return nil, bad
+	}
+	raw, err := b64.Strict().DecodeString(payload)
+	if err != nil {
+		return nil, bad
+	}
+	parts := strings.Split(string(raw), ".")
+	if len(parts) != 4 || parts[0] != version {
+		return nil, bad
+	}
+	exp, err := strconv.ParseInt(parts[3], 10, 64)
+	if err != nil {
+		return nil, bad
+	}
+	if !r.now().Before(time.Unix(exp, 0)) {
+		return nil, domain.Forbiddenf("the report link expired at %s; ask for a new one", time.Unix(exp, 0).UTC().Format(time.RFC3339))
+	}
+	return parts, nil
+}
+
 // Open checks a token and returns the report it names. A token that is
 // malformed, tampered with, signed under another secret or expired gives
 // domain.ErrForbidden.
 func (r *Reports) Open(token string) (domain.HistoryQuery, error) {
-	bad := domain.Forbiddenf("the report link is not valid; ask for a new one")
-	payload, sig, ok := strings.Cut(token, ".")
-	if !ok || !hmac.Equal([]byte(sig), []byte(r.sign(payload))) {
-		return domain.HistoryQuery{}, bad
-	}
-	raw, err := b64.Strict().DecodeString(payload)
+	parts, err := r.verify(token, tokenVersion)
 	if err != nil {
-		return domain.HistoryQuery{}, bad
-	}
-	parts := strings.Split(string(raw), ".")
-	if len(parts) != 4 || parts[0] != tokenVersion {
-		return domain.HistoryQuery{}, bad
+		return domain.HistoryQuery{}, err
 	}
 	period, err1 := domain.ParsePeriod(parts[1])
 	userID, err2 := strconv.ParseInt(parts[2], 10, 64)
-	exp, err3 := strconv.ParseInt(parts[3], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || userID < 0 {
-		return domain.HistoryQuery{}, bad
-	}
-	if !r.now().Before(time.Unix(exp, 0)) {
-		return domain.HistoryQuery{}, domain.Forbiddenf("the report link expired at %s; ask for a new one", time.Unix(exp, 0).UTC().Format(time.RFC3339))
+	if err1 != nil || err2 != nil || userID < 0 {
+		return domain.HistoryQuery{}, domain.Forbiddenf("the report link is not valid; ask for a new one")
 	}
 	return domain.HistoryQuery{Period: period, UserID: userID}, nil
 }

@@ -350,6 +350,8 @@ func (f *fakeHistory) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w
 	return err
 }
 
+func (f *fakeHistory) CopyMembersCSV(context.Context, int64, io.Writer) error { return nil }
+
 func (f *fakeHistory) UserHistory(_ context.Context, _ int64, _, _ time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
 	var out []domain.HistoryEvent
 	for _, e := range f.events {
