@@ -622,6 +622,12 @@ type GetUserHistoryParams struct {
 	After *string `form:"after,omitempty" json:"after,omitempty"`
 }
 
+// GetUserSegmentsParams defines parameters for GetUserSegments.
+type GetUserSegmentsParams struct {
+	// At A past instant (RFC 3339), not in the future
+	At *time.Time `form:"at,omitempty" json:"at,omitempty"`
+}
+
 // ChangeUserSegmentsParams defines parameters for ChangeUserSegments.
 type ChangeUserSegmentsParams struct {
 	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
@@ -873,10 +879,10 @@ type ClientInterface interface {
 
 	// GetUserSegments Get a user's segments
 	//
-	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
+	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. With at, the answer this call gave (or would have given) at that instant, from history, added_at, expires_at and source included; the user is not registered then. Needs a token with the scope segments:read.
 	//
 	// Corresponds with GET /users/{user_id}/segments (the `GetUserSegments` operationId).
-	GetUserSegments(ctx context.Context, userId int64, reqEditors ...RequestEditorFn) (*http.Response, error)
+	GetUserSegments(ctx context.Context, userId int64, params *GetUserSegmentsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ChangeUserSegmentsWithBody Add and remove a user's segments
 	//
@@ -1234,11 +1240,11 @@ func (c *Client) GetUserHistory(ctx context.Context, userId int64, params *GetUs
 
 // GetUserSegments Get a user's segments
 //
-// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
+// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. With at, the answer this call gave (or would have given) at that instant, from history, added_at, expires_at and source included; the user is not registered then. Needs a token with the scope segments:read.
 //
 // Corresponds with GET /users/{user_id}/segments (the `GetUserSegments` operationId).
-func (c *Client) GetUserSegments(ctx context.Context, userId int64, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewGetUserSegmentsRequest(c.Server, userId)
+func (c *Client) GetUserSegments(ctx context.Context, userId int64, params *GetUserSegmentsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetUserSegmentsRequest(c.Server, userId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1985,7 +1991,7 @@ func NewGetUserHistoryRequest(server string, userId int64, params *GetUserHistor
 }
 
 // NewGetUserSegmentsRequest constructs an http.Request for the GetUserSegments method
-func NewGetUserSegmentsRequest(server string, userId int64) (*http.Request, error) {
+func NewGetUserSegmentsRequest(server string, userId int64, params *GetUserSegmentsParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -2008,6 +2014,33 @@ func NewGetUserSegmentsRequest(server string, userId int64) (*http.Request, erro
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.At != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "at", *params.At, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -2329,12 +2362,12 @@ type ClientWithResponsesInterface interface {
 
 	// GetUserSegmentsWithResponse Get a user's segments
 	//
-	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
+	// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. With at, the answer this call gave (or would have given) at that instant, from history, added_at, expires_at and source included; the user is not registered then. Needs a token with the scope segments:read.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /users/{user_id}/segments (the `GetUserSegments` operationId).
-	GetUserSegmentsWithResponse(ctx context.Context, userId int64, reqEditors ...RequestEditorFn) (*GetUserSegmentsReply, error)
+	GetUserSegmentsWithResponse(ctx context.Context, userId int64, params *GetUserSegmentsParams, reqEditors ...RequestEditorFn) (*GetUserSegmentsReply, error)
 
 	// ChangeUserSegmentsWithBodyWithResponse Add and remove a user's segments
 	//
@@ -3498,6 +3531,8 @@ type GetUserSegmentsReply struct {
 	ApplicationproblemJSON401 *Problem
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3524,6 +3559,11 @@ func (r GetUserSegmentsReply) GetApplicationproblemJSON401() *Problem {
 // GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
 func (r GetUserSegmentsReply) GetApplicationproblemJSON403() *Problem {
 	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetUserSegmentsReply) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -4038,13 +4078,13 @@ func (c *ClientWithResponses) GetUserHistoryWithResponse(ctx context.Context, us
 
 // GetUserSegmentsWithResponse Get a user's segments
 //
-// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. Needs a token with the scope segments:read.
+// Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. With at, the answer this call gave (or would have given) at that instant, from history, added_at, expires_at and source included; the user is not registered then. Needs a token with the scope segments:read.
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /users/{user_id}/segments (the `GetUserSegments` operationId).
-func (c *ClientWithResponses) GetUserSegmentsWithResponse(ctx context.Context, userId int64, reqEditors ...RequestEditorFn) (*GetUserSegmentsReply, error) {
-	rsp, err := c.GetUserSegments(ctx, userId, reqEditors...)
+func (c *ClientWithResponses) GetUserSegmentsWithResponse(ctx context.Context, userId int64, params *GetUserSegmentsParams, reqEditors ...RequestEditorFn) (*GetUserSegmentsReply, error) {
+	rsp, err := c.GetUserSegments(ctx, userId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -5132,6 +5172,13 @@ func ParseGetUserSegmentsReply(rsp *http.Response) (*GetUserSegmentsReply, error
 			return nil, err
 		}
 		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem

@@ -83,7 +83,7 @@ func TestClientAgainstTheService(t *testing.T) {
 			retried.HTTPResponse.Header.Get("Idempotent-Replayed") != "true" {
 			t.Fatalf("retried change %d: %v %d %s", user, err, retried.StatusCode(), retried.Body)
 		}
-		read, err := c.GetUserSegmentsWithResponse(ctx, user)
+		read, err := c.GetUserSegmentsWithResponse(ctx, user, nil)
 		if err != nil || read.StatusCode() != http.StatusOK || read.JSON200.UserId != user || len(read.JSON200.Segments) != 1 {
 			t.Fatalf("read %d: %v %d %s", user, err, read.StatusCode(), read.Body)
 		}

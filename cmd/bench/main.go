@@ -77,13 +77,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
 	fs.BoolVar(&o.auth, "auth", false, "turn authentication on (AUTH_JWT_SECRET); every request carries a bearer token")
 	fs.BoolVar(&o.keys, "idempotency-keys", false, "send every change with an Idempotency-Key of its own")
-	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads`)
+	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute ||
-		(o.only != "" && o.only != "changes" && o.only != "percent") {
-		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes or percent")
+		(o.only != "" && o.only != "changes" && o.only != "percent" && o.only != "members") {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent or members")
 	}
 	if o.auth {
 		token, err := auth.Mint([]byte(benchJWTSecret), "bench", []string{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}, 24*time.Hour, "", "", time.Now())
@@ -404,6 +404,8 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 		return changePhase(ctx, o, s, dbURL, rep, client, closed, log)
 	case "percent":
 		return percentPhase(ctx, o, s, pool, rep, client, log)
+	case "members":
+		return membersPhase(ctx, o, s, pool, rep, log)
 	}
 
 	// Each closed-loop phase runs right after pgbench sends the same SQL
@@ -610,6 +612,47 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	rep.add(fmt.Sprintf("10 → 50 %% (%d of %d users)", assigned, o.users), loadgen.Result{}, wall,
 		fmt.Sprintf("read p99 %.2f× idle", float64(during.Percentile(99))/float64(idle.Percentile(99))))
 	rep.add(fmt.Sprintf("GET at %.0f/s, during 10 → 50 %%", o.rate), during, 0, "")
+	return nil
+}
+
+// membersPhase gives a segment to every user (100 %) and downloads its
+// member list as CSV three times, with the API's peak RSS before and after.
+func membersPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, log func(string, ...any)) error {
+	slug := fmt.Sprintf("EVERYONE_%d", time.Now().Unix())
+	log("phase: a 100 %% segment over %d users", o.users)
+	t0 := time.Now()
+	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":100}`, slug), nil); err != nil {
+		return err
+	}
+	status, assigned, err := waitRollout(ctx, pool, slug)
+	if err == nil && status != "done" {
+		err = fmt.Errorf("the rollout ended %s", status)
+	}
+	if err != nil {
+		return err
+	}
+	rep.add(fmt.Sprintf("100 %% rollout (%d users)", assigned), loadgen.Result{}, time.Since(t0), "")
+	for i := range 3 {
+		log("phase: the member list as CSV (%d)", i+1)
+		var l struct{ URL string }
+		if err := postJSON(s.base+"/api/v1/reports/members", fmt.Sprintf(`{"slug":%q}`, slug), &l); err != nil {
+			return err
+		}
+		before := rssMB(s.api.Process.Pid, "VmHWM")
+		rssBefore := rssMB(s.api.Process.Pid, "VmRSS")
+		t1 := time.Now()
+		resp, err := http.Get(s.base + l.URL)
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("members CSV: status %d, %v", resp.StatusCode, err)
+		}
+		rep.add(fmt.Sprintf("members CSV (%d members)", assigned), loadgen.Result{}, time.Since(t1),
+			fmt.Sprintf("%.1f MB; API RSS %.0f MB, peak %.0f → %.0f MB", float64(n)/1e6, rssBefore, before, rssMB(s.api.Process.Pid, "VmHWM")))
+	}
 	return nil
 }
 

@@ -79,6 +79,7 @@ var parameterExamples = map[string]any{
 	"limit":   100,
 	"from":    "2026-11-01T00:00:00Z",
 	"to":      "2026-12-01T00:00:00Z",
+	"at":      "2026-11-20T12:00:00Z",
 }
 
 // afterExamples are the after= cursors, by operation.

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -220,4 +221,22 @@ func int64s(ids []int64) []string {
 		out[i] = fmt.Sprint(id)
 	}
 	return out
+}
+
+// ?at= refuses bad and future instants, and never registers the user.
+func TestSegmentsAtInput(t *testing.T) {
+	a := newAPI(t)
+	for _, at := range []string{"yesterday", "2026-11-23", time.Now().Add(time.Minute).UTC().Format(time.RFC3339)} {
+		p := a.do("GET", "/api/v1/users/1000/segments?at="+at, nil).problem(t, http.StatusUnprocessableEntity)
+		if len(p.Errors) != 1 || p.Errors[0].Pointer != "#/at" {
+			t.Errorf("at=%s: %+v", at, p)
+		}
+	}
+	r := a.do("GET", "/api/v1/users/424242/segments?at="+time.Now().UTC().Format(time.RFC3339Nano), nil)
+	if r.status != http.StatusOK || strings.TrimSpace(string(r.body)) != `{"user_id":424242,"segments":[]}` || r.header.Get("Cache-Status") != `segments; fwd=bypass; detail="at"` {
+		t.Fatalf("%d %s %v", r.status, r.body, r.header)
+	}
+	if a.scalar(`SELECT count(*) FROM users WHERE id = 424242`) != 0 {
+		t.Fatal("?at= registered the user")
+	}
 }

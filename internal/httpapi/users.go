@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/segments-service/segments/internal/aftercommit"
@@ -101,17 +102,23 @@ func (h *handler) registerUsers(w http.ResponseWriter, r *http.Request) {
 //
 //	@ID				getUserSegments
 //	@Summary		Get a user's segments
-//	@Description	Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call.
+//	@Description	Returns the user's active segments sorted by slug (byte order); never an expired one. An unknown user is registered by this call. With at, the answer this call gave (or would have given) at that instant, from history, added_at, expires_at and source included; the user is not registered then.
 //	@Tags			users
 //	@Produce		json
-//	@Param			user_id	path		int	true	"User id (1 to 2^63-1)"	minimum(1)	format(int64)
+//	@Param			user_id	path		int		true	"User id (1 to 2^63-1)"							minimum(1)	format(int64)
+//	@Param			at		query		string	false	"A past instant (RFC 3339), not in the future"	format(date-time)
 //	@Success		200		{object}	UserSegments
 //	@Header			200		{string}	Cache-Status	"Whether the answer came from the read cache (RFC 9211): segments; hit, or segments; fwd=miss|stale|bypass"
 //	@Failure		400		{object}	Problem			"Bad user id"
+//	@Failure		422		{object}	Problem			"at is not an RFC 3339 time, or is in the future"
 //	@Router			/users/{user_id}/segments [get]
 func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 	id, ok := userID(w, r)
 	if !ok {
+		return
+	}
+	if r.URL.Query().Has("at") {
+		h.userSegmentsAt(w, r, id)
 		return
 	}
 	body, ticket, status := h.cache.Get(id)
@@ -130,6 +137,26 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(body)
+}
+
+// userSegmentsAt answers GET /users/{id}/segments?at=T from history; the
+// read cache has no part in it.
+func (h *handler) userSegmentsAt(w http.ResponseWriter, r *http.Request, id int64) {
+	raw := r.URL.Query().Get("at")
+	at, err := time.Parse(time.RFC3339Nano, raw)
+	if err != nil {
+		respondError(w, r, domain.Invalid("at must be an RFC 3339 time such as 2026-11-01T12:00:00Z, not "+strconv.Quote(raw),
+			domain.FieldError{Field: "/at", Message: "must be an RFC 3339 time"}))
+		return
+	}
+	ms, err := h.users.SegmentsAt(r.Context(), id, at)
+	if err != nil {
+		respondError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Status", `segments; fwd=bypass; detail="at"`)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(appendUserSegments(nil, id, ms))
 }
 
 // earliestExpiry is when the first of ms expires; the zero time if none

@@ -83,3 +83,54 @@ func BenchmarkUserSegments(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkUserSegmentsAt reads one user's segments at a past instant
+// (?at=) from a history of 1,000 events of that user in 20 segments, with
+// 100,000 events of other users around it: the time the database spends
+// on the read the issue bounds (≤ 5 ms).
+func BenchmarkUserSegmentsAt(b *testing.B) {
+	pool := env.NewPool(b)
+	segs := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
+	for i := 1; i <= 20; i++ {
+		mustCreate(b, segs, fmt.Sprintf("SEG_%d", i))
+	}
+	users := postgres.NewUserRepo(pool, postgres.NopRecorder{})
+	ctx := context.Background()
+	// Other users' history: 100 users × 1,000 events, written directly.
+	const others = `
+		INSERT INTO membership_history (user_id, segment_id, slug, operation, reason, at)
+		SELECT u, s.id, s.slug, CASE WHEN e % 2 = 0 THEN 'add' ELSE 'remove' END, 'manual',
+		       now() - interval '1 day' + e * interval '1 ms'
+		FROM generate_series(2, 101) u, generate_series(1, 1000) e
+		JOIN segments s ON s.slug = 'SEG_' || (e % 20 + 1)`
+	if _, err := pool.Exec(ctx, others); err != nil {
+		b.Fatal(err)
+	}
+	// User 1: 1,000 events through the service's own changes.
+	var mid time.Time
+	for i := range 1000 {
+		c := domain.SegmentChange{UserID: 1, Add: []string{fmt.Sprintf("SEG_%d", i%20+1)}}
+		if i%2 == 1 {
+			c = domain.SegmentChange{UserID: 1, Remove: []string{fmt.Sprintf("SEG_%d", (i-1)%20+1)}}
+		}
+		if _, err := users.ChangeUserSegments(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+		if i == 500 {
+			mid = time.Now()
+		}
+	}
+	var n int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM membership_history WHERE user_id = 1`).Scan(&n); err != nil || n < 500 {
+		b.Fatalf("user 1 has %d events (%v)", n, err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE membership_history`); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := users.UserSegmentsAt(ctx, 1, mid); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n), "events")
+}

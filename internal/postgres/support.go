@@ -124,3 +124,41 @@ func (r *SegmentRepo) Members(ctx context.Context, slug string, after int64, lim
 		return out, nil
 	})
 }
+
+// UserSegmentsAt returns the user's active memberships as they stood at
+// instant at, sorted by slug, rebuilt from history: for each segment the
+// user's last add or remove at or before at; an add counts if the
+// membership's expiry then (the add's, or the last expiry change since, at
+// or before at) had not passed at at. It reads the user's history through
+// its (user_id, at, id) key and never registers the user.
+func (r *UserRepo) UserSegmentsAt(ctx context.Context, userID int64, at time.Time) ([]domain.Membership, error) {
+	const q = `
+		WITH last AS (
+			SELECT DISTINCT ON (h.segment_id) h.segment_id, h.slug, h.operation, h.reason, h.at, h.expires_at
+			FROM membership_history h
+			WHERE h.user_id = $1 AND h.at <= $2
+			ORDER BY h.segment_id, h.at DESC, h.id DESC
+		)
+		SELECT l.slug, l.at,
+		       CASE WHEN c.at IS NULL THEN l.expires_at ELSE c.expires_at END AS expires_at,
+		       CASE WHEN l.reason = 'auto' THEN 'auto' ELSE 'manual' END
+		FROM last l
+		LEFT JOIN LATERAL (
+			SELECT c.at, c.expires_at FROM membership_expiry_changes c
+			WHERE c.user_id = $1 AND c.segment_id = l.segment_id AND c.at >= l.at AND c.at <= $2
+			ORDER BY c.at DESC, c.id DESC
+			LIMIT 1
+		) c ON true
+		WHERE l.operation = 'add'
+		  AND (CASE WHEN c.at IS NULL THEN l.expires_at ELSE c.expires_at END IS NULL
+		       OR CASE WHEN c.at IS NULL THEN l.expires_at ELSE c.expires_at END > $2)
+		ORDER BY l.slug`
+	return readAgain(ctx, r.pool, func() ([]domain.Membership, error) {
+		rows, _ := on(ctx, r.pool).Query(ctx, q, userID, at)
+		ms, err := pgx.CollectRows(rows, scanMembership)
+		if err != nil {
+			return nil, fmt.Errorf("segments of user %d at %s: %w", userID, at.Format(time.RFC3339Nano), dbError(err))
+		}
+		return ms, nil
+	})
+}

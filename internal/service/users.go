@@ -21,6 +21,9 @@ type UserStore interface {
 	// UserSegments returns the user's active memberships sorted by slug,
 	// registering the user (with its percent segments) if it is unknown.
 	UserSegments(ctx context.Context, userID int64) ([]domain.Membership, error)
+	// UserSegmentsAt returns the user's active memberships as they stood
+	// at an instant, from history, without registering the user.
+	UserSegmentsAt(ctx context.Context, userID int64, at time.Time) ([]domain.Membership, error)
 	// ChangeUserSegments applies a validated change, registering the user if
 	// new. It returns domain.ErrNotFound with every unknown slug and nothing
 	// changed.
@@ -57,6 +60,18 @@ func (u *Users) Register(ctx context.Context, ids []int64) (int64, error) {
 // the user (with its percent segments) if the service has never seen it.
 func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership, error) {
 	return u.store.UserSegments(ctx, userID)
+}
+
+// SegmentsAt returns the user's segments exactly as a read answered (or
+// would have answered) at instant at, added_at, expires_at and source
+// included. It does not register the user. It returns domain.ErrInvalid
+// for an instant in the future.
+func (u *Users) SegmentsAt(ctx context.Context, userID int64, at time.Time) ([]domain.Membership, error) {
+	if at.After(u.now()) {
+		return nil, domain.Invalid("at is in the future; the past only",
+			domain.FieldError{Field: "/at", Message: "must not be in the future"})
+	}
+	return u.store.UserSegmentsAt(ctx, userID, at)
 }
 
 // ChangeSegments adds and removes segments of one user atomically. It

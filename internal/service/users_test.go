@@ -25,6 +25,10 @@ func (f *fakeUsers) RegisterUsers(_ context.Context, ids []int64) (int64, error)
 	return int64(len(ids)), nil
 }
 
+func (f *fakeUsers) UserSegmentsAt(context.Context, int64, time.Time) ([]domain.Membership, error) {
+	return nil, nil
+}
+
 func (f *fakeUsers) UserSegments(context.Context, int64) ([]domain.Membership, error) {
 	return []domain.Membership{}, nil
 }
