@@ -561,18 +561,9 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	users := int64(o.users)
 	slug := fmt.Sprintf("RAMP_%d", time.Now().Unix())
 	log("phase: a 10 %% segment over %d users", o.users)
-	t0 := time.Now()
-	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":10}`, slug), nil); err != nil {
+	if _, err := createRolledOut(ctx, o, s, pool, rep, slug, 10); err != nil {
 		return err
 	}
-	status, assigned, err := waitRollout(ctx, pool, slug)
-	if err == nil && status != "done" {
-		err = fmt.Errorf("the 10 %% rollout ended %s", status)
-	}
-	if err != nil {
-		return err
-	}
-	rep.add(fmt.Sprintf("10 %% rollout (%d of %d users)", assigned, o.users), loadgen.Result{}, time.Since(t0), "")
 
 	openLoop := loadgen.Config{Conns: o.conns, Duration: 10 * time.Second, Requests: 5_000_000, Rate: o.rate}
 	log("phase: reads at %.0f/s, idle", o.rate)
@@ -600,7 +591,7 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("PATCH: %d", resp.StatusCode)
 	}
-	status, assigned, err = waitRollout(ctx, pool, slug)
+	status, assigned, err := waitRollout(ctx, pool, slug)
 	wall := time.Since(t1)
 	during := stopReads()
 	if err == nil && status != "done" {
@@ -615,23 +606,33 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	return nil
 }
 
+// createRolledOut creates a percent segment, waits until its rollout is
+// done, reports how long that took and returns how many users it got.
+func createRolledOut(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, slug string, percent int) (int64, error) {
+	t0 := time.Now()
+	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":%d}`, slug, percent), nil); err != nil {
+		return 0, err
+	}
+	status, assigned, err := waitRollout(ctx, pool, slug)
+	if err == nil && status != "done" {
+		err = fmt.Errorf("the %d %% rollout ended %s", percent, status)
+	}
+	if err != nil {
+		return 0, err
+	}
+	rep.add(fmt.Sprintf("%d %% rollout (%d of %d users)", percent, assigned, o.users), loadgen.Result{}, time.Since(t0), "")
+	return assigned, nil
+}
+
 // membersPhase gives a segment to every user (100 %) and downloads its
 // member list as CSV three times, with the API's peak RSS before and after.
 func membersPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, log func(string, ...any)) error {
 	slug := fmt.Sprintf("EVERYONE_%d", time.Now().Unix())
 	log("phase: a 100 %% segment over %d users", o.users)
-	t0 := time.Now()
-	if err := postJSON(s.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q,"auto_percent":100}`, slug), nil); err != nil {
-		return err
-	}
-	status, assigned, err := waitRollout(ctx, pool, slug)
-	if err == nil && status != "done" {
-		err = fmt.Errorf("the rollout ended %s", status)
-	}
+	assigned, err := createRolledOut(ctx, o, s, pool, rep, slug, 100)
 	if err != nil {
 		return err
 	}
-	rep.add(fmt.Sprintf("100 %% rollout (%d users)", assigned), loadgen.Result{}, time.Since(t0), "")
 	for i := range 3 {
 		log("phase: the member list as CSV (%d)", i+1)
 		var l struct{ URL string }
