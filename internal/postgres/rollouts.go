@@ -179,6 +179,12 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		if err := setReason(ctx, tx, domain.ReasonAuto); err != nil {
 			return err
 		}
+		// A batch need not wait for its commit to reach the disk: if the
+		// server crashes first, the batch's done mark is lost with its
+		// memberships, and the batch is simply done again.
+		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+			return fmt.Errorf("batch commit mode: %w", dbError(err))
+		}
 		// The batch's users of the population who have not opted out get
 		// the segment if chosen, and lose it if they hold it by the rule
 		// (source auto) but are not chosen (a lowered share). Memberships
