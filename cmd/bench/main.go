@@ -507,24 +507,42 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM membership_history WHERE at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`).Scan(&rowsInMonth); err != nil {
 		return err
 	}
-	var l struct{ URL string }
-	if err := postJSON(s.base+"/api/v1/reports/history", fmt.Sprintf(`{"period":%q}`, period), &l); err != nil {
-		return err
+	d, err := downloadReport(s, "/api/v1/reports/history", fmt.Sprintf(`{"period":%q}`, period))
+	if err != nil {
+		return fmt.Errorf("all-users report: %w", err)
 	}
-	apiBefore := rssMB(s.api.Process.Pid, "VmHWM")
+	rep.add(fmt.Sprintf("all-users month report (%d rows)", rowsInMonth), loadgen.Result{}, d.wall,
+		fmt.Sprintf("%.1f MB of CSV; API peak RSS %.0f → %.0f MB", float64(d.bytes)/1e6, d.peakBefore, d.peakAfter))
+	return nil
+}
+
+// download is what downloadReport measured.
+type download struct {
+	bytes                            int64
+	wall                             time.Duration
+	rssBefore, peakBefore, peakAfter float64 // the API's RSS and peak RSS, MB
+}
+
+// downloadReport asks linkPath for a report link with body, then
+// downloads the report and measures the download and the API's memory.
+func downloadReport(s *service, linkPath, body string) (download, error) {
+	var l struct{ URL string }
+	if err := postJSON(s.base+linkPath, body, &l); err != nil {
+		return download{}, err
+	}
+	d := download{rssBefore: rssMB(s.api.Process.Pid, "VmRSS"), peakBefore: rssMB(s.api.Process.Pid, "VmHWM")}
 	t0 := time.Now()
 	resp, err := http.Get(s.base + l.URL)
 	if err != nil {
-		return err
+		return d, err
 	}
-	n, err := io.Copy(io.Discard, resp.Body)
+	d.bytes, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("all-users report: status %d, %v", resp.StatusCode, err)
+		return d, fmt.Errorf("status %d, %v", resp.StatusCode, err)
 	}
-	rep.add(fmt.Sprintf("all-users month report (%d rows)", rowsInMonth), loadgen.Result{}, time.Since(t0),
-		fmt.Sprintf("%.1f MB of CSV; API peak RSS %.0f → %.0f MB", float64(n)/1e6, apiBefore, rssMB(s.api.Process.Pid, "VmHWM")))
-	return nil
+	d.wall, d.peakAfter = time.Since(t0), rssMB(s.api.Process.Pid, "VmHWM")
+	return d, nil
 }
 
 // changePhase runs pgbench on the change's SQL, then changes through the
@@ -635,24 +653,12 @@ func membersPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	}
 	for i := range 3 {
 		log("phase: the member list as CSV (%d)", i+1)
-		var l struct{ URL string }
-		if err := postJSON(s.base+"/api/v1/reports/members", fmt.Sprintf(`{"slug":%q}`, slug), &l); err != nil {
-			return err
-		}
-		before := rssMB(s.api.Process.Pid, "VmHWM")
-		rssBefore := rssMB(s.api.Process.Pid, "VmRSS")
-		t1 := time.Now()
-		resp, err := http.Get(s.base + l.URL)
+		d, err := downloadReport(s, "/api/v1/reports/members", fmt.Sprintf(`{"slug":%q}`, slug))
 		if err != nil {
-			return err
+			return fmt.Errorf("members CSV: %w", err)
 		}
-		n, err := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("members CSV: status %d, %v", resp.StatusCode, err)
-		}
-		rep.add(fmt.Sprintf("members CSV (%d members)", assigned), loadgen.Result{}, time.Since(t1),
-			fmt.Sprintf("%.1f MB; API RSS %.0f MB, peak %.0f → %.0f MB", float64(n)/1e6, rssBefore, before, rssMB(s.api.Process.Pid, "VmHWM")))
+		rep.add(fmt.Sprintf("members CSV (%d members)", assigned), loadgen.Result{}, d.wall,
+			fmt.Sprintf("%.1f MB; API RSS %.0f MB, peak %.0f → %.0f MB", float64(d.bytes)/1e6, d.rssBefore, d.peakBefore, d.peakAfter))
 	}
 	return nil
 }

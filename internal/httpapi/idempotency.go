@@ -108,7 +108,7 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 			if rec.status == 0 {
 				rec.status = http.StatusOK
 			}
-			stored := (*domain.StoredResponse)(nil)
+			var stored *domain.StoredResponse
 			if rec.status >= 200 && rec.status < 300 {
 				err := attempt.Commit(ctx, domain.StoredResponse{
 					Fingerprint: fingerprint, Method: r.Method, Path: r.URL.RequestURI(),

@@ -58,7 +58,13 @@ func (h *handler) createReport(w http.ResponseWriter, r *http.Request) {
 		q.UserID = *req.UserID
 	}
 	token, expiresAt := h.reports.Link(q)
-	link := h.publicURL + "/api/v1/reports/history/" + url.PathEscape(token)
+	h.respondLink(w, "/api/v1/reports/history/", token, expiresAt)
+}
+
+// respondLink answers 201 with the link to the report under path with
+// token (Location names it too).
+func (h *handler) respondLink(w http.ResponseWriter, path, token string, expiresAt time.Time) {
+	link := h.publicURL + path + url.PathEscape(token)
 	w.Header().Set("Location", link)
 	respond(w, http.StatusCreated, ReportLink{URL: link, ExpiresAt: expiresAt})
 }
@@ -133,9 +139,7 @@ func (h *handler) createMembersReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	token, expiresAt := h.reports.MembersLink(service.MembersReport{SegmentID: seg.ID, Slug: seg.Slug})
-	link := h.publicURL + "/api/v1/reports/members/" + url.PathEscape(token)
-	w.Header().Set("Location", link)
-	respond(w, http.StatusCreated, ReportLink{URL: link, ExpiresAt: expiresAt})
+	h.respondLink(w, "/api/v1/reports/members/", token, expiresAt)
 }
 
 // downloadMembersReport godoc

@@ -173,11 +173,10 @@ func (r *Reports) UserHistory(ctx context.Context, userID int64, from, to time.T
 	if err != nil {
 		return HistoryPage{}, err
 	}
-	page := HistoryPage{Events: events}
-	if len(events) > limit {
-		page.Events = events[:limit]
-		last := events[limit-1]
+	page := HistoryPage{}
+	if last := cutPage(&events, limit); last != nil {
 		page.Next = &domain.HistoryCursor{At: last.At, ID: last.ID}
 	}
+	page.Events = events
 	return page, nil
 }

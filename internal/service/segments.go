@@ -85,14 +85,8 @@ func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Seg
 // failure (Redis down) is logged: the worker's periodic resume runs an
 // unfinished rollout that has no task.
 func (s *Segments) scheduleRollout(ctx context.Context, seg domain.Segment) {
-	aftercommit.Do(ctx, func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
-		defer cancel()
-		if err := s.tasks.ScheduleRollout(sctx, seg.ID); err != nil {
-			logctx.From(ctx, s.log).Warn("could not queue rollout; the worker's periodic resume will run it",
-				zap.String("slug", seg.Slug), zap.Error(err))
-		}
-	})
+	scheduleAfterCommit(ctx, s.log, func(sctx context.Context) error { return s.tasks.ScheduleRollout(sctx, seg.ID) },
+		"could not queue rollout; the worker's periodic resume will run it", zap.String("slug", seg.Slug))
 }
 
 // Patch changes the segment named slug: its description, when it is
@@ -150,12 +144,20 @@ func (s *Segments) scheduleDeletion(ctx context.Context, seg domain.Segment) {
 		return
 	}
 	d := domain.ScheduledDeletion{SegmentID: seg.ID, Slug: seg.Slug, DeleteAt: *seg.DeleteAt}
+	scheduleAfterCommit(ctx, s.log, func(sctx context.Context) error { return s.tasks.ScheduleDeletion(sctx, d) },
+		"could not schedule the segment's deletion; the sweep will delete it", zap.String("slug", d.Slug), zap.Time("delete_at", d.DeleteAt))
+}
+
+// scheduleAfterCommit runs schedule once ctx's transaction has committed
+// (see aftercommit), bounded by scheduleTimeout so that a Redis outage
+// slows a request by that much at most. A failure is logged as warn: what
+// it would have queued, a periodic task of the worker does in the end.
+func scheduleAfterCommit(ctx context.Context, log *zap.Logger, schedule func(context.Context) error, warn string, fields ...zap.Field) {
 	aftercommit.Do(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), scheduleTimeout)
 		defer cancel()
-		if err := s.tasks.ScheduleDeletion(sctx, d); err != nil {
-			logctx.From(ctx, s.log).Warn("could not schedule the segment's deletion; the sweep will delete it",
-				zap.String("slug", d.Slug), zap.Time("delete_at", d.DeleteAt), zap.Error(err))
+		if err := schedule(sctx); err != nil {
+			logctx.From(ctx, log).Warn(warn, append(fields, zap.Error(err))...)
 		}
 	})
 }
@@ -178,11 +180,11 @@ func (s *Segments) List(ctx context.Context, after string, limit int) (Page, err
 	if err != nil {
 		return Page{}, err
 	}
-	p := Page{Segments: segs}
-	if len(segs) > limit {
-		p.Segments = segs[:limit]
-		p.NextAfter = segs[limit-1].Slug
+	p := Page{}
+	if last := cutPage(&segs, limit); last != nil {
+		p.NextAfter = last.Slug
 	}
+	p.Segments = segs
 	return p, nil
 }
 
@@ -217,10 +219,21 @@ func (s *Segments) Members(ctx context.Context, slug string, after int64, limit 
 	if err != nil {
 		return MemberPage{}, err
 	}
-	p := MemberPage{Members: ms}
-	if len(ms) > limit {
-		p.Members = ms[:limit]
-		p.NextAfter = ms[limit-1].UserID
+	p := MemberPage{}
+	if last := cutPage(&ms, limit); last != nil {
+		p.NextAfter = last.UserID
 	}
+	p.Members = ms
 	return p, nil
+}
+
+// cutPage trims items, read with limit+1, to one page of limit, and
+// returns the page's last item if another page follows (its cursor), else
+// nil.
+func cutPage[T any](items *[]T, limit int) *T {
+	if len(*items) <= limit {
+		return nil
+	}
+	*items = (*items)[:limit]
+	return &(*items)[limit-1]
 }
