@@ -25,6 +25,7 @@ import (
 	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/config"
+	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/httpapi"
 	"github.com/segments-service/segments/internal/metrics"
 	"github.com/segments-service/segments/internal/postgres"
@@ -233,6 +234,12 @@ func serve(ctx context.Context, cfg config.Config, log *zap.Logger, api, work bo
 		wrk = worker.NewServer(redisConnOpt(rdb), app.WorkerConfig(cfg), svc.WorkerServices(), m, log)
 		if err := wrk.Start(); err != nil {
 			return err
+		}
+		if cfg.Events.Enabled {
+			relay := events.NewRelay(app.EventsConfig(cfg), pool.Config().ConnConfig, rdb, m, log.Named("events"))
+			background.Go(func() { relay.Run(bg) })
+		} else {
+			log.Warn("EVENTS_ENABLED=false: change events are not published; they wait in the database until it is on")
 		}
 	}
 

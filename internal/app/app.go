@@ -16,6 +16,7 @@ import (
 
 	"github.com/segments-service/segments/internal/config"
 	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/postgres"
 	"github.com/segments-service/segments/internal/service"
 	"github.com/segments-service/segments/internal/worker"
@@ -126,6 +127,11 @@ func WorkerConfig(cfg config.Config) worker.Config {
 		SweepInterval:   cfg.Worker.SweepInterval,
 		SweepBatch:      cfg.Worker.SweepBatch,
 	}
+}
+
+// EventsConfig is the change event relay's part of cfg.
+func EventsConfig(cfg config.Config) events.Config {
+	return events.Config{Stream: cfg.Events.Stream, MaxLen: cfg.Events.MaxLen, Batch: cfg.Events.Batch, Interval: cfg.Events.Interval}
 }
 
 // WorkerServices are what the worker's handlers call.

@@ -23,6 +23,7 @@ type Config struct {
 	Worker   Worker
 	Reports  Reports
 	Cache    Cache
+	Events   Events
 	Auth     Auth
 	// IdempotencyTTL is how long a request's Idempotency-Key and stored
 	// response are kept.
@@ -100,6 +101,23 @@ type Cache struct {
 	// database queued to every replica's cache: the bulk of the delay
 	// before a change through one replica shows on another.
 	RelayInterval time.Duration
+}
+
+// Events configures the change events the worker publishes to a Redis
+// Stream (README, "Change events").
+type Events struct {
+	// Enabled turns publishing on (the default); off, events wait in the
+	// database and are published once it is on again.
+	Enabled bool
+	// Stream is the stream's key.
+	Stream string
+	// MaxLen is about how many entries the stream keeps.
+	MaxLen int64
+	// Batch is how many events one XADD pipeline carries.
+	Batch int
+	// Interval is how often the relay looks for new events once it has
+	// published all it may.
+	Interval time.Duration
 }
 
 // Auth configures bearer-token authentication; off unless JWTSecret or
@@ -182,6 +200,13 @@ func Load(getenv func(string) string) (Config, error) {
 		Cache: Cache{
 			Size:          p.intRange("CACHE_SIZE", 100000, 0, 100000000),
 			RelayInterval: p.durationRange("CACHE_RELAY_INTERVAL", 25*time.Millisecond, time.Millisecond, 10*time.Second),
+		},
+		Events: Events{
+			Enabled:  p.boolean("EVENTS_ENABLED", true),
+			Stream:   p.str("EVENTS_STREAM", "segments:changes"),
+			MaxLen:   int64(p.intRange("EVENTS_STREAM_MAXLEN", 1000000, 1, 1000000000)),
+			Batch:    p.intRange("EVENTS_BATCH", 5000, 1, 100000),
+			Interval: p.durationRange("EVENTS_INTERVAL", 100*time.Millisecond, time.Millisecond, 10*time.Second),
 		},
 		Auth: Auth{
 			JWTSecret:             p.secret("AUTH_JWT_SECRET", 32),

@@ -44,6 +44,11 @@ type Metrics struct {
 	cacheFlushes      *prometheus.CounterVec
 	cacheFillsRefused prometheus.Counter
 	cacheLag          prometheus.Histogram
+
+	eventsPublished prometheus.Counter
+	eventsLag       prometheus.Histogram
+	eventsBacklog   prometheus.Gauge
+	eventsLeading   prometheus.Gauge
 }
 
 // latencyBuckets suit a service whose reads take about a millisecond.
@@ -93,6 +98,7 @@ func New() *Metrics {
 		}, []string{"reason"}),
 	}
 	m.registerCache()
+	m.registerEvents()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions)
 	// Every business series exists from the start, so that rates and
@@ -115,6 +121,47 @@ func New() *Metrics {
 		m.authRefused.WithLabelValues(string(r))
 	}
 	return m
+}
+
+func (m *Metrics) registerEvents() {
+	m.eventsPublished = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "events", Name: "published_total",
+		Help: "Change events appended to the Redis Stream (again after a relay died mid-batch).",
+	})
+	m.eventsLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "events", Name: "lag_seconds",
+		Help:    "Time from a change event's at (its transaction's clock; a ttl removal's expiry) to the stream taking it.",
+		Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
+	})
+	m.eventsBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "events", Name: "backlog",
+		Help: "Change events written but not yet published, as the relaying process last counted (0 elsewhere).",
+	})
+	m.eventsLeading = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "events", Name: "relay_leading",
+		Help: "1 in the one process that publishes change events, 0 in the others.",
+	})
+	m.reg.MustRegister(m.eventsPublished, m.eventsLag, m.eventsBacklog, m.eventsLeading)
+}
+
+// EventPublished counts an event the stream took lag after its at.
+func (m *Metrics) EventPublished(lag time.Duration) {
+	m.eventsPublished.Inc()
+	m.eventsLag.Observe(lag.Seconds())
+}
+
+// EventBacklog sets the events not yet published.
+func (m *Metrics) EventBacklog(n int64) { m.eventsBacklog.Set(float64(n)) }
+
+// EventRelayLeading says whether this process publishes events; one that
+// stops does not know the backlog any more.
+func (m *Metrics) EventRelayLeading(on bool) {
+	if on {
+		m.eventsLeading.Set(1)
+		return
+	}
+	m.eventsLeading.Set(0)
+	m.eventsBacklog.Set(0)
 }
 
 // SegmentDeletedOnSchedule counts a segment deleted at its delete_at.

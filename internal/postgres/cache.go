@@ -99,19 +99,8 @@ func relay(ctx context.Context, cfg *pgx.ConnConfig, interval time.Duration, log
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	for {
-		var leader bool
-		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, relayLock).Scan(&leader); err != nil {
-			return err
-		}
-		if leader {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(relayStandby):
-		}
+	if err := lead(ctx, conn, relayLock, relayStandby); err != nil {
+		return err
 	}
 	log.Info("this process relays cache invalidations")
 

@@ -1,0 +1,210 @@
+// Package events publishes every membership change to a Redis Stream: the
+// relay the worker runs reads history events from PostgreSQL (the outbox
+// the membership triggers write in each change's transaction) in the order
+// of their at and appends them to the stream with XADD, in batches.
+//
+// Delivery is at least once: the relay moves its cursor only after the
+// stream has taken a batch, so a relay that dies in between publishes that
+// batch again (consumers dedupe on id). One process relays at a time; the
+// others stand by and take over within a second of its session ending.
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/postgres"
+)
+
+// Config tunes the relay.
+type Config struct {
+	// Stream is the Redis Stream's key.
+	Stream string
+	// MaxLen is about how many entries the stream keeps (XADD MAXLEN ~).
+	MaxLen int64
+	// Batch is how many events one round reads and publishes.
+	Batch int
+	// Interval is how long the relay waits for new events once it has
+	// published all it may.
+	Interval time.Duration
+}
+
+// Recorder counts what the relay does; metrics.Metrics is one.
+type Recorder interface {
+	// EventPublished is called for each event the stream took, with how
+	// long after its at.
+	EventPublished(lag time.Duration)
+	// EventBacklog reports the events not published yet.
+	EventBacklog(n int64)
+	// EventRelayLeading says whether this process is the relay.
+	EventRelayLeading(on bool)
+}
+
+// Timing of the relay: a standby tries to take over this often; after a
+// failure the relay tries again after retryDelay; it counts its backlog
+// this often (up to backlogLimit); a batch in flight at shutdown gets
+// flushTimeout to finish, so that a clean stop publishes nothing twice.
+const (
+	standby      = time.Second
+	retryDelay   = time.Second
+	backlogEvery = time.Second
+	backlogLimit = 10_000_000
+	flushTimeout = 10 * time.Second
+)
+
+// Relay publishes events; Run runs it.
+type Relay struct {
+	cfg   Config
+	pg    *pgx.ConnConfig
+	redis redis.Cmdable
+	rec   Recorder
+	log   *zap.Logger
+}
+
+// NewRelay returns a relay that reads events over a connection made with
+// pg and appends them to cfg.Stream on rdb.
+func NewRelay(cfg Config, pg *pgx.ConnConfig, rdb redis.Cmdable, rec Recorder, log *zap.Logger) *Relay {
+	return &Relay{cfg: cfg, pg: pg, redis: rdb, rec: rec, log: log}
+}
+
+// Run relays until ctx ends: it waits to be the one relay, then publishes;
+// when its database session fails it starts over.
+func (r *Relay) Run(ctx context.Context) {
+	failing := false
+	for {
+		err := r.lead(ctx)
+		r.rec.EventRelayLeading(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if !failing {
+			r.log.Warn("change event relay stopped; retrying every second", zap.Error(err))
+		}
+		failing = true
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retryDelay):
+		}
+	}
+}
+
+// lead waits for the relay's lock, then publishes until its session fails
+// or ctx ends.
+func (r *Relay) lead(ctx context.Context) error {
+	l, err := postgres.OpenEventLog(ctx, r.pg, standby)
+	if err != nil {
+		return err
+	}
+	defer l.Close(context.WithoutCancel(ctx))
+	r.rec.EventRelayLeading(true)
+	r.log.Info("this process publishes change events", zap.String("stream", r.cfg.Stream),
+		zap.Time("after", l.Cursor().At), zap.Int64("after_id", l.Cursor().ID))
+
+	var counted time.Time
+	redisDown := false
+	for ctx.Err() == nil {
+		n, err := r.round(ctx, l)
+		var perr *publishError
+		switch {
+		case errors.As(err, &perr):
+			// Redis is down or refuses: keep the lock, try the same
+			// events again.
+			if !redisDown {
+				r.log.Warn("cannot publish change events; they wait in the database", zap.Error(err))
+			}
+			redisDown = true
+			n = 0
+		case err != nil:
+			return err
+		case redisDown:
+			r.log.Info("publishing change events again")
+			redisDown = false
+		}
+		if time.Since(counted) >= backlogEvery {
+			backlog, err := l.Backlog(ctx, backlogLimit)
+			if err != nil {
+				return err
+			}
+			r.rec.EventBacklog(backlog)
+			counted = time.Now()
+		}
+		if n == r.cfg.Batch {
+			continue // there is more
+		}
+		wait := r.cfg.Interval
+		if redisDown {
+			wait = retryDelay
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	return ctx.Err()
+}
+
+// publishError is a failure to append to the stream.
+type publishError struct{ err error }
+
+func (e *publishError) Error() string { return e.err.Error() }
+func (e *publishError) Unwrap() error { return e.err }
+
+// round publishes the next batch and returns how many events it held. Once
+// read, a batch is finished even if ctx ends meanwhile (up to
+// flushTimeout): a clean shutdown publishes nothing twice.
+func (r *Relay) round(ctx context.Context, l *postgres.EventLog) (int, error) {
+	events, err := l.Next(ctx, r.cfg.Batch)
+	if err != nil || len(events) == 0 {
+		return 0, err
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+	defer cancel()
+	if err := r.publish(fctx, events); err != nil {
+		return 0, &publishError{fmt.Errorf("XADD to %s: %w", r.cfg.Stream, err)}
+	}
+	now := time.Now()
+	if err := l.Published(fctx, events[len(events)-1].Cursor()); err != nil {
+		return 0, err
+	}
+	for _, e := range events {
+		r.rec.EventPublished(now.Sub(e.At))
+	}
+	return len(events), nil
+}
+
+// publish appends events to the stream in one pipeline, in order.
+func (r *Relay) publish(ctx context.Context, events []domain.Event) error {
+	pipe := r.redis.Pipeline()
+	for _, e := range events {
+		pipe.XAdd(ctx, &redis.XAddArgs{
+			Stream: r.cfg.Stream,
+			MaxLen: r.cfg.MaxLen,
+			Approx: true,
+			Values: Fields(e),
+		})
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// Fields are an event's stream entry: string fields, in the contract's
+// order.
+func Fields(e domain.Event) []string {
+	return []string{
+		"id", strconv.FormatInt(e.ID, 10),
+		"user_id", strconv.FormatInt(e.UserID, 10),
+		"segment", e.Segment,
+		"operation", string(e.Operation),
+		"reason", string(e.Reason),
+		"at", e.At.UTC().Format(domain.EventTimeFormat),
+	}
+}
