@@ -21,8 +21,10 @@ import (
 	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/internal/domain"
+	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/httpapi"
 	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/metrics"
 	"github.com/segments-service/segments/internal/postgres"
 	"github.com/segments-service/segments/internal/testenv"
 	"github.com/segments-service/segments/internal/worker"
@@ -53,6 +55,10 @@ type stackOptions struct {
 	// workerStatementTimeout, if set, bounds the worker's statements (it
 	// gets a pool of its own).
 	workerStatementTimeout time.Duration
+	// eventsStream, if set, runs the change event relay into that stream,
+	// eventsBatch events at a time (default 50).
+	eventsStream string
+	eventsBatch  int
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -113,6 +119,17 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
+	if o.eventsStream != "" {
+		if o.eventsBatch == 0 {
+			o.eventsBatch = 50
+		}
+		relay := events.NewRelay(events.Config{Stream: o.eventsStream, MaxLen: 1_000_000, Batch: o.eventsBatch, Interval: 20 * time.Millisecond},
+			pool.Config().ConnConfig, rdb, metrics.New(), log.Named("events"))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { relay.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, e := range logs.FilterLevelExact(zap.ErrorLevel).All() {
