@@ -32,6 +32,9 @@ func startService(t *testing.T, cmd string, vars map[string]string) (string, *sy
 		t.Fatal(err)
 	}
 	vars["HTTP_ADDR"] = fmt.Sprintf("127.0.0.1:%d", port)
+	if _, ok := vars["EVENTS_STREAM"]; !ok {
+		vars["EVENTS_STREAM"] = testStream(t)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
 	done := make(chan error, 1)

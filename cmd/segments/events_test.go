@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segments-service/segments/internal/testenv"
+)
+
+// testStream names a change event stream for t alone (the tests share a
+// Redis).
+func testStream(t *testing.T) string {
+	return fmt.Sprintf("test-events-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
+}
+
+// TestWorkerKilledWhilePublishing lets a rollout of 100,000 users write
+// 50,000 events with publishing off, then starts a worker that publishes
+// them 1,000 at a time, kills it with SIGKILL in the middle of a batch and
+// starts another: every event reaches the stream, copies only of the batch
+// that was in flight.
+func TestWorkerKilledWhilePublishing(t *testing.T) {
+	const users, batch = 100000, 1000
+	pool, vars, base := rolloutProcesses(t, users, "events-kill")
+	off := maps.Clone(vars)
+	off["EVENTS_ENABLED"] = "false"
+	if code := post(t, base+"/api/v1/segments", `{"slug":"HALF","auto_percent":50}`); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	w := startWorker(t, off)
+	testenv.Eventually(t, 60*time.Second, "the rollout did not finish", func() bool { _, s := rolloutState(t, pool, "HALF"); return s == "done" })
+	_ = w.Process.Kill()
+	_ = w.Wait()
+
+	opt, err := redis.ParseURL(env.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	stream := testStream(t)
+	on := maps.Clone(vars)
+	on["EVENTS_STREAM"], on["EVENTS_BATCH"] = stream, fmt.Sprint(batch)
+	xlen := func() int64 {
+		n, err := rdb.XLen(t.Context(), stream).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	w = startWorker(t, on)
+	// Kill it while Redis has taken part of a batch (the stream's length
+	// is not a whole number of batches): that batch's cursor is not moved.
+	deadline := time.Now().Add(30 * time.Second)
+	for n := xlen(); n < 5*batch || n%batch == 0; n = xlen() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no batch in flight within 30 s (stream length %d)", n)
+		}
+	}
+	if err := w.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Wait()
+	killedAt := xlen()
+	if killedAt >= users/2 {
+		t.Fatalf("the worker published all %d events before it was killed: kill it sooner", killedAt)
+	}
+	startWorker(t, on)
+	testenv.Eventually(t, 60*time.Second, "the second worker did not publish the rest", func() bool {
+		return count(t, pool, `SELECT count(*) FROM membership_history h, event_relay r WHERE (h.at, h.id) > (r.at, r.id)`) == 0
+	})
+	copies := testenv.AssertEventsPublished(t, pool, rdb, stream)
+	if copies == 0 || copies > batch {
+		t.Errorf("%d events published twice; want some of the batch in flight, at most all of it (%d)", copies, batch)
+	}
+	t.Logf("killed with %d of %d events in the stream; %d published twice", killedAt, users/2, copies)
+}
