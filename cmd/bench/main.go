@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/loadgen"
@@ -59,8 +61,10 @@ type options struct {
 	auth bool
 	// keys sends every change with an Idempotency-Key of its own.
 	keys bool
-	// only, if "changes", runs just the change phase and its pgbench.
+	// only, if set, runs just one phase (see the flag).
 	only string
+	// events runs the worker with change events on (EVENTS_ENABLED).
+	events bool
 	// token is the bearer token requests carry when auth is on.
 	token string
 }
@@ -77,13 +81,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
 	fs.BoolVar(&o.auth, "auth", false, "turn authentication on (AUTH_JWT_SECRET); every request carries a bearer token")
 	fs.BoolVar(&o.keys, "idempotency-keys", false, "send every change with an Idempotency-Key of its own")
-	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV`)
+	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV; "events": only a 50 % rollout and the publishing of its events`)
+	fs.BoolVar(&o.events, "events", true, "publish change events (EVENTS_ENABLED); false to measure without")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute ||
-		(o.only != "" && o.only != "changes" && o.only != "percent" && o.only != "members") {
-		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent or members")
+		!slices.Contains([]string{"", "changes", "percent", "members", "events"}, o.only) {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent, members or events")
 	}
 	if o.auth {
 		token, err := auth.Mint([]byte(benchJWTSecret), "bench", []string{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}, 24*time.Hour, "", "", time.Now())
@@ -225,6 +230,13 @@ func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
 			return err
 		}
 	}
+	// The seed is a bulk load, not changes anyone consumes: the event
+	// relay starts after it.
+	const skip = `UPDATE event_relay SET (at, id) = (SELECT at, id FROM membership_history ORDER BY at DESC, id DESC LIMIT 1)
+	              WHERE EXISTS (SELECT FROM membership_history)`
+	if _, err := pool.Exec(ctx, skip); err != nil {
+		return err
+	}
 	_, err = pool.Exec(ctx, `VACUUM ANALYZE`)
 	return err
 }
@@ -233,6 +245,7 @@ func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
 // cache off, and the worker, running.
 type service struct {
 	base, uncached    string
+	redisURL          string
 	api, apiOff, wrkr *exec.Cmd
 }
 
@@ -283,7 +296,7 @@ func startService(ctx context.Context, o options, dbURL, redisURL string, log fu
 		c.Stdout, c.Stderr = logFile, logFile
 		return c, c.Start()
 	}
-	s := &service{base: fmt.Sprintf("http://127.0.0.1:%d", apiPort), uncached: fmt.Sprintf("http://127.0.0.1:%d", offPort)}
+	s := &service{base: fmt.Sprintf("http://127.0.0.1:%d", apiPort), uncached: fmt.Sprintf("http://127.0.0.1:%d", offPort), redisURL: redisURL}
 	// Room for every user: the cache library may evict before its bound.
 	if s.api, err = start("serve", apiPort, fmt.Sprintf("CACHE_SIZE=%d", 2*o.users)); err != nil {
 		return nil, err
@@ -292,7 +305,7 @@ func startService(ctx context.Context, o options, dbURL, redisURL string, log fu
 		s.stop()
 		return nil, err
 	}
-	if s.wrkr, err = start("worker", workerPort); err != nil {
+	if s.wrkr, err = start("worker", workerPort, fmt.Sprintf("EVENTS_ENABLED=%t", o.events), "EVENTS_STREAM="+benchStream); err != nil {
 		s.stop()
 		return nil, err
 	}
@@ -406,6 +419,8 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 		return percentPhase(ctx, o, s, pool, rep, client, log)
 	case "members":
 		return membersPhase(ctx, o, s, pool, rep, log)
+	case "events":
+		return eventsPhase(ctx, o, s, pool, rep, log)
 	}
 
 	// Each closed-loop phase runs right after pgbench sends the same SQL
@@ -483,6 +498,11 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	rep.add(fmt.Sprintf("50 %% rollout (%d of %d users)", assigned, o.users), loadgen.Result{}, rolloutWall,
 		fmt.Sprintf("worker RSS %.0f → peak %.0f MB; %s", workerBefore, rssMB(s.wrkr.Process.Pid, "VmHWM"), status))
 	rep.add(fmt.Sprintf("GET at %.0f/s, during rollout", o.rate), during, 0, "")
+	if o.events {
+		if err := eventsPublished(ctx, s, pool, rep); err != nil {
+			return err
+		}
+	}
 
 	log("phase: one user's month report")
 	period := time.Now().UTC().Format("2006-01")
@@ -621,6 +641,59 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	rep.add(fmt.Sprintf("10 → 50 %% (%d of %d users)", assigned, o.users), loadgen.Result{}, wall,
 		fmt.Sprintf("read p99 %.2f× idle", float64(during.Percentile(99))/float64(idle.Percentile(99))))
 	rep.add(fmt.Sprintf("GET at %.0f/s, during 10 → 50 %%", o.rate), during, 0, "")
+	return nil
+}
+
+// benchStream is the change event stream of the bench's worker.
+const benchStream = "segments:changes"
+
+// eventsPhase creates a 50 % segment and measures how long after its
+// rollout ended its events were all in the stream (with o.events; without,
+// just the rollout, to compare).
+func eventsPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool, rep *report, log func(string, ...any)) error {
+	log("phase: a 50 %% segment over %d users, its events published", o.users)
+	if _, err := createRolledOut(ctx, o, s, pool, rep, fmt.Sprintf("EVENTS_%d", time.Now().Unix()), 50); err != nil || !o.events {
+		return err
+	}
+	return eventsPublished(ctx, s, pool, rep)
+}
+
+// eventsPublished waits until the relay has published every event history
+// holds (10 minutes at most) and reports how long that took from now, and
+// the stream's length and memory.
+func eventsPublished(ctx context.Context, s *service, pool *pgxpool.Pool, rep *report) error {
+	start := time.Now()
+	var waiting int64
+	for {
+		const q = `SELECT count(*) FROM membership_history h, event_relay r WHERE (h.at, h.id) > (r.at, r.id)`
+		if err := pool.QueryRow(ctx, q).Scan(&waiting); err != nil {
+			return err
+		}
+		if waiting == 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("%d events still unpublished after 10 minutes", waiting)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	wall := time.Since(start)
+	opt, err := redis.ParseURL(s.redisURL)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	n, err := rdb.XLen(ctx, benchStream).Result()
+	if err != nil {
+		return err
+	}
+	mem, err := rdb.MemoryUsage(ctx, benchStream, 0).Result()
+	if err != nil {
+		return err
+	}
+	rep.add("events published, after the rollout ended", loadgen.Result{}, wall,
+		fmt.Sprintf("stream: %d entries, %.0f MB (%.0f B each)", n, float64(mem)/1e6, float64(mem)/float64(max(n, 1))))
 	return nil
 }
 
