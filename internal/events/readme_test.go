@@ -1,0 +1,210 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/segments-service/segments/internal/events"
+	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/internal/metrics"
+	"github.com/segments-service/segments/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Run(m, &env) }
+
+// consume is README.md's consumer, as written there (TestREADMEConsumer
+// checks that it is).
+func consume(ctx context.Context, rdb *redis.Client, stream, group, consumer string, apply func(map[string]any) error) error {
+	err := rdb.XGroupCreateMkStream(ctx, stream, group, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") { // BUSYGROUP: it exists
+		return err
+	}
+	seen := map[string]bool{} // keep it where your copy is, to survive restarts
+	for ctx.Err() == nil {
+		streams, err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: group, Consumer: consumer, Streams: []string{stream, ">"}, Count: 500, Block: time.Second,
+		}).Result()
+		if errors.Is(err, redis.Nil) || ctx.Err() != nil {
+			continue // nothing new within a second, or stopping
+		}
+		if err != nil {
+			return err
+		}
+		for _, m := range streams[0].Messages {
+			if id := m.Values["id"].(string); !seen[id] {
+				if err := apply(m.Values); err != nil {
+					return err // not acknowledged: XAUTOCLAIM gives it to another consumer
+				}
+				seen[id] = true
+			}
+			if err := rdb.XAck(ctx, stream, group, m.ID).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fenced is a fenced block of README.md: its language and text.
+type fenced struct{ lang, text string }
+
+func readmeBlocks(t *testing.T) []fenced {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []fenced
+	var cur *fenced
+	for line := range strings.SplitSeq(string(b), "\n") {
+		switch {
+		case cur == nil && strings.HasPrefix(line, "```"):
+			cur = &fenced{lang: strings.TrimPrefix(line, "```")}
+		case cur != nil && line == "```":
+			out = append(out, *cur)
+			cur = nil
+		case cur != nil:
+			cur.text += line + "\n"
+		}
+	}
+	return out
+}
+
+var rfc3339Micro = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z`)
+
+// TestREADMEConsumer publishes README's example change through a real
+// relay into segments:changes on a Redis of the test's own, then runs the
+// README's redis-cli examples as written (only pointed at that Redis) and
+// checks what they print, and runs its Go consumer, which must be the one
+// in this file, word for word.
+func TestREADMEConsumer(t *testing.T) {
+	t.Parallel()
+	rd, err := localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(testenv.ServerDir(t), "redis")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Stop() })
+	opt, err := redis.ParseURL(rd.URL(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+
+	pool := env.NewPool(t)
+	change := func(op, slug string) {
+		t.Helper()
+		sql := `WITH r AS (SELECT set_config('segments.reason', 'manual', true))
+		        INSERT INTO memberships (user_id, segment_id) SELECT 1000, id FROM segments, r WHERE slug = $1`
+		if op == "remove" {
+			sql = `WITH r AS (SELECT set_config('segments.reason', 'manual', true))
+			       DELETE FROM memberships USING r WHERE user_id = 1000 AND segment_id = (SELECT id FROM segments WHERE slug = $1)`
+		}
+		if _, err := pool.Exec(t.Context(), sql, slug); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(t.Context(), `INSERT INTO segments (slug) VALUES ('AVITO_VOICE_MESSAGES'), ('AVITO_DISCOUNT_30');
+	                                     INSERT INTO users (id) VALUES (1000)`); err != nil {
+		t.Fatal(err)
+	}
+	change("add", "AVITO_VOICE_MESSAGES")
+
+	const stream = "segments:changes"
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	relay := events.NewRelay(events.Config{Stream: stream, MaxLen: 1000, Batch: 10, Interval: 10 * time.Millisecond},
+		pool.Config().ConnConfig, rdb, metrics.New(), zaptest.NewLogger(t))
+	wg.Go(func() { relay.Run(ctx) })
+	testenv.Eventually(t, 10*time.Second, "the event was not published", func() bool { return rdb.XLen(ctx, stream).Val() == 1 })
+
+	blocks := readmeBlocks(t)
+	ran, sawConsumer := 0, false
+	for i, b := range blocks {
+		if b.lang == "go" && strings.HasPrefix(b.text, "func consume(") {
+			sawConsumer = true
+			src, err := os.ReadFile("readme_test.go")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(src), b.text) {
+				t.Errorf("README.md's consume differs from the one this test runs:\n%s", b.text)
+			}
+		}
+		if b.lang != "sh" || !strings.HasPrefix(b.text, "redis-cli ") {
+			continue
+		}
+		ran++
+		cmd := strings.ReplaceAll(strings.TrimSpace(b.text), "redis-cli ", fmt.Sprintf("redis-cli -p %d ", port(rd.Addr())))
+		out, err := exec.Command("bash", "-c", cmd).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", b.text, err, out)
+		}
+		want := ""
+		if i+1 < len(blocks) && blocks[i+1].lang == "text" {
+			want = blocks[i+1].text
+		}
+		got := rfc3339Micro.ReplaceAllString(strings.TrimSpace(string(out)), "<at>")
+		if want = rfc3339Micro.ReplaceAllString(strings.TrimSpace(want), "<at>"); got != want {
+			t.Errorf("%s printed\n%s\nREADME.md shows\n%s", b.text, got, want)
+		}
+	}
+	if ran < 2 || !sawConsumer {
+		t.Fatalf("found %d redis-cli examples and consumer %t in README.md; want the group's creation, a read and the consumer", ran, sawConsumer)
+	}
+
+	// The Go consumer, in a group of its own, sees every event once, in order.
+	change("add", "AVITO_DISCOUNT_30")
+	change("remove", "AVITO_VOICE_MESSAGES")
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- consume(cctx, rdb, stream, "analytics", "worker-1", func(f map[string]any) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, fmt.Sprintf("%s %s %s %s %s", f["id"], f["user_id"], f["operation"], f["segment"], f["reason"]))
+			return nil
+		})
+	}()
+	testenv.Eventually(t, 10*time.Second, "the consumer did not get three events", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= 3
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"1 1000 add AVITO_VOICE_MESSAGES manual", "2 1000 add AVITO_DISCOUNT_30 manual", "3 1000 remove AVITO_VOICE_MESSAGES manual"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("the consumer got %q, want %q", got, want)
+	}
+	if pending := rdb.XPending(ctx, stream, "analytics").Val(); pending.Count != 0 {
+		t.Errorf("%d entries left unacknowledged", pending.Count)
+	}
+}
+
+func port(addr string) int {
+	var p int
+	fmt.Sscan(strings.TrimPrefix(addr, "127.0.0.1:"), &p)
+	return p
+}
