@@ -32,11 +32,12 @@ const eventsLock int64 = 7346012917432108717
 //     writer commits the row is still there.
 //
 // So every event below the horizon has committed and is in the snapshot,
-// and no event that commits later can sort before the cursor. What it
-// costs: an event waits for every transaction that was running when it
-// was written (a multi-second report holds events back as long) and for
-// the removal of every membership that expired before it (the expiry
-// task's delay; the sweep's interval when a task was lost).
+// and no event that commits later can sort before the cursor. CSV exports
+// do not count: their transactions are read-only (named ExportName), so
+// they write nothing, and they may stream for minutes. What it costs: an
+// event waits for every other transaction that was running when it was
+// written, and for the removal of every membership that expired before it
+// (the expiry task's delay; the sweep's interval when a task was lost).
 type EventLog struct {
 	conn   *pgx.Conn
 	cursor domain.EventCursor
@@ -98,7 +99,8 @@ const (
 	eventsHorizon = `
 		SELECT set_config('segments.horizon', least(statement_timestamp(), (
 			SELECT min(xact_start) FROM pg_stat_activity
-			WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()))::text, true)`
+			WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+			  AND application_name <> '` + ExportName + `'))::text, true)`
 	eventsNext = `
 		SELECT id, user_id, slug, operation, reason, at
 		FROM membership_history

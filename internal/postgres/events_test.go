@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/postgres"
 )
 
@@ -189,5 +191,68 @@ func TestOneEventLogAtATime(t *testing.T) {
 	defer second.Close(context.Background())
 	if got := next(t, second); strings.Join(got, "|") != "2 add ONE manual" {
 		t.Fatalf("second: %q; want user 2's event alone", got)
+	}
+}
+
+// blockingWriter takes the first write and then blocks until released.
+type blockingWriter struct {
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.started) })
+	<-w.release
+	return len(p), nil
+}
+
+// TestExportsDoNotHoldBackEvents: a CSV export may stream for minutes, in
+// a transaction that is read-only and can write no history; events written
+// meanwhile are published at once. Another open transaction holds them.
+func TestExportsDoNotHoldBackEvents(t *testing.T) {
+	t.Parallel()
+	pool := env.NewPool(t)
+	mustCreate(t, postgres.NewSegmentRepo(pool, nil), "X")
+	mustExec(t, pool, `INSERT INTO users (id) VALUES (1), (2), (3)`)
+	give := func(user int64) {
+		mustExec(t, pool, `
+			WITH r AS (SELECT set_config('segments.reason', 'manual', true))
+			INSERT INTO memberships (user_id, segment_id) SELECT $1, id FROM segments, r WHERE slug = 'X'`, user)
+	}
+	give(1)
+	l := openEventLog(t, pool)
+	if got := next(t, l); len(got) != 1 {
+		t.Fatalf("got %q; want user 1's event", got)
+	}
+
+	w := &blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
+	exported := make(chan error, 1)
+	go func() {
+		now := time.Now().UTC()
+		exported <- postgres.NewHistoryRepo(pool, time.Minute).CopyHistoryCSV(context.Background(),
+			domain.HistoryQuery{Period: domain.Period{Year: now.Year(), Month: now.Month()}}, w)
+	}()
+	<-w.started
+	give(2)
+	if got := next(t, l); strings.Join(got, "|") != "2 add X manual" {
+		t.Errorf("during an export the log gave %q; want user 2's event", got)
+	}
+	close(w.release)
+	if err := <-exported; err != nil {
+		t.Fatal(err)
+	}
+
+	open, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Rollback(context.Background())
+	if _, err := open.Exec(t.Context(), `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	give(3)
+	if got := next(t, l); len(got) != 0 {
+		t.Errorf("with another transaction open the log gave %q; want nothing", got)
 	}
 }

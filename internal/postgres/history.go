@@ -44,11 +44,7 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 	}
 	sql := fmt.Sprintf(query, q.Period.Start().Format(time.RFC3339), q.Period.End().Format(time.RFC3339), user)
 
-	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		timeout := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())
-		if _, err := tx.Exec(ctx, timeout); err != nil {
-			return fmt.Errorf("set export timeout: %w", dbError(err))
-		}
+	return exportTx(ctx, r.pool, r.copyTimeout, func(tx pgx.Tx) error {
 		if _, err := tx.Conn().PgConn().CopyTo(ctx, w, sql); err != nil {
 			return fmt.Errorf("export history of %s (user %d): %w", q.Period, q.UserID, dbError(err))
 		}
@@ -59,9 +55,10 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 // CopyMembersCSV streams the active members of segment segmentID as CSV
 // to w with COPY … TO STDOUT, in user id order (from the (segment_id,
 // user_id) index), times as the history CSV writes them, a permanent
-// membership's expires_at empty. The segment's row is locked FOR KEY SHARE
-// first, so that it cannot be deleted while its members stream; a segment
-// that is gone gives domain.ErrNotFound.
+// membership's expires_at empty. The segment's existence and its members
+// are read in one snapshot (the export's transaction is repeatable read),
+// so a segment deleted while its members stream still lists them as they
+// were; a segment that is gone gives domain.ErrNotFound.
 func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.Writer) error {
 	const query = `COPY (
 		SELECT user_id,
@@ -72,14 +69,10 @@ func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.
 		WHERE segment_id = %d AND (expires_at IS NULL OR expires_at > now())
 		ORDER BY user_id
 	) TO STDOUT WITH (FORMAT csv, HEADER true, DELIMITER ';')`
-	return withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		timeout := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())
-		if _, err := tx.Exec(ctx, timeout); err != nil {
-			return fmt.Errorf("set export timeout: %w", dbError(err))
-		}
+	return exportTx(ctx, r.pool, r.copyTimeout, func(tx pgx.Tx) error {
 		var found bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM segments WHERE id = $1 FOR KEY SHARE)`, segmentID).Scan(&found); err != nil {
-			return fmt.Errorf("lock segment %d: %w", segmentID, dbError(err))
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM segments WHERE id = $1)`, segmentID).Scan(&found); err != nil {
+			return fmt.Errorf("find segment %d: %w", segmentID, dbError(err))
 		}
 		if !found {
 			return domain.NotFoundf("the segment no longer exists; its member list is gone with it")
@@ -89,6 +82,33 @@ func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.
 		}
 		return nil
 	})
+}
+
+// ExportName is the application_name of the read-only transactions that
+// stream CSV exports. The change event relay does not wait for them: they
+// can write no history (EventLog).
+const ExportName = "segments export (read only)"
+
+// exportTx runs fn in a read-only, repeatable read transaction (one
+// snapshot for all its statements) named ExportName, whose statements may
+// run for up to timeout. Inside a request's transaction
+// (where it cannot be read-only) it runs in a savepoint, unnamed.
+func exportTx(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration, fn func(pgx.Tx) error) error {
+	timeoutSQL := fmt.Sprintf("SET LOCAL statement_timeout = %d", timeout.Milliseconds())
+	if inRequestTx(ctx) {
+		return withTx(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, timeoutSQL); err != nil {
+				return fmt.Errorf("set export timeout: %w", dbError(err))
+			}
+			return fn(tx)
+		})
+	}
+	return dbError(pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, timeoutSQL+"; SET LOCAL application_name = '"+ExportName+"'"); err != nil {
+			return fmt.Errorf("set export timeout: %w", dbError(err))
+		}
+		return fn(tx)
+	}))
 }
 
 // UserHistory returns up to limit events of the user in [from, to) after
