@@ -169,11 +169,19 @@ func TestWorkerKilledMidRolloutIsTakenOverAtOnce(t *testing.T) {
 	}
 	killed := time.Now()
 	startWorker(t, vars)
+	// Taken over: the rollout moves on within seconds (asynq would hand
+	// the task out again after a minute or two); then it runs to the end.
 	testenv.Eventually(t, 20*time.Second, "the second worker did not take the rollout over", func() bool {
+		m, _ := assigned()
+		return m > n
+	})
+	tookOver := time.Since(killed)
+	testenv.Eventually(t, 2*time.Minute, "the second worker did not finish the rollout", func() bool {
 		_, status := assigned()
 		return status == "done"
 	})
-	t.Logf("killed with %d of %d assigned; done %s after the second worker started", n, users/2, time.Since(killed).Round(100*time.Millisecond))
+	t.Logf("killed with %d of %d assigned; the second worker went on %s after it started, done after %s",
+		n, users/2, tookOver.Round(100*time.Millisecond), time.Since(killed).Round(100*time.Millisecond))
 	if n, _ := assigned(); n != users/2 || count(t, pool, `SELECT count(*) FROM memberships`) != users/2 {
 		t.Errorf("assigned %d, %d memberships; want %d", n, count(t, pool, `SELECT count(*) FROM memberships`), users/2)
 	}
