@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,8 +130,9 @@ func TestREADMEConsumer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
+	m := metrics.New()
 	relay := events.NewRelay(events.Config{Stream: stream, MaxLen: 1000, Batch: 10, Interval: 10 * time.Millisecond},
-		pool.Config().ConnConfig, rdb, metrics.New(), zaptest.NewLogger(t))
+		pool.Config().ConnConfig, rdb, m, zaptest.NewLogger(t))
 	wg.Go(func() { relay.Run(ctx) })
 	testenv.Eventually(t, 10*time.Second, "the event was not published", func() bool { return rdb.XLen(ctx, stream).Val() == 1 })
 
@@ -201,6 +204,24 @@ func TestREADMEConsumer(t *testing.T) {
 	if pending := rdb.XPending(ctx, stream, "analytics").Val(); pending.Count != 0 {
 		t.Errorf("%d entries left unacknowledged", pending.Count)
 	}
+
+	// The relay's metrics: three published, each with its lag, this
+	// process leading, nothing left (the backlog is counted every second).
+	for _, line := range []string{
+		"segments_events_published_total 3", "segments_events_lag_seconds_count 3",
+		"segments_events_relay_leading 1", "segments_events_backlog 0",
+	} {
+		testenv.Eventually(t, 3*time.Second, "metrics lack "+line, func() bool {
+			return strings.Contains(scrape(t, m), "\n"+line+"\n")
+		})
+	}
+}
+
+func scrape(t *testing.T, m *metrics.Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return rec.Body.String()
 }
 
 func port(addr string) int {
