@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -56,6 +57,16 @@ func OpenEventLog(ctx context.Context, cfg *pgx.ConnConfig, standby time.Duratio
 	if err := lead(ctx, conn, eventsLock, standby); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
 		return nil, err
+	}
+	// Without track_activities, pg_stat_activity shows no transaction and
+	// the horizon would pass rows that commit later.
+	var tracked bool
+	if err := conn.QueryRow(ctx, `SELECT current_setting('track_activities')::boolean`).Scan(&tracked); err != nil || !tracked {
+		conn.Close(context.WithoutCancel(ctx))
+		if err == nil {
+			err = errors.New("track_activities is off on the database server: the event relay cannot see which transactions are running, and does not publish")
+		}
+		return nil, dbError(err)
 	}
 	l := &EventLog{conn: conn}
 	if err := conn.QueryRow(ctx, `SELECT at, id FROM event_relay`).Scan(&l.cursor.At, &l.cursor.ID); err != nil {

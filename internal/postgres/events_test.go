@@ -256,3 +256,20 @@ func TestExportsDoNotHoldBackEvents(t *testing.T) {
 		t.Errorf("with another transaction open the log gave %q; want nothing", got)
 	}
 }
+
+// TestEventLogNeedsTrackActivities: without it the horizon would see no
+// running transaction, so the log refuses to open.
+func TestEventLogNeedsTrackActivities(t *testing.T) {
+	t.Parallel()
+	pool := env.NewPool(t)
+	cfg := pool.Config().ConnConfig.Copy()
+	cfg.RuntimeParams["track_activities"] = "off"
+	l, err := postgres.OpenEventLog(t.Context(), cfg, 10*time.Millisecond)
+	if err == nil {
+		l.Close(context.Background())
+		t.Fatal("opened with track_activities off")
+	}
+	if !strings.Contains(err.Error(), "track_activities is off") {
+		t.Errorf("error %q does not say why", err)
+	}
+}
