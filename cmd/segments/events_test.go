@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -15,12 +14,6 @@ import (
 	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/testenv"
 )
-
-// testStream names a change event stream for t alone (the tests share a
-// Redis).
-func testStream(t *testing.T) string {
-	return fmt.Sprintf("test-events-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
-}
 
 // TestWorkerKilledWhilePublishing lets a rollout of 100,000 users write
 // 50,000 events with publishing off, then starts a worker that publishes
@@ -58,7 +51,7 @@ func TestWorkerKilledWhilePublishing(t *testing.T) {
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
-	stream := testStream(t)
+	stream := testenv.StreamName(t)
 	on := maps.Clone(vars)
 	on["EVENTS_STREAM"], on["EVENTS_BATCH"] = stream, fmt.Sprint(batch)
 	xlen := func() int64 {

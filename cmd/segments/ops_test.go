@@ -33,7 +33,7 @@ func startService(t *testing.T, cmd string, vars map[string]string) (string, *sy
 	}
 	vars["HTTP_ADDR"] = fmt.Sprintf("127.0.0.1:%d", port)
 	if _, ok := vars["EVENTS_STREAM"]; !ok {
-		vars["EVENTS_STREAM"] = testStream(t)
+		vars["EVENTS_STREAM"] = testenv.StreamName(t)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
@@ -259,7 +259,6 @@ func TestReadinessFollowsPostgresAndRedis(t *testing.T) {
 	}
 	waitReady(200, "Postgres back")
 
-	port := rd.Addr()[strings.LastIndex(rd.Addr(), ":")+1:]
 	if err := rd.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -267,9 +266,7 @@ func TestReadinessFollowsPostgresAndRedis(t *testing.T) {
 	if h.Checks["redis"] == "ok" || h.Checks["postgres"] != "ok" {
 		t.Errorf("Redis down: %+v", h)
 	}
-	var p int
-	fmt.Sscan(port, &p)
-	if rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(dir, "redis"), Port: p}); err != nil {
+	if rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(dir, "redis"), Port: rd.Port()}); err != nil {
 		t.Fatal(err)
 	}
 	waitReady(200, "Redis back")

@@ -30,7 +30,7 @@ func startWorker(t *testing.T, vars map[string]string) *exec.Cmd {
 func startChild(t *testing.T, name, command string, vars map[string]string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], command)
-	cmd.Env = append(os.Environ(), "SEGMENTS_TEST_MAIN=1", "EVENTS_STREAM="+testStream(t))
+	cmd.Env = append(os.Environ(), "SEGMENTS_TEST_MAIN=1", "EVENTS_STREAM="+testenv.StreamName(t))
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

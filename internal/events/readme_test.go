@@ -153,7 +153,7 @@ func TestREADMEConsumer(t *testing.T) {
 			continue
 		}
 		ran++
-		cmd := strings.ReplaceAll(strings.TrimSpace(b.text), "redis-cli ", fmt.Sprintf("redis-cli -p %d ", port(rd.Addr())))
+		cmd := strings.ReplaceAll(strings.TrimSpace(b.text), "redis-cli ", fmt.Sprintf("redis-cli -p %d ", rd.Port()))
 		out, err := exec.Command("bash", "-c", cmd).CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", b.text, err, out)
@@ -222,10 +222,4 @@ func scrape(t *testing.T, m *metrics.Metrics) string {
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	return rec.Body.String()
-}
-
-func port(addr string) int {
-	var p int
-	fmt.Sscan(strings.TrimPrefix(addr, "127.0.0.1:"), &p)
-	return p
 }

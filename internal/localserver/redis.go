@@ -93,6 +93,9 @@ func (r *Redis) ping(ctx context.Context) error {
 // Addr returns host:port.
 func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 
+// Port returns the port it listens on.
+func (r *Redis) Port() int { return r.port }
+
 // URL returns a redis:// URL for database db.
 func (r *Redis) URL(db int) string { return fmt.Sprintf("redis://%s/%d", r.Addr(), db) }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +15,12 @@ import (
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/events"
 )
+
+// StreamName names a change event stream for tb alone (tests share a
+// Redis).
+func StreamName(tb testing.TB) string {
+	return fmt.Sprintf("test-events-%s-%d", strings.ReplaceAll(tb.Name(), "/", "-"), rand.Uint32())
+}
 
 // StreamEntry is one entry of a change event stream.
 type StreamEntry struct {

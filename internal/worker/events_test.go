@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,10 +13,6 @@ import (
 	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/testenv"
 )
-
-func testStream(t *testing.T) string {
-	return fmt.Sprintf("test-events-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), rand.Uint32())
-}
 
 // published reports whether the relay has published every event history
 // holds now.
@@ -37,7 +32,7 @@ func (s *stack) published() bool {
 // order of their at.
 func TestEveryChangeIsPublishedOnceInOrder(t *testing.T) {
 	t.Parallel()
-	stream := testStream(t)
+	stream := testenv.StreamName(t)
 	s := newStack(t, stackOptions{eventsStream: stream, sweepInterval: time.Second, rolloutBatch: 40})
 	for _, slug := range []string{"A", "B", "C", "GONE"} {
 		s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": slug}, nil)
@@ -128,7 +123,7 @@ func TestEventsWaitForRedis(t *testing.T) {
 	}
 	t.Cleanup(func() { rd.Stop() })
 	const batch = 50
-	stream := testStream(t)
+	stream := testenv.StreamName(t)
 	s := newStack(t, stackOptions{redisURL: rd.URL(0), eventsStream: stream, eventsBatch: batch})
 	for _, slug := range []string{"A", "B"} {
 		s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": slug}, nil)
@@ -169,7 +164,7 @@ func TestEventsWaitForRedis(t *testing.T) {
 	if during == 0 || waiting < during {
 		t.Errorf("%d events written while Redis was down, %d waiting to be published; want some, all waiting", during, waiting)
 	}
-	if rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: rdir, Port: port(rd.Addr()), Persist: true}); err != nil {
+	if rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: rdir, Port: rd.Port(), Persist: true}); err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
@@ -187,10 +182,4 @@ func TestEventsWaitForRedis(t *testing.T) {
 		t.Logf("%d events published twice (the batch in flight when Redis stopped)", copies)
 	}
 	testenv.AssertHistoryReplays(t, s.pool)
-}
-
-func port(addr string) int {
-	p := 0
-	fmt.Sscan(strings.TrimPrefix(addr, "127.0.0.1:"), &p)
-	return p
 }

@@ -341,7 +341,6 @@ func TestExpiryWithRedisDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := strings.TrimPrefix(rd.Addr(), "127.0.0.1:")
 	t.Cleanup(func() { rd.Stop() })
 
 	const sweep = 2 * time.Second
@@ -370,9 +369,7 @@ func TestExpiryWithRedisDown(t *testing.T) {
 		t.Fatalf("%d rows with Redis down, want the expired one still there", n)
 	}
 
-	p := 0
-	fmt.Sscan(port, &p)
-	rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(dir, "redis"), Port: p})
+	rd, err = localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(dir, "redis"), Port: rd.Port()})
 	if err != nil {
 		t.Fatal(err)
 	}
