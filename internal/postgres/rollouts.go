@@ -203,7 +203,8 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 			), taken AS (
 				DELETE FROM memberships m
 				USING population p
-				WHERE m.segment_id = $1 AND m.user_id = p.id AND NOT p.chosen AND m.source = 'auto'
+				WHERE m.segment_id = $1 AND m.user_id BETWEEN $2 AND $3
+				  AND m.user_id = p.id AND NOT p.chosen AND m.source = 'auto'
 				RETURNING 1
 			), progress AS (
 				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM population WHERE chosen)
