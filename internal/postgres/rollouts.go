@@ -188,7 +188,11 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		// The batch's users of the population who have not opted out get
 		// the segment if chosen, and lose it if they hold it by the rule
 		// (source auto) but are not chosen (a lowered share). Memberships
-		// given by hand are never touched.
+		// given by hand are never touched. The losers are found from the
+		// segment's members in the batch's range (an index range scan),
+		// not by joining the population: joined, the planner read every
+		// member of the segment for each batch, or looped over the
+		// population for each member.
 		const assign = `
 			WITH population AS (
 				SELECT u.id, (segment_hash($5, u.id), u.id) <= ($6::bigint, $7::bigint) AS chosen
@@ -202,9 +206,11 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 				RETURNING 1
 			), taken AS (
 				DELETE FROM memberships m
-				USING population p
-				WHERE m.segment_id = $1 AND m.user_id BETWEEN $2 AND $3
-				  AND m.user_id = p.id AND NOT p.chosen AND m.source = 'auto'
+				USING users u
+				WHERE m.segment_id = $1 AND m.user_id BETWEEN $2 AND $3 AND m.source = 'auto'
+				  AND u.id = m.user_id AND u.seq <= $4
+				  AND NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = m.user_id)
+				  AND (segment_hash($5, m.user_id), m.user_id) > ($6::bigint, $7::bigint)
 				RETURNING 1
 			), progress AS (
 				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM population WHERE chosen)
