@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -188,4 +189,37 @@ func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[s
 		RequestTimeout: 30 * time.Second,
 		ReportTimeout:  time.Minute,
 	}
+}
+
+// Fence is a fenced block of a Markdown file: the lines its fences stand
+// on, its language and its text.
+type Fence struct {
+	Line, End  int
+	Lang, Text string
+}
+
+// Fences reads the fenced blocks of the Markdown file at path, in order.
+func Fences(tb testing.TB, path string) []Fence {
+	tb.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var (
+		all []Fence
+		cur *Fence
+	)
+	for n, line := range strings.Split(string(b), "\n") {
+		switch {
+		case cur == nil && strings.HasPrefix(line, "```"):
+			cur = &Fence{Line: n + 1, Lang: strings.TrimPrefix(line, "```")}
+		case cur != nil && line == "```":
+			cur.End = n + 1
+			all = append(all, *cur)
+			cur = nil
+		case cur != nil:
+			cur.Text += line + "\n"
+		}
+	}
+	return all
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/metrics"
@@ -59,31 +60,6 @@ func consume(ctx context.Context, rdb *redis.Client, stream, group, consumer str
 		}
 	}
 	return nil
-}
-
-// fenced is a fenced block of README.md: its language and text.
-type fenced struct{ lang, text string }
-
-func readmeBlocks(t *testing.T) []fenced {
-	t.Helper()
-	b, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []fenced
-	var cur *fenced
-	for line := range strings.SplitSeq(string(b), "\n") {
-		switch {
-		case cur == nil && strings.HasPrefix(line, "```"):
-			cur = &fenced{lang: strings.TrimPrefix(line, "```")}
-		case cur != nil && line == "```":
-			out = append(out, *cur)
-			cur = nil
-		case cur != nil:
-			cur.text += line + "\n"
-		}
-	}
-	return out
 }
 
 var rfc3339Micro = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z`)
@@ -136,35 +112,35 @@ func TestREADMEConsumer(t *testing.T) {
 	wg.Go(func() { relay.Run(ctx) })
 	testenv.Eventually(t, 10*time.Second, "the event was not published", func() bool { return rdb.XLen(ctx, stream).Val() == 1 })
 
-	blocks := readmeBlocks(t)
+	blocks := apitest.Fences(t, "../../README.md")
 	ran, sawConsumer := 0, false
 	for i, b := range blocks {
-		if b.lang == "go" && strings.HasPrefix(b.text, "func consume(") {
+		if b.Lang == "go" && strings.HasPrefix(b.Text, "func consume(") {
 			sawConsumer = true
 			src, err := os.ReadFile("readme_test.go")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !strings.Contains(string(src), b.text) {
-				t.Errorf("README.md's consume differs from the one this test runs:\n%s", b.text)
+			if !strings.Contains(string(src), b.Text) {
+				t.Errorf("README.md's consume differs from the one this test runs:\n%s", b.Text)
 			}
 		}
-		if b.lang != "sh" || !strings.HasPrefix(b.text, "redis-cli ") {
+		if b.Lang != "sh" || !strings.HasPrefix(b.Text, "redis-cli ") {
 			continue
 		}
 		ran++
-		cmd := strings.ReplaceAll(strings.TrimSpace(b.text), "redis-cli ", fmt.Sprintf("redis-cli -p %d ", rd.Port()))
+		cmd := strings.ReplaceAll(strings.TrimSpace(b.Text), "redis-cli ", fmt.Sprintf("redis-cli -p %d ", rd.Port()))
 		out, err := exec.Command("bash", "-c", cmd).CombinedOutput()
 		if err != nil {
-			t.Fatalf("%s: %v\n%s", b.text, err, out)
+			t.Fatalf("%s: %v\n%s", b.Text, err, out)
 		}
 		want := ""
-		if i+1 < len(blocks) && blocks[i+1].lang == "text" {
-			want = blocks[i+1].text
+		if i+1 < len(blocks) && blocks[i+1].Lang == "text" {
+			want = blocks[i+1].Text
 		}
 		got := rfc3339Micro.ReplaceAllString(strings.TrimSpace(string(out)), "<at>")
 		if want = rfc3339Micro.ReplaceAllString(strings.TrimSpace(want), "<at>"); got != want {
-			t.Errorf("%s printed\n%s\nREADME.md shows\n%s", b.text, got, want)
+			t.Errorf("%s printed\n%s\nREADME.md shows\n%s", b.Text, got, want)
 		}
 	}
 	if ran < 2 || !sawConsumer {

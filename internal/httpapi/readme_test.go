@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/segments-service/segments/internal/apitest"
 )
 
 // readmeBlock is a shell block of README.md and the output shown after it
@@ -249,47 +250,19 @@ func normalizeJSON(t *testing.T, s string) any {
 // it, if any.
 func readmeBlocks(t *testing.T, path string) []readmeBlock {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	type fenced struct {
-		line, end  int
-		lang, text string
-	}
-	var (
-		all []fenced
-		cur *fenced
-		sc  = bufio.NewScanner(f)
-		n   int
-	)
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		switch {
-		case cur == nil && strings.HasPrefix(line, "```"):
-			cur = &fenced{line: n, lang: strings.TrimPrefix(line, "```")}
-		case cur != nil && line == "```":
-			cur.end = n
-			all = append(all, *cur)
-			cur = nil
-		case cur != nil:
-			cur.text += line + "\n"
-		}
-	}
+	all := apitest.Fences(t, path)
 	var out []readmeBlock
 	for i, b := range all {
-		if b.lang != "sh" || strings.HasPrefix(b.text, "make ") || strings.HasPrefix(b.text, "redis-cli ") {
+		if b.Lang != "sh" || strings.HasPrefix(b.Text, "make ") || strings.HasPrefix(b.Text, "redis-cli ") {
 			continue
 		}
-		rb := readmeBlock{line: b.line, command: strings.TrimSpace(b.text)}
+		rb := readmeBlock{line: b.Line, command: strings.TrimSpace(b.Text)}
 		// The output is the next block, if nothing but a blank line stands
 		// between them.
-		if i+1 < len(all) && all[i+1].line == b.end+2 {
-			switch next := all[i+1]; next.lang {
+		if i+1 < len(all) && all[i+1].Line == b.End+2 {
+			switch next := all[i+1]; next.Lang {
 			case "json", "http", "csv", "text":
-				rb.lang, rb.response = next.lang, strings.TrimSpace(next.text)
+				rb.lang, rb.response = next.Lang, strings.TrimSpace(next.Text)
 			}
 		}
 		out = append(out, rb)
