@@ -665,8 +665,8 @@ func eventsPublished(ctx context.Context, s *service, pool *pgxpool.Pool, rep *r
 	start := time.Now()
 	var waiting int64
 	for {
-		const q = `SELECT count(*) FROM membership_history h, event_relay r WHERE (h.at, h.id) > (r.at, r.id)`
-		if err := pool.QueryRow(ctx, q).Scan(&waiting); err != nil {
+		var err error
+		if waiting, err = postgres.UnpublishedEvents(ctx, pool); err != nil {
 			return err
 		}
 		if waiting == 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/segments-service/segments/internal/domain"
 )
@@ -157,6 +158,18 @@ func (l *EventLog) Backlog(ctx context.Context, limit int64) (int64, error) {
 	const q = `SELECT count(*) FROM (SELECT FROM membership_history WHERE (at, id) > ($1, $2) LIMIT $3) AS t`
 	var n int64
 	if err := l.conn.QueryRow(ctx, q, l.cursor.At, l.cursor.ID, limit).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count unpublished events: %w", dbError(err))
+	}
+	return n, nil
+}
+
+// UnpublishedEvents counts the events after the cursor the relay last
+// stored: 0 once everything written so far is in the stream. For tests,
+// the bench and operators; the relay itself counts with Backlog.
+func UnpublishedEvents(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	const q = `SELECT count(*) FROM membership_history h, event_relay r WHERE (h.at, h.id) > (r.at, r.id)`
+	var n int64
+	if err := pool.QueryRow(ctx, q).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count unpublished events: %w", dbError(err))
 	}
 	return n, nil

@@ -89,22 +89,15 @@ func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.
 // can write no history (EventLog).
 const ExportName = "segments export (read only)"
 
-// exportTx runs fn in a read-only, repeatable read transaction (one
-// snapshot for all its statements) named ExportName, whose statements may
-// run for up to timeout. Inside a request's transaction
-// (where it cannot be read-only) it runs in a savepoint, unnamed.
+// exportTx runs fn in a read-only, repeatable read transaction of its own
+// (one snapshot for all its statements; exports are downloads, never part
+// of a write's transaction) named ExportName, whose statements may run for
+// up to timeout.
 func exportTx(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration, fn func(pgx.Tx) error) error {
-	timeoutSQL := fmt.Sprintf("SET LOCAL statement_timeout = %d", timeout.Milliseconds())
-	if inRequestTx(ctx) {
-		return withTx(ctx, pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, timeoutSQL); err != nil {
-				return fmt.Errorf("set export timeout: %w", dbError(err))
-			}
-			return fn(tx)
-		})
-	}
-	return dbError(pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, timeoutSQL+"; SET LOCAL application_name = '"+ExportName+"'"); err != nil {
+	opts := pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}
+	return dbError(pgx.BeginTxFunc(ctx, pool, opts, func(tx pgx.Tx) error {
+		settings := fmt.Sprintf("SET LOCAL statement_timeout = %d; SET LOCAL application_name = '%s'", timeout.Milliseconds(), ExportName)
+		if _, err := tx.Exec(ctx, settings); err != nil {
 			return fmt.Errorf("set export timeout: %w", dbError(err))
 		}
 		return fn(tx)
