@@ -13,11 +13,29 @@ const Buckets = 10000
 // bytes of SHA-256 over "<slug>:<user id in decimal>", read as a big-endian
 // unsigned 32-bit integer. The database computes the same (segment_hash).
 func SegmentHash(slug string, userID int64) uint32 {
+	return NewSegmentHasher(slug).Hash(userID)
+}
+
+// SegmentHasher computes SegmentHash for the users of one segment, reusing
+// one buffer: hashing a million users allocates nothing per user. It is not
+// safe for concurrent use.
+type SegmentHasher struct {
+	buf    []byte
+	prefix int
+}
+
+// NewSegmentHasher returns a SegmentHasher for the segment slug.
+func NewSegmentHasher(slug string) *SegmentHasher {
 	buf := make([]byte, 0, len(slug)+21)
 	buf = append(buf, slug...)
 	buf = append(buf, ':')
-	buf = strconv.AppendInt(buf, userID, 10)
-	sum := sha256.Sum256(buf)
+	return &SegmentHasher{buf: buf, prefix: len(buf)}
+}
+
+// Hash returns SegmentHash of the hasher's segment and userID.
+func (h *SegmentHasher) Hash(userID int64) uint32 {
+	h.buf = strconv.AppendInt(h.buf[:h.prefix], userID, 10)
+	sum := sha256.Sum256(h.buf)
 	return binary.BigEndian.Uint32(sum[:4])
 }
 

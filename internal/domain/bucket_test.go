@@ -28,6 +28,21 @@ func TestBucketVectors(t *testing.T) {
 	}
 }
 
+// TestSegmentHasherReused checks that one hasher gives every user of its
+// segment the hash a fresh one gives, ids of any length in any order.
+func TestSegmentHasherReused(t *testing.T) {
+	h := domain.NewSegmentHasher("AVITO_VOICE_MESSAGES")
+	for _, id := range []int64{1000, 9223372036854775807, 1, 1001, 1000, 42} {
+		fresh := domain.NewSegmentHasher("AVITO_VOICE_MESSAGES").Hash(id)
+		if got := h.Hash(id); got != fresh {
+			t.Errorf("user %d: reused hasher %d, fresh %d", id, got, fresh)
+		}
+	}
+	if got := h.Hash(1000); got != 1577238094 {
+		t.Errorf("user 1000: %d, want README's 1577238094", got)
+	}
+}
+
 func TestBucketsSpreadEvenly(t *testing.T) {
 	const users = 100000
 	var counts [10]int
