@@ -141,10 +141,11 @@ type rolloutPlan struct {
 }
 
 // planRollout reads the population of a rollout in id order and plans it.
-// The hashing is done here rather than by the database's segment_hash:
-// the same function (domain.SegmentHash, checked against it by
-// TestDatabaseHashMatchesGo), at a tenth of the CPU, and the population is
-// read once for the count, the line and the batches.
+// The hashing is done here (and in RolloutBatch) rather than by the
+// database's segment_hash: the same function (domain.SegmentHash, checked
+// against it by TestDatabaseHashMatchesGo) at a tenth of the CPU, and off
+// the database server, which the rollout's writes keep busy. The
+// population is read once for the count, the line and the batches.
 func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, slug string, population int64,
 	percent domain.Percent, batchSize int) (rolloutPlan, error) {
 	const read = `
@@ -197,28 +198,36 @@ func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, slug string, p
 // gives the segment (history reason auto, source auto) to the chosen users
 // in it who lack it, takes it (reason auto) from those who hold it by the
 // rule but are not chosen, and marks the batch done, all in one
-// transaction. It
-// reports false when there was no batch to claim, and how many memberships
-// it created.
+// transaction. It reports false when there was no batch to claim, and how
+// many memberships it created.
 func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claimed bool, added int64, err error) {
 	var removed int64
 	err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
 		// FOR KEY SHARE of the segment holds off its deletion until commit.
+		// The batch's population (its users registered up to
+		// population_seq) comes with the claim, read after the lock.
 		const claim = `
-			SELECT b.first_user, b.last_user, s.slug, s.population_seq,
-			       s.rollout_threshold_hash, s.rollout_threshold_user
-			FROM rollout_batches b
-			JOIN segments s ON s.id = b.segment_id
-			WHERE b.segment_id = $1 AND NOT b.done AND s.rollout_status = 'running'
-			ORDER BY b.first_user
-			LIMIT 1
-			FOR UPDATE OF b SKIP LOCKED
-			FOR KEY SHARE OF s`
+			WITH batch AS (
+				SELECT b.first_user, b.last_user, s.slug, s.population_seq,
+				       s.rollout_threshold_hash, s.rollout_threshold_user
+				FROM rollout_batches b
+				JOIN segments s ON s.id = b.segment_id
+				WHERE b.segment_id = $1 AND NOT b.done AND s.rollout_status = 'running'
+				ORDER BY b.first_user
+				LIMIT 1
+				FOR UPDATE OF b SKIP LOCKED
+				FOR KEY SHARE OF s
+			)
+			SELECT b.*, ARRAY(SELECT u.id FROM users u
+			                  WHERE u.id BETWEEN b.first_user AND b.last_user AND u.seq <= b.population_seq
+			                  ORDER BY u.id)
+			FROM batch b`
 		var (
-			first, last, population, thHash, thUser int64
-			slug                                    string
+			first, last, population, lineHash, lineUser int64
+			slug                                        string
+			users                                       []int64
 		)
-		err := tx.QueryRow(ctx, claim, segmentID).Scan(&first, &last, &slug, &population, &thHash, &thUser)
+		err := tx.QueryRow(ctx, claim, segmentID).Scan(&first, &last, &slug, &population, &lineHash, &lineUser, &users)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -226,6 +235,15 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 			return fmt.Errorf("claim a batch: %w", dbError(err))
 		}
 		claimed = true
+		// The chosen users, by the rule the line fixed: (hash, id) at most
+		// (lineHash, lineUser). Hashed here, as planRollout does.
+		hasher := domain.NewSegmentHasher(slug)
+		chosen := make([]int64, 0, len(users))
+		for _, id := range users {
+			if h := int64(hasher.Hash(id)); h < lineHash || (h == lineHash && id <= lineUser) {
+				chosen = append(chosen, id)
+			}
+		}
 		if err := setReason(ctx, tx, domain.ReasonAuto); err != nil {
 			return err
 		}
@@ -235,23 +253,22 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
 			return fmt.Errorf("batch commit mode: %w", dbError(err))
 		}
-		// The batch's users of the population who have not opted out get
-		// the segment if chosen, and lose it if they hold it by the rule
-		// (source auto) but are not chosen (a lowered share). Memberships
-		// given by hand are never touched. The losers are found from the
-		// segment's members in the batch's range (an index range scan),
-		// not by joining the population: joined, the planner read every
-		// member of the segment for each batch, or looped over the
-		// population for each member.
+		// The chosen users who have not opted out get the segment; the
+		// batch's members by the rule (source auto) in the population who
+		// have not opted out and are not chosen (a lowered share) lose it.
+		// Memberships given by hand are never touched. The losers are found
+		// from the segment's members in the batch's range (an index range
+		// scan) and are few unless the share was lowered, so the database
+		// checks their hash itself; joined to the population instead, the
+		// planner read every member of the segment for each batch, or
+		// looped over the population for each member.
 		const assign = `
-			WITH population AS (
-				SELECT u.id, (segment_hash($5, u.id), u.id) <= ($6::bigint, $7::bigint) AS chosen
-				FROM users u
-				WHERE u.id BETWEEN $2 AND $3 AND u.seq <= $4
-				  AND NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = u.id)
+			WITH chosen AS (
+				SELECT c.id FROM unnest($8::bigint[]) AS c(id)
+				WHERE NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = c.id)
 			), given AS (
 				INSERT INTO memberships (user_id, segment_id, source)
-				SELECT id, $1, 'auto' FROM population WHERE chosen ORDER BY id
+				SELECT id, $1, 'auto' FROM chosen ORDER BY id
 				ON CONFLICT (user_id, segment_id) DO NOTHING
 				RETURNING 1
 			), taken AS (
@@ -263,11 +280,11 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 				  AND (segment_hash($5, m.user_id), m.user_id) > ($6::bigint, $7::bigint)
 				RETURNING 1
 			), progress AS (
-				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM population WHERE chosen)
+				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM chosen)
 				WHERE id = $1
 			)
 			SELECT (SELECT count(*) FROM given), (SELECT count(*) FROM taken)`
-		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, thHash, thUser).Scan(&added, &removed); err != nil {
+		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, lineHash, lineUser, chosen).Scan(&added, &removed); err != nil {
 			return fmt.Errorf("assign users %d..%d: %w", first, last, dbError(err))
 		}
 		const done = `UPDATE rollout_batches SET done = true WHERE segment_id = $1 AND first_user = $2`

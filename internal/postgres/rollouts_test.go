@@ -16,13 +16,14 @@ const (
 	tieHash         = 1947455619
 )
 
-// TestRolloutPlanIsTheDatabasesOrder prepares a rollout at every share
-// from 0 to 100 % over 52 users, one of them opted out and two with the
-// same hash, and checks each plan against the database's own definition:
-// the count round(N·p/100) of those who did not opt out, the line at the
-// k-th lowest (segment_hash, id) — ties broken by id — and batches of
-// consecutive users by id.
-func TestRolloutPlanIsTheDatabasesOrder(t *testing.T) {
+// TestRolloutFollowsTheDatabasesOrder runs a rollout at every share from 0
+// to 100 % over 52 users, one of them opted out and two with the same
+// hash, and checks each plan against the database's own definition: the
+// count round(N·p/100) of those who did not opt out, the line at the k-th
+// lowest (segment_hash, id) — ties broken by id — and batches of
+// consecutive users by id; then that the batches leave exactly the users
+// at or below the line holding the segment.
+func TestRolloutFollowsTheDatabasesOrder(t *testing.T) {
 	t.Parallel()
 	if domain.SegmentHash(tieSlug, tieLow) != tieHash || domain.SegmentHash(tieSlug, tieHigh) != tieHash {
 		t.Fatal("the two users no longer share a hash")
@@ -90,6 +91,33 @@ func TestRolloutPlanIsTheDatabasesOrder(t *testing.T) {
 			t.Fatalf("%d %%: plan differs from the database's order (-want +got):\n%s", percent, diff)
 		}
 		tieAtLine = tieAtLine || (got.LineHash == tieHash && got.LineUser == tieLow)
+
+		// The batches, hashing in Go too, leave exactly the users at or
+		// below the line holding it, by the database's hash.
+		for {
+			claimed, _, err := repo.RolloutBatch(ctx, segmentID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !claimed {
+				break
+			}
+		}
+		var members, below []int64
+		const held = `SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}') FROM memberships WHERE segment_id = $1`
+		if err := pool.QueryRow(ctx, held, segmentID).Scan(&members); err != nil {
+			t.Fatal(err)
+		}
+		const rule = `
+			SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM users u
+			WHERE NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = u.id)
+			  AND (segment_hash($2, u.id), u.id) <= ($3::bigint, $4::bigint)`
+		if err := pool.QueryRow(ctx, rule, segmentID, tieSlug, got.LineHash, got.LineUser).Scan(&below); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(below, members); diff != "" || int64(len(members)) != want.Total {
+			t.Fatalf("%d %%: %d members, want %d, the users at or below the line (-want +got):\n%s", percent, len(members), want.Total, diff)
+		}
 	}
 	if !tieAtLine {
 		t.Fatalf("no share put the line between users %d and %d, which share a hash", tieLow, tieHigh)
