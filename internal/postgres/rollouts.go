@@ -55,10 +55,10 @@ func (r *RolloutRepo) ClaimRollout(ctx context.Context, segmentID int64) (releas
 }
 
 // PrepareRollout turns a pending rollout into a running one: it reads the
-// population (the users registered up to population_seq, less those who
-// opted out) in one statement, chooses the line — the (segment_hash, id)
-// of the last of the round(N·p/100) lowest — and splits the population
-// into batches of batchSize users by id. A failed rollout is taken up again
+// users registered up to population_seq in one statement, chooses the line
+// — the (segment_hash, id) of the last of the round(N·p/100) lowest among
+// the N who have not opted out — and splits the registered users into
+// batches of batchSize by id. A failed rollout is taken up again
 // where it stopped (running if it was prepared, else pending). A running or
 // done rollout is returned as it is. It returns domain.ErrNotFound if the
 // segment is gone.
