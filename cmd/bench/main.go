@@ -602,6 +602,9 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	if _, err := createRolledOut(ctx, o, s, pool, rep, slug, 10); err != nil {
 		return err
 	}
+	if err := settle(ctx, o, pool); err != nil {
+		return err
+	}
 
 	openLoop := loadgen.Config{Conns: o.conns, Duration: 10 * time.Second, Requests: 5_000_000, Rate: o.rate}
 	log("phase: reads at %.0f/s, idle", o.rate)
@@ -642,6 +645,26 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 		fmt.Sprintf("read p99 %.2f× idle", float64(during.Percentile(99))/float64(idle.Percentile(99))))
 	rep.add(fmt.Sprintf("GET at %.0f/s, during 10 → 50 %%", o.rate), during, 0, "")
 	return nil
+}
+
+// settle lets the work of what came before finish, so that the idle reads
+// after it are idle: the relay publishes the events still waiting (with
+// o.events) and a checkpoint writes out the seed's and the rollout's pages.
+func settle(ctx context.Context, o options, pool *pgxpool.Pool) error {
+	for start := time.Now(); o.events; time.Sleep(20 * time.Millisecond) {
+		waiting, err := postgres.UnpublishedEvents(ctx, pool)
+		if err != nil {
+			return err
+		}
+		if waiting == 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("%d events still unpublished after 10 minutes", waiting)
+		}
+	}
+	_, err := pool.Exec(ctx, "CHECKPOINT")
+	return err
 }
 
 // benchStream is the change event stream of the bench's worker.
