@@ -614,6 +614,17 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 	}
 	rep.add(fmt.Sprintf("GET at %.0f/s, idle", o.rate), idle, 0, "")
 
+	// The same reads with one core kept busy by a process that shares
+	// nothing with the service: how much of the ratio below the machine's
+	// scheduling alone accounts for.
+	log("phase: reads at %.0f/s, one core busy", o.rate)
+	busy, err := readsWithBusyCore(ctx, client, openLoop, s.base, users)
+	if err != nil {
+		return err
+	}
+	rep.add(fmt.Sprintf("GET at %.0f/s, one core busy", o.rate), busy, 0,
+		fmt.Sprintf("p99 %.2f× idle", float64(busy.Percentile(99))/float64(idle.Percentile(99))))
+
 	log("phase: 10 → 50 %%, with reads at %.0f/s", o.rate)
 	stopReads := backgroundReads(ctx, client, openLoop, s.base, users)
 	defer stopReads()
@@ -665,6 +676,20 @@ func settle(ctx context.Context, o options, pool *pgxpool.Pool) error {
 	}
 	_, err := pool.Exec(ctx, "CHECKPOINT")
 	return err
+}
+
+// readsWithBusyCore runs reads as cfg says while a shell loops without
+// pause: one core busy with work that touches nothing the service uses.
+func readsWithBusyCore(ctx context.Context, client *http.Client, cfg loadgen.Config, base string, users int64) (loadgen.Result, error) {
+	spin := exec.CommandContext(ctx, "sh", "-c", "while :; do :; done")
+	if err := spin.Start(); err != nil {
+		return loadgen.Result{}, fmt.Errorf("start a busy loop: %w", err)
+	}
+	defer func() {
+		_ = spin.Process.Kill()
+		_ = spin.Wait()
+	}()
+	return loadgen.Run(ctx, client, cfg, loadgen.UserSegments(base, users))
 }
 
 // benchStream is the change event stream of the bench's worker.
