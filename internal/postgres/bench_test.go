@@ -134,3 +134,36 @@ func BenchmarkUserSegmentsAt(b *testing.B) {
 	}
 	b.ReportMetric(float64(n), "events")
 }
+
+// BenchmarkPrepareRollout plans a 50 % rollout of 1,000,000 users: one read of the population, the hashes,
+// the line and the batch bounds, stored. ns/op is one planning, which
+// comes before a rollout's first batch.
+func BenchmarkPrepareRollout(b *testing.B) {
+	const users = 1_000_000
+	pool := env.NewPool(b)
+	ctx := context.Background()
+	mustExec(b, pool, `INSERT INTO users (id) SELECT generate_series(1, $1::bigint)`, users)
+	mustExec(b, pool, `VACUUM ANALYZE users`)
+	mustExec(b, pool, `
+		INSERT INTO segments (slug, auto_percent, population_seq, rollout_status)
+		VALUES ('PLAN', 50, (SELECT max(seq) FROM users), 'pending')`)
+	var segmentID int64
+	if err := pool.QueryRow(ctx, `SELECT id FROM segments WHERE slug = 'PLAN'`).Scan(&segmentID); err != nil {
+		b.Fatal(err)
+	}
+	repo := postgres.NewRolloutRepo(pool, postgres.NopRecorder{})
+	b.ResetTimer()
+	for range b.N {
+		ro, err := repo.PrepareRollout(ctx, segmentID, 20000)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if want := int64(users / 2); ro.Total != want {
+			b.Fatalf("planned %d users, want %d", ro.Total, want)
+		}
+		b.StopTimer()
+		mustExec(b, pool, `DELETE FROM rollout_batches`)
+		mustExec(b, pool, `UPDATE segments SET rollout_status = 'pending', rollout_total = NULL WHERE id = $1`, segmentID)
+		b.StartTimer()
+	}
+}
