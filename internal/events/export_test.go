@@ -7,4 +7,6 @@ import (
 )
 
 // Publish lets the benchmark time one batch's XADDs.
-func (r *Relay) Publish(ctx context.Context, events []domain.Event) error { return r.publish(ctx, events) }
+func (r *Relay) Publish(ctx context.Context, events []domain.Event) error {
+	return r.publish(ctx, events)
+}
