@@ -109,8 +109,9 @@ func New(cfg config.Config, d Deps) (*Services, error) {
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), d.Recorder,
 			secret, cfg.Reports.LinkTTL, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, d.Recorder), d.Log.Named("expiry")),
-		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder), tasks,
-			cfg.Worker.RolloutWorkers, cfg.Worker.RolloutBatch, d.Log.Named("rollouts")),
+		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, d.Recorder), tasks, service.RolloutSettings{
+			Workers: cfg.Worker.RolloutWorkers, Batch: cfg.Worker.RolloutBatch, Rate: cfg.Worker.RolloutRate,
+		}, d.Log.Named("rollouts")),
 		IdempotencyKeys: service.NewIdempotencyKeys(keys, cfg.IdempotencyTTL, d.Now),
 		Idempotency:     keys,
 		Tasks:           tasks,

@@ -73,6 +73,9 @@ type Worker struct {
 	RolloutBatch int
 	// RolloutWorkers is how many rollout transactions run at once.
 	RolloutWorkers int
+	// RolloutRate bounds the registered users per second this process's
+	// rollouts go through; 0 sets no bound.
+	RolloutRate int
 	// RolloutMaxRetry is how often a failing rollout task is retried
 	// (backing off from 1 s to 1 min) before its rollout is marked failed;
 	// the periodic resume takes failed rollouts up again.
@@ -189,6 +192,7 @@ func Load(getenv func(string) string) (Config, error) {
 			SweepBatch:      p.intRange("SWEEP_BATCH", 1000, 1, 1000000),
 			RolloutBatch:    p.intRange("ROLLOUT_BATCH", 20000, 1, 10000000),
 			RolloutWorkers:  p.intRange("ROLLOUT_WORKERS", 2, 1, 64),
+			RolloutRate:     p.intRange("ROLLOUT_RATE", 0, 0, 1000000000),
 			RolloutMaxRetry: p.intRange("ROLLOUT_MAX_RETRY", 8, 0, 100),
 		},
 		Reports: Reports{

@@ -76,3 +76,12 @@ func BenchmarkSegmentBucket(b *testing.B) {
 		domain.SegmentBucket("AVITO_VOICE_MESSAGES", int64(i))
 	}
 }
+
+// BenchmarkSegmentHasher hashes with one hasher per segment, as a
+// rollout's planning and batches do.
+func BenchmarkSegmentHasher(b *testing.B) {
+	h := domain.NewSegmentHasher("AVITO_VOICE_MESSAGES")
+	for i := range b.N {
+		h.Hash(int64(i))
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/logctx"
@@ -53,6 +54,19 @@ type RolloutStore interface {
 // it (or some of its batches); it should be run again later.
 var ErrRolloutIncomplete = errors.New("rollout incomplete: another run holds it")
 
+// RolloutSettings tune how rollouts run.
+type RolloutSettings struct {
+	// Workers is how many batches run at once.
+	Workers int
+	// Batch is how many registered users one batch considers.
+	Batch int
+	// Rate bounds how many registered users per second the batches of
+	// this process's rollouts go through, together; 0 sets no bound. A
+	// bounded rollout takes longer and leaves the database more room for
+	// reads (BENCHMARKS.md, "A percent segment's change").
+	Rate int
+}
+
 // Rollouts gives percent segments to the users registered when they were
 // created.
 type Rollouts struct {
@@ -60,13 +74,19 @@ type Rollouts struct {
 	queue     RolloutQueue
 	workers   int
 	batchSize int
+	pace      *rate.Limiter // nil: no bound
 	log       *zap.Logger
 }
 
-// NewRollouts returns Rollouts on store, running batches of batchSize users
-// on workers connections at once.
-func NewRollouts(store RolloutStore, queue RolloutQueue, workers, batchSize int, log *zap.Logger) *Rollouts {
-	return &Rollouts{store: store, queue: queue, workers: workers, batchSize: batchSize, log: log}
+// NewRollouts returns Rollouts on store that run as s says.
+func NewRollouts(store RolloutStore, queue RolloutQueue, s RolloutSettings, log *zap.Logger) *Rollouts {
+	r := &Rollouts{store: store, queue: queue, workers: s.Workers, batchSize: s.Batch, log: log}
+	if s.Rate > 0 {
+		// A batch takes Batch users' worth at once: the first starts at
+		// once, each later one when the rate allows it.
+		r.pace = rate.NewLimiter(rate.Limit(s.Rate), s.Batch)
+	}
+	return r
 }
 
 // Run carries the rollout of segment segmentID to the end. It is safe to
@@ -95,6 +115,11 @@ func (r *Rollouts) Run(ctx context.Context, segmentID int64) error {
 		for range r.workers {
 			g.Go(func() error {
 				for {
+					if r.pace != nil {
+						if err := r.pace.WaitN(gctx, r.batchSize); err != nil {
+							return err
+						}
+					}
 					claimed, _, err := r.store.RolloutBatch(gctx, segmentID)
 					if err != nil || !claimed {
 						return err

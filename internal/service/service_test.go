@@ -210,7 +210,7 @@ func TestRolloutsRun(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := tc.store
-			r := service.NewRollouts(&store, queued{}, 1, 100, zap.NewNop())
+			r := service.NewRollouts(&store, queued{}, service.RolloutSettings{Workers: 1, Batch: 100}, zap.NewNop())
 			if err := r.Run(t.Context(), 7); !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -240,7 +240,7 @@ func TestRolloutsResumeAndFail(t *testing.T) {
 	// toward its budget); the others are taken up.
 	store := &fakeRollouts{unfinished: []int64{3, 5, 8, 9}, held: map[int64]bool{5: true},
 		prepare: domain.Rollout{Status: domain.RolloutDone}}
-	r := service.NewRollouts(store, queued{9: true}, 1, 100, zap.NewNop())
+	r := service.NewRollouts(store, queued{9: true}, service.RolloutSettings{Workers: 1, Batch: 100}, zap.NewNop())
 	if err := r.Resume(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -461,5 +461,39 @@ func TestUserHistoryPages(t *testing.T) {
 	}
 	if diff := cmp.Diff([]int64{1, 2, 3, 4, 5}, got); diff != "" {
 		t.Errorf("events over all pages (-want +got):\n%s", diff)
+	}
+}
+
+// TestRolloutsRunAtTheirRate: with a rate, the batches start no faster
+// than it allows (the first at once), and a run whose context ends while
+// it waits stops there, claiming nothing more.
+func TestRolloutsRunAtTheirRate(t *testing.T) {
+	running := domain.Rollout{Status: domain.RolloutRunning, Total: 30}
+	done := domain.Rollout{Status: domain.RolloutDone, Total: 30, Assigned: 30}
+	// 10 batches of 100 users at 5,000 users a second: 9 waits of 20 ms.
+	store := &fakeRollouts{prepare: running, batches: 10, finish: done}
+	r := service.NewRollouts(store, queued{}, service.RolloutSettings{Workers: 1, Batch: 100, Rate: 5000}, zap.NewNop())
+	start := time.Now()
+	if err := r.Run(t.Context(), 7); err != nil {
+		t.Fatal(err)
+	}
+	if took, least := time.Since(start), 9*20*time.Millisecond; took < least {
+		t.Errorf("10 batches took %s, less than the rate allows (%s)", took, least)
+	}
+	if store.batches != 0 {
+		t.Errorf("%d batches left unclaimed", store.batches)
+	}
+
+	// 100 users a second: the second batch waits a second; the run ends
+	// first.
+	store = &fakeRollouts{prepare: running, batches: 10, finish: done}
+	r = service.NewRollouts(store, queued{}, service.RolloutSettings{Workers: 1, Batch: 100, Rate: 100}, zap.NewNop())
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.Run(ctx, 7); err == nil {
+		t.Fatal("a run cut short while waiting reported no error")
+	}
+	if store.batches != 9 {
+		t.Errorf("%d batches claimed, want 1", 10-store.batches)
 	}
 }

@@ -73,11 +73,38 @@ func (s *stack) waitRollout(slug string) httpapi.Segment {
 }
 
 func (s *stack) rollouts() *service.Rollouts {
-	return service.NewRollouts(postgres.NewRolloutRepo(s.pool, postgres.NopRecorder{}), apitest.NopScheduler{}, 2, 7, zap.NewNop())
+	return service.NewRollouts(postgres.NewRolloutRepo(s.pool, postgres.NopRecorder{}), apitest.NopScheduler{},
+		service.RolloutSettings{Workers: 2, Batch: 7}, zap.NewNop())
 }
 
 func (s *stack) segmentID(slug string) int64 {
 	return s.scalar(`SELECT id FROM segments WHERE slug = $1`, slug)
+}
+
+// TestRolloutAtItsRate: with ROLLOUT_RATE, a real worker's rollout goes
+// through its users no faster than the rate and ends as an unbounded one
+// does. 200 users in batches of 50 at 100 a second: each batch after the
+// first waits half a second, so the first batch's memberships and the
+// last's are at least 1.5 s apart, less the first batch's own time (an
+// unbounded rollout of 200 users takes milliseconds).
+func TestRolloutAtItsRate(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, stackOptions{rolloutRate: 100})
+	users := ids(1, 200)
+	s.register(users)
+
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "PACED", "auto_percent": 50}, nil)
+	seg := s.waitRollout("PACED")
+	if *seg.Rollout != (httpapi.Rollout{Status: "done", Assigned: 100, Total: 100}) {
+		t.Errorf("after the rollout: %+v", *seg.Rollout)
+	}
+	if diff := gocmp.Diff(lowest("PACED", users, 100), s.members("PACED")); diff != "" {
+		t.Errorf("members (-want +got):\n%s", diff)
+	}
+	const span = `SELECT (extract(epoch FROM max(at) - min(at)) * 1000)::bigint FROM membership_history WHERE slug = 'PACED'`
+	if ms := s.scalar(span); ms < 1000 {
+		t.Errorf("the rollout's memberships span %d ms; at the rate they cannot span less than 1,500 ms less the first batch's time", ms)
+	}
 }
 
 func TestRolloutChoosesExactlyTheLowestHashes(t *testing.T) {

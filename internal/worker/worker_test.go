@@ -52,6 +52,8 @@ type stackOptions struct {
 	rolloutBatch  int
 	// rolloutMaxRetry is ROLLOUT_MAX_RETRY; zero keeps the default.
 	rolloutMaxRetry int
+	// rolloutRate is ROLLOUT_RATE; zero keeps the default (no bound).
+	rolloutRate int
 	// workerStatementTimeout, if set, bounds the worker's statements (it
 	// gets a pool of its own).
 	workerStatementTimeout time.Duration
@@ -98,6 +100,9 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	}
 	if o.rolloutMaxRetry != 0 {
 		vars["ROLLOUT_MAX_RETRY"] = fmt.Sprint(o.rolloutMaxRetry)
+	}
+	if o.rolloutRate != 0 {
+		vars["ROLLOUT_RATE"] = fmt.Sprint(o.rolloutRate)
 	}
 	cfg := apitest.Config(t, vars)
 	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: log})
