@@ -232,6 +232,12 @@ func Load(getenv func(string) string) (Config, error) {
 		},
 		ShutdownTimeout: p.duration("SHUTDOWN_TIMEOUT", 20*time.Second),
 	}
+	// A batch waits at most a minute for its turn: a rollout runs inside a
+	// task with a deadline, and a wait longer than what is left fails it.
+	if w := c.Worker; w.RolloutRate > 0 && w.RolloutBatch > 60*w.RolloutRate {
+		p.errs = append(p.errs, fmt.Errorf("ROLLOUT_RATE=%d: want 0 (no bound) or at least ROLLOUT_BATCH/60 (%d), a batch a minute",
+			w.RolloutRate, (w.RolloutBatch+59)/60))
+	}
 	return c, errors.Join(p.errs...)
 }
 

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -132,6 +133,30 @@ func TestRedactedMasksEveryFormOfPassword(t *testing.T) {
 	if err == nil {
 		if r := c.Redacted(); strings.Contains(r.Postgres.URL, "SECRET") {
 			t.Errorf("an unparsable URL is shown with its secret: %q", r.Postgres.URL)
+		}
+	}
+}
+
+// TestRolloutRateAllowsABatchAMinute: a rate so low that a batch would
+// wait more than a minute is refused; 0 (no bound) and a batch a minute
+// are fine.
+func TestRolloutRateAllowsABatchAMinute(t *testing.T) {
+	for _, tc := range []struct {
+		rate, batch string
+		ok          bool
+	}{
+		{"0", "20000", true},
+		{"334", "20000", true}, // 20,000 users in 59.9 s
+		{"333", "20000", false},
+		{"1", "60", true},
+		{"1", "61", false},
+	} {
+		c, err := config.Load(env("ROLLOUT_RATE", tc.rate, "ROLLOUT_BATCH", tc.batch))
+		if tc.ok && (err != nil || fmt.Sprint(c.Worker.RolloutRate) != tc.rate) {
+			t.Errorf("ROLLOUT_RATE=%s ROLLOUT_BATCH=%s: %v, rate %d", tc.rate, tc.batch, err, c.Worker.RolloutRate)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "ROLLOUT_RATE")) {
+			t.Errorf("ROLLOUT_RATE=%s ROLLOUT_BATCH=%s accepted: %v", tc.rate, tc.batch, err)
 		}
 	}
 }
