@@ -183,7 +183,8 @@ func (r *Relay) round(ctx context.Context, l *postgres.EventLog) (int, error) {
 // publish appends events to the stream in one pipeline, in order. The
 // commands' arguments share one slice, and the fields' names and the
 // stream's are boxed once rather than per event: allocation was most of
-// the relay's CPU during a large rollout (BENCHMARKS.md, "Change events").
+// the relay's CPU during a large rollout (BENCHMARKS.md, "A percent
+// segment's change").
 func (r *Relay) publish(ctx context.Context, events []domain.Event) error {
 	head := []any{"XADD", r.cfg.Stream, "MAXLEN", "~", r.cfg.MaxLen, "*"}
 	args := make([]any, 0, len(events)*(len(head)+entryLen))
