@@ -671,20 +671,27 @@ func percentPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool
 // after it are idle: the relay publishes the events still waiting (with
 // o.events) and a checkpoint writes out the seed's and the rollout's pages.
 func settle(ctx context.Context, o options, pool *pgxpool.Pool) error {
-	for start := time.Now(); o.events; time.Sleep(20 * time.Millisecond) {
-		waiting, err := postgres.UnpublishedEvents(ctx, pool)
-		if err != nil {
+	if o.events {
+		if err := waitPublished(ctx, pool); err != nil {
 			return err
 		}
-		if waiting == 0 {
-			break
+	}
+	_, err := pool.Exec(ctx, "CHECKPOINT")
+	return err
+}
+
+// waitPublished waits until the relay has published every event history
+// holds (10 minutes at most).
+func waitPublished(ctx context.Context, pool *pgxpool.Pool) error {
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		waiting, err := postgres.UnpublishedEvents(ctx, pool)
+		if err != nil || waiting == 0 {
+			return err
 		}
 		if time.Since(start) > 10*time.Minute {
 			return fmt.Errorf("%d events still unpublished after 10 minutes", waiting)
 		}
 	}
-	_, err := pool.Exec(ctx, "CHECKPOINT")
-	return err
 }
 
 // readsWithBusyCore runs reads as cfg says while a shell loops without
@@ -720,19 +727,8 @@ func eventsPhase(ctx context.Context, o options, s *service, pool *pgxpool.Pool,
 // the stream's length and memory.
 func eventsPublished(ctx context.Context, s *service, pool *pgxpool.Pool, rep *report) error {
 	start := time.Now()
-	var waiting int64
-	for {
-		var err error
-		if waiting, err = postgres.UnpublishedEvents(ctx, pool); err != nil {
-			return err
-		}
-		if waiting == 0 {
-			break
-		}
-		if time.Since(start) > 10*time.Minute {
-			return fmt.Errorf("%d events still unpublished after 10 minutes", waiting)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := waitPublished(ctx, pool); err != nil {
+		return err
 	}
 	wall := time.Since(start)
 	opt, err := redis.ParseURL(s.redisURL)

@@ -94,13 +94,7 @@ func TestRolloutAtItsRate(t *testing.T) {
 	s.register(users)
 
 	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "PACED", "auto_percent": 50}, nil)
-	seg := s.waitRollout("PACED")
-	if *seg.Rollout != (httpapi.Rollout{Status: "done", Assigned: 100, Total: 100}) {
-		t.Errorf("after the rollout: %+v", *seg.Rollout)
-	}
-	if diff := gocmp.Diff(lowest("PACED", users, 100), s.members("PACED")); diff != "" {
-		t.Errorf("members (-want +got):\n%s", diff)
-	}
+	checkExact(t, s, "PACED", 50, users, nil, nil, s.waitRollout("PACED"))
 	const span = `SELECT (extract(epoch FROM max(at) - min(at)) * 1000)::bigint FROM membership_history WHERE slug = 'PACED'`
 	if ms := s.scalar(span); ms < 1000 {
 		t.Errorf("the rollout's memberships span %d ms; at the rate they cannot span less than 1,500 ms less the first batch's time", ms)
