@@ -23,14 +23,14 @@ DATA_DIR   ?= .data
 .PHONY: run
 run: build ## run the whole service (Docker Compose if a Docker engine answers, else local Postgres and Redis; PG_PORT, REDIS_PORT, DATA_DIR, HTTP_ADDR)
 	@if docker info >/dev/null 2>&1; then exec docker compose up --build; fi; \
-	$(GO) build -o bin/devstack ./cmd/devstack && \
+	$(GO) build -o bin/devstack ./tools/cmd/devstack && \
 	echo "No Docker engine: starting Postgres and Redis from local binaries (data in $(DATA_DIR))" && \
 	exec bin/devstack -dir $(DATA_DIR) -pg-port $(PG_PORT) -redis-port $(REDIS_PORT) -- \
 		sh -c '$(BIN) migrate up && exec $(BIN) all'
 
 .PHONY: reset
 reset: ## delete make run's local data (DATA_DIR): the next make run starts from an empty database
-	$(GO) run ./cmd/devstack -dir $(DATA_DIR) -reset
+	$(GO) run ./tools/cmd/devstack -dir $(DATA_DIR) -reset
 
 .PHONY: test
 test: lint docs-check test-go e2e ## everything CI runs: lint, docs check, Go tests, end-to-end checks
@@ -57,17 +57,17 @@ lint: ## gofmt and go vet
 	cd deploy && $(GO) vet ./...
 
 .PHONY: docs
-docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then cmd/openapi) and the Go client in client/ (oapi-codegen)
+docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then tools/cmd/openapi) and the Go client in client/ (oapi-codegen)
 	$(SWAG) fmt -d $(SWAGDIR)
 	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes json --parseInternal --useStructName
-	$(GO) run ./cmd/openapi docs/swagger.json docs/openapi.json
+	$(GO) run ./tools/cmd/openapi docs/swagger.json docs/openapi.json
 	$(GO) tool oapi-codegen -config client/oapi-codegen.yaml docs/openapi.json
 
 .PHONY: docs-check
 docs-check: ## fail if docs/ or the Go client is not what the annotations generate
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes json --parseInternal --useStructName && \
-	$(GO) run ./cmd/openapi $$tmp/docs/swagger.json $$tmp/docs/openapi.json && \
+	$(GO) run ./tools/cmd/openapi $$tmp/docs/swagger.json $$tmp/docs/openapi.json && \
 	sed "s|^output: .*|output: $$tmp/client.gen.go|" client/oapi-codegen.yaml >$$tmp/oapi-codegen.yaml && \
 	$(GO) tool oapi-codegen -config $$tmp/oapi-codegen.yaml $$tmp/docs/openapi.json && \
 	for f in docs/swagger.json docs/openapi.json client.gen.go; do \
@@ -90,4 +90,4 @@ clean: ## remove build output (keeps .data/)
 .PHONY: bench
 bench: ## measure the service end to end on this machine (BENCHMARKS.md); not part of test
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/domain ./internal/httpapi ./internal/service
-	$(GO) run ./cmd/bench $(BENCH_FLAGS)
+	$(GO) run ./tools/cmd/bench $(BENCH_FLAGS)

@@ -13,10 +13,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/segments-service/segments/client"
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/apitest"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 var env *testenv.Env

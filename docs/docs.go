@@ -1,6 +1,6 @@
 // Package docs holds the API's OpenAPI 3.0.3 document, openapi.json, which
 // make docs builds from the handlers' annotations (swag writes the Swagger
-// 2.0 swagger.json, cmd/openapi converts and completes it). Importing the
+// 2.0 swagger.json, tools/cmd/openapi converts and completes it). Importing the
 // package registers the document with swag, whose Swagger UI handler
 // serves it at /swagger/doc.json.
 package docs

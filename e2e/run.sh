@@ -19,7 +19,7 @@ npx redocly lint ../docs/openapi.json --config redocly.yaml --format=stylish
 
 echo "== starting the service"
 CGO_ENABLED=0 go build -trimpath -o "$out/segments" "$root/cmd/segments"
-go build -o "$out/devstack" "$root/cmd/devstack"
+go build -o "$out/devstack" "$root/tools/cmd/devstack"
 port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
 base="http://127.0.0.1:$port"
 data="${TMPDIR:-/tmp}/segments-e2e-$$"

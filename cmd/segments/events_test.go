@@ -11,9 +11,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // TestWorkerKilledWhilePublishing lets a rollout of 100,000 users write

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // cutProxy stands between the API and PostgreSQL and, once armed, cuts

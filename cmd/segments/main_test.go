@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segments-service/segments/internal/localserver"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 var env *testenv.Env

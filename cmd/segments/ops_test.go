@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // startService runs `segments <cmd>` in this process with vars, waits until

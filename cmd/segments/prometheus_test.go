@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segments-service/segments/internal/localserver"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // TestDashboardQueriesReturnData runs a real Prometheus with the shipped

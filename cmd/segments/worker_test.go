@@ -15,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // startWorker runs `segments worker` as a child process.

@@ -18,11 +18,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/events"
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/metrics"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/apitest"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 var env *testenv.Env

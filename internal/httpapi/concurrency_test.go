@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // randomChange picks a random, valid change over slugs: up to three adds

@@ -13,11 +13,11 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/httpapi"
 	"github.com/segments-service/segments/internal/postgres"
 	"github.com/segments-service/segments/internal/service"
+	"github.com/segments-service/segments/tools/apitest"
 )
 
 // keyed sends a request with an Idempotency-Key (and more headers).

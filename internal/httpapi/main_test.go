@@ -12,9 +12,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/apitest"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 var env *testenv.Env

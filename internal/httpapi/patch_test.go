@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/tools/apitest"
 )
 
 // PATCH /segments/{slug} as a JSON merge patch: named fields change, the

@@ -15,7 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/segments-service/segments/internal/apitest"
+	"github.com/segments-service/segments/tools/apitest"
 )
 
 // readmeBlock is a shell block of README.md and the output shown after it

@@ -17,11 +17,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/service"
+	"github.com/segments-service/segments/tools/apitest"
+	"github.com/segments-service/segments/tools/localserver"
 )
 
 // TestSpecMatchesRoutes checks that docs/openapi.json documents exactly

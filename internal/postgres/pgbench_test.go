@@ -17,7 +17,7 @@ import (
 	"github.com/segments-service/segments/internal/postgres"
 )
 
-var update = flag.Bool("update", false, "rewrite bench/pgbench/change.sql from the statements the service sends")
+var update = flag.Bool("update", false, "rewrite tools/cmd/bench/pgbench/change.sql from the statements the service sends")
 
 // batchRecorder is a pgx tracer that keeps the statements of every batch.
 type batchRecorder struct {
@@ -39,7 +39,7 @@ func (r *batchRecorder) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.Tr
 }
 func (*batchRecorder) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
-// TestPgbenchChangeScript checks that bench/pgbench/change.sql runs exactly
+// TestPgbenchChangeScript checks that tools/cmd/bench/pgbench/change.sql runs exactly
 // the statements ChangeUserSegments sends for an add-2/remove-1 change of a
 // registered user, so that the benchmark's ceiling is the service's own
 // SQL. The script is rendered from the statements captured here, with each
@@ -114,7 +114,7 @@ func TestPgbenchChangeScript(t *testing.T) {
 	}
 	sb.WriteString("\\endpipeline\n")
 
-	const path = "../../bench/pgbench/change.sql"
+	const path = "../../tools/cmd/bench/pgbench/change.sql"
 	if *update {
 		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
 			t.Fatal(err)

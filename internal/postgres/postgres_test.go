@@ -14,7 +14,7 @@ import (
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 var env *testenv.Env

@@ -9,9 +9,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/service"
+	"github.com/segments-service/segments/tools/apitest"
 )
 
 // fakeUsers records the change it is given.

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/segments-service/segments/internal/domain"
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // unpublished counts the events history holds now that the relay has not

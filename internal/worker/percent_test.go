@@ -14,7 +14,7 @@ import (
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/testenv"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // holders returns the users holding slug by source ("auto" or "manual").

@@ -15,13 +15,13 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/httpapi"
 	"github.com/segments-service/segments/internal/postgres"
 	"github.com/segments-service/segments/internal/service"
-	"github.com/segments-service/segments/internal/testenv"
 	"github.com/segments-service/segments/internal/worker"
+	"github.com/segments-service/segments/tools/apitest"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // lowest returns the k users with the lowest (SegmentHash, id): the users a

@@ -18,16 +18,16 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/segments-service/segments/internal/apitest"
 	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/metrics"
 	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/testenv"
 	"github.com/segments-service/segments/internal/worker"
+	"github.com/segments-service/segments/tools/apitest"
+	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 var env *testenv.Env

@@ -23,7 +23,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/tools/localserver"
 )
 
 func main() {

@@ -5,7 +5,7 @@
 // separate processes, built with -trimpath) and sends bounded load to it on
 // loopback. See BENCHMARKS.md.
 //
-//	go run ./cmd/bench [-users 100000] [-duration 20s] …
+//	go run ./tools/cmd/bench [-users 100000] [-duration 20s] …
 package main
 
 import (
@@ -36,9 +36,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/segments-service/segments/internal/auth"
-	"github.com/segments-service/segments/internal/loadgen"
-	"github.com/segments-service/segments/internal/localserver"
 	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/tools/loadgen"
+	"github.com/segments-service/segments/tools/localserver"
 )
 
 func main() {
@@ -427,7 +427,7 @@ func phases(ctx context.Context, o options, s *service, pool *pgxpool.Pool, dbUR
 	// with as many connections straight to PostgreSQL: the ceiling that
 	// an HTTP round trip plus a database round trip cannot pass.
 	log("phase: pgbench, the read's SQL")
-	readCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/user_segments.sql")
+	readCeiling, err := runPgbench(ctx, o, dbURL, "tools/cmd/bench/pgbench/user_segments.sql")
 	if err != nil {
 		return err
 	}
@@ -569,7 +569,7 @@ func downloadReport(s *service, linkPath, body string) (download, error) {
 // API (each with an Idempotency-Key of its own if o.keys).
 func changePhase(ctx context.Context, o options, s *service, dbURL string, rep *report, client *http.Client, closed loadgen.Config, log func(string, ...any)) error {
 	log("phase: pgbench, the change's SQL")
-	changeCeiling, err := runPgbench(ctx, o, dbURL, "bench/pgbench/change.sql")
+	changeCeiling, err := runPgbench(ctx, o, dbURL, "tools/cmd/bench/pgbench/change.sql")
 	if err != nil {
 		return err
 	}
@@ -899,7 +899,7 @@ type wrkResult struct {
 }
 
 // readLoad sends reads of random users 1..users to base for o.duration:
-// with wrk (bench/wrk/user_segments.lua) if it is on PATH, else with the Go
+// with wrk (tools/cmd/bench/wrk/user_segments.lua) if it is on PATH, else with the Go
 // load generator.
 func readLoad(ctx context.Context, o options, client *http.Client, cfg loadgen.Config, base string, users int64) (*wrkResult, loadgen.Result, error) {
 	bin, err := exec.LookPath("wrk")
@@ -911,7 +911,7 @@ func readLoad(ctx context.Context, o options, client *http.Client, cfg loadgen.C
 	if o.auth {
 		args = append(args, "-H", "Authorization: Bearer "+o.token)
 	}
-	args = append(args, "-s", "bench/wrk/user_segments.lua", base, "--", strconv.FormatInt(users, 10))
+	args = append(args, "-s", "tools/cmd/bench/wrk/user_segments.lua", base, "--", strconv.FormatInt(users, 10))
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	if err != nil {
 		return nil, loadgen.Result{}, fmt.Errorf("wrk: %w\n%s", err, out)

@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"time"
 
-	"github.com/segments-service/segments/internal/loadgen"
+	"github.com/segments-service/segments/tools/loadgen"
 )
 
 func main() {

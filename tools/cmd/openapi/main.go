@@ -5,7 +5,7 @@
 // media type of the report download, an example for every parameter, the
 // fields every response always carries as required, and int64 formats.
 //
-//	go run ./cmd/openapi docs/swagger.json docs/openapi.json
+//	go run ./tools/cmd/openapi docs/swagger.json docs/openapi.json
 //
 // make docs runs it after swag; make docs-check fails when its output is
 // not what is committed.

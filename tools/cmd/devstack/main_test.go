@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/tools/localserver"
 )
 
 // buildDevstack builds this command into dir.

@@ -9,7 +9,7 @@ import (
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
 
-	"github.com/segments-service/segments/internal/localserver"
+	"github.com/segments-service/segments/tools/localserver"
 )
 
 // localProvider starts throwaway servers from the local binaries in a
