@@ -99,8 +99,39 @@ func (p *process) logTail() string {
 	return string(bytes.TrimSpace(b))
 }
 
+// startServer starts a server with start and waits until ready answers on
+// its port, at most startTimeout. With fixedPort zero it picks a free port,
+// and since another process may take that port between the choice and the
+// start, it tries again on another, three times in all; a fixed port that
+// is taken is an error. name is the server's, for messages ("PostgreSQL").
+func startServer(ctx context.Context, name string, fixedPort int, start func(port int) (*process, error),
+	ready func(ctx context.Context, port int) error) (*process, int, error) {
+	for attempt := 1; ; attempt++ {
+		port := fixedPort
+		if port == 0 {
+			var err error
+			if port, err = FreePort(); err != nil {
+				return nil, 0, err
+			}
+		} else if !PortFree(port) {
+			return nil, 0, fmt.Errorf("port %d on 127.0.0.1 is taken; is another %s running?", port, name)
+		}
+		proc, err := start(port)
+		if err != nil {
+			return nil, 0, err
+		}
+		err = proc.waitReady(ctx, name, func(ctx context.Context) error { return ready(ctx, port) })
+		if err == nil {
+			return proc, port, nil
+		}
+		if fixedPort != 0 || attempt == 3 {
+			return nil, 0, err
+		}
+	}
+}
+
 // waitReady polls ready until it succeeds, the process exits, or
-// startTimeout passes.
+// startTimeout passes (then it stops the process).
 func (p *process) waitReady(ctx context.Context, name string, ready func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()

@@ -38,7 +38,8 @@ type Postgres struct {
 }
 
 // StartPostgres initializes a cluster in o.Dir if there is none and starts
-// a server on it.
+// a server on it. It returns an error wrapping ErrDirUnreachable if, run
+// as root, the postgres user cannot reach o.Dir.
 func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 	if o.User == "" {
 		o.User = "postgres"
@@ -63,44 +64,30 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 		}
 	}
 
-	port := o.Port
-	for attempt := 0; ; attempt++ {
-		if o.Port == 0 {
-			if port, err = FreePort(); err != nil {
-				return nil, err
-			}
-		} else if !PortFree(port) {
-			return nil, fmt.Errorf("port %d on 127.0.0.1 is taken; is another PostgreSQL running?", port)
-		}
-		args := []string{"-D", data, "-p", strconv.Itoa(port),
-			"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="}
-		if o.Throwaway {
-			args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
-		}
-		for k, v := range o.Settings {
-			args = append(args, "-c", k+"="+v)
-		}
-		// SIGINT is PostgreSQL's fast shutdown.
-		proc, err := startProcess(acct.command(postgresBin, args...), filepath.Join(o.Dir, "postgres.log"), syscall.SIGINT)
-		if err != nil {
-			return nil, err
-		}
-		pg := &Postgres{proc: proc, port: port, user: o.User}
-		err = proc.waitReady(ctx, "postgres", func(ctx context.Context) error {
-			conn, err := pgconn.Connect(ctx, pg.URL("postgres"))
-			if err != nil {
-				return err
-			}
-			return conn.Close(ctx)
-		})
-		if err == nil {
-			return pg, nil
-		}
-		// Another process may have taken the free port first: try another.
-		if o.Port != 0 || attempt == 2 {
-			return nil, err
-		}
+	args := []string{"-D", data, "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="}
+	if o.Throwaway {
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 	}
+	for k, v := range o.Settings {
+		args = append(args, "-c", k+"="+v)
+	}
+	start := func(port int) (*process, error) {
+		cmd := acct.command(postgresBin, append([]string{"-p", strconv.Itoa(port)}, args...)...)
+		// SIGINT is PostgreSQL's fast shutdown.
+		return startProcess(cmd, filepath.Join(o.Dir, "postgres.log"), syscall.SIGINT)
+	}
+	ready := func(ctx context.Context, port int) error {
+		conn, err := pgconn.Connect(ctx, (&Postgres{port: port, user: o.User}).URL("postgres"))
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	}
+	proc, port, err := startServer(ctx, "PostgreSQL", o.Port, start, ready)
+	if err != nil {
+		return nil, err
+	}
+	return &Postgres{proc: proc, port: port, user: o.User}, nil
 }
 
 // URL returns a connection URL for database db.

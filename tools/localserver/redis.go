@@ -38,35 +38,21 @@ func StartRedis(ctx context.Context, o RedisOptions) (*Redis, error) {
 	if err := acct.prepareDir(o.Dir); err != nil {
 		return nil, err
 	}
-	port := o.Port
-	for attempt := 0; ; attempt++ {
-		if o.Port == 0 {
-			if port, err = FreePort(); err != nil {
-				return nil, err
-			}
-		} else if !PortFree(port) {
-			return nil, fmt.Errorf("port %d on 127.0.0.1 is taken; is another Redis running?", port)
-		}
-		args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", o.Dir,
-			"--daemonize", "no", "--save", ""}
-		if o.Persist {
-			args = append(args, "--appendonly", "yes")
-		} else {
-			args = append(args, "--appendonly", "no")
-		}
-		proc, err := startProcess(exec.Command(bin, args...), filepath.Join(o.Dir, "redis.log"), syscall.SIGTERM)
-		if err != nil {
-			return nil, err
-		}
-		r := &Redis{proc: proc, port: port}
-		err = proc.waitReady(ctx, "redis-server", r.ping)
-		if err == nil {
-			return r, nil
-		}
-		if o.Port != 0 || attempt == 2 {
-			return nil, err
-		}
+	appendOnly := "no"
+	if o.Persist {
+		appendOnly = "yes"
 	}
+	args := []string{"--bind", "127.0.0.1", "--dir", o.Dir, "--daemonize", "no", "--save", "", "--appendonly", appendOnly}
+	start := func(port int) (*process, error) {
+		cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port)}, args...)...)
+		return startProcess(cmd, filepath.Join(o.Dir, "redis.log"), syscall.SIGTERM)
+	}
+	ready := func(ctx context.Context, port int) error { return (&Redis{port: port}).ping(ctx) }
+	proc, port, err := startServer(ctx, "Redis", o.Port, start, ready)
+	if err != nil {
+		return nil, err
+	}
+	return &Redis{proc: proc, port: port}, nil
 }
 
 // ping sends PING and expects PONG.

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +61,8 @@ func startInGroup(t *testing.T, bin string, args ...string) (*exec.Cmd, *bufio.R
 // TestCtrlCStopsTheCommandThenTheServers sends SIGINT to devstack's whole
 // process group, as Ctrl-C in a terminal does: the command stops first,
 // with PostgreSQL still answering while it does, then the servers, and
-// devstack exits 0.
+// devstack exits 0. It says where the data is as it starts, and that the
+// servers stopped and the data is kept as it ends.
 func TestCtrlCStopsTheCommandThenTheServers(t *testing.T) {
 	dir := filepath.Join(testDir(t), "data")
 	pgPort, redisPort := freePorts(t)
@@ -70,12 +73,24 @@ func TestCtrlCStopsTheCommandThenTheServers(t *testing.T) {
 echo command-ready; while :; do sleep 0.1; done`, result, result)
 	cmd, out := startInGroup(t, buildDevstack(t, t.TempDir()), "-dir", dir,
 		"-pg-port", fmt.Sprint(pgPort), "-redis-port", fmt.Sprint(redisPort), "--", "sh", "-c", script)
-	waitForLine(t, out, "command-ready")
+	started := waitForLine(t, out, "command-ready")
+	for _, want := range []string{
+		fmt.Sprintf("PostgreSQL on 127.0.0.1:%d (data in %s)", pgPort, filepath.Join(dir, "postgres")),
+		fmt.Sprintf("Redis on 127.0.0.1:%d (data in %s)", redisPort, filepath.Join(dir, "redis")),
+	} {
+		if !strings.Contains(started, want) {
+			t.Errorf("devstack did not say %q as it started:\n%s", want, started)
+		}
+	}
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
+	var stopped []byte
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() {
+		stopped, _ = io.ReadAll(out) // before Wait, which closes the pipe
+		done <- cmd.Wait()
+	}()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -83,6 +98,9 @@ echo command-ready; while :; do sleep 0.1; done`, result, result)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("devstack did not stop after Ctrl-C")
+	}
+	if want := "devstack: stopped PostgreSQL and Redis; data kept in " + dir + " (make reset DATA_DIR=" + dir + " deletes it)"; !strings.Contains(string(stopped), want) {
+		t.Errorf("after Ctrl-C, devstack did not say %q:\n%s", want, stopped)
 	}
 	seen, _ := os.ReadFile(result)
 	if strings.TrimSpace(string(seen)) != "up" {
@@ -97,7 +115,7 @@ echo command-ready; while :; do sleep 0.1; done`, result, result)
 // directory only the current user can enter (a clone under /root, or a
 // mktemp -d): as root, PostgreSQL runs as the postgres user, which cannot
 // reach it, so its data goes to a directory it can reach, which devstack
-// prints.
+// prints as it starts and as it ends.
 func TestRunsFromAPrivateDirectory(t *testing.T) {
 	private := t.TempDir() // mode 0700
 	if err := os.Chmod(private, 0o700); err != nil {
@@ -105,7 +123,8 @@ func TestRunsFromAPrivateDirectory(t *testing.T) {
 	}
 	pgPort, redisPort := freePorts(t)
 	bin := buildDevstack(t, t.TempDir())
-	cmd := exec.Command(bin, "-dir", filepath.Join(private, ".data"),
+	data := filepath.Join(private, ".data")
+	cmd := exec.Command(bin, "-dir", data,
 		"-pg-port", fmt.Sprint(pgPort), "-redis-port", fmt.Sprint(redisPort), "--", "sh", "-c", `pg_isready -d "$DATABASE_URL"`)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -114,8 +133,22 @@ func TestRunsFromAPrivateDirectory(t *testing.T) {
 	if !strings.Contains(string(out), "accepting connections") {
 		t.Errorf("PostgreSQL did not answer:\n%s", out)
 	}
-	if os.Geteuid() == 0 && !strings.Contains(string(out), "cannot reach") {
-		t.Errorf("running as root, devstack did not say where PostgreSQL's data went:\n%s", out)
+	pgData, kept := filepath.Join(data, "postgres"), data
+	if os.Geteuid() == 0 {
+		if !strings.Contains(string(out), "cannot reach") {
+			t.Errorf("running as root, devstack did not say why PostgreSQL's data went elsewhere:\n%s", out)
+		}
+		pgData = filepath.Join(reachableDir(data), "postgres")
+		kept = data + " and " + pgData
+	}
+	for _, want := range []string{
+		fmt.Sprintf("PostgreSQL on 127.0.0.1:%d (data in %s)", pgPort, pgData),
+		fmt.Sprintf("Redis on 127.0.0.1:%d (data in %s)", redisPort, filepath.Join(data, "redis")),
+		"stopped PostgreSQL and Redis; data kept in " + kept + " (make reset DATA_DIR=" + data + " deletes it)",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("devstack did not say %q:\n%s", want, out)
+		}
 	}
 	// Reset forgets the data, wherever it went.
 	reset := exec.Command(bin, "-dir", filepath.Join(private, ".data"), "-reset")
@@ -124,6 +157,52 @@ func TestRunsFromAPrivateDirectory(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(private, ".data")); !os.IsNotExist(err) {
 		t.Errorf("the data directory is still there after reset: %v", err)
+	}
+}
+
+// TestATakenPortSaysHowToFreeIt starts devstack on a port something else
+// listens on: it fails at once, saying what may hold the port and how to
+// choose another.
+func TestATakenPortSaysHowToFreeIt(t *testing.T) {
+	bin := buildDevstack(t, t.TempDir())
+	for _, tc := range []struct {
+		server string
+		want   []string
+	}{
+		{"PostgreSQL", []string{"a packaged PostgreSQL? `systemctl stop postgresql`", "or choose another: make run PG_PORT="}},
+		{"Redis", []string{"a packaged Redis? `systemctl stop redis-server`", "or choose another: make run REDIS_PORT="}},
+	} {
+		t.Run(tc.server, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			taken := ln.Addr().(*net.TCPAddr).Port
+			free, err := localserver.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pgPort, redisPort := taken, free
+			if tc.server == "Redis" {
+				pgPort, redisPort = free, taken
+			}
+			data := filepath.Join(testDir(t), "data")
+			out, err := exec.Command(bin, "-dir", data, "-pg-port", fmt.Sprint(pgPort), "-redis-port", fmt.Sprint(redisPort),
+				"--", "true").CombinedOutput()
+			if err == nil {
+				t.Fatalf("devstack on a taken port exited 0:\n%s", out)
+			}
+			want := append([]string{fmt.Sprintf("devstack: port %d on 127.0.0.1 is taken", taken)}, tc.want...)
+			for _, w := range want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("devstack did not say %q:\n%s", w, out)
+				}
+			}
+			if _, err := os.Stat(data); !os.IsNotExist(err) {
+				t.Errorf("devstack started something before finding the port taken: %s exists (%v)", data, err)
+			}
+		})
 	}
 }
 
@@ -142,7 +221,8 @@ func testDir(t *testing.T) string {
 	return dir
 }
 
-func waitForLine(t *testing.T, r *bufio.Reader, want string) {
+// waitForLine reads r until a line contains want and returns what it read.
+func waitForLine(t *testing.T, r *bufio.Reader, want string) string {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	var seen []string
@@ -150,11 +230,12 @@ func waitForLine(t *testing.T, r *bufio.Reader, want string) {
 		line, err := r.ReadString('\n')
 		seen = append(seen, line)
 		if strings.Contains(line, want) {
-			return
+			return strings.Join(seen, "")
 		}
 		if err != nil {
 			break
 		}
 	}
 	t.Fatalf("no line %q; output:\n%s", want, strings.Join(seen, ""))
+	return ""
 }

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// seed fills the database with COPY: users 1..N, segments SEG_1..SEG_S,
+// and perUser memberships per user (history via the triggers, reason
+// manual), a million users per transaction.
+func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
+	var slugs []string
+	for i := 1; i <= o.segments; i++ {
+		slugs = append(slugs, fmt.Sprintf("SEG_%d", i))
+	}
+	const qSegments = `INSERT INTO segments (slug) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`
+	if _, err := pool.Exec(ctx, qSegments, slugs); err != nil {
+		return err
+	}
+	rows, _ := pool.Query(ctx, `SELECT id FROM segments WHERE slug = ANY ($1) ORDER BY id`, slugs)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
+	}
+	const chunk = 1_000_000
+	for from := 1; from <= o.users; from += chunk {
+		to := min(from+chunk-1, o.users)
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			i := int64(from - 1)
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"id"}, pgx.CopyFromFunc(func() ([]any, error) {
+				if i >= int64(to) {
+					return nil, nil
+				}
+				i++
+				return []any{i}, nil
+			})); err != nil {
+				return fmt.Errorf("copy users: %w", err)
+			}
+			if _, err := tx.Exec(ctx, `SELECT set_config('segments.reason', 'manual', true)`); err != nil {
+				return err
+			}
+			u, k := int64(from), 0
+			perm := rand.Perm(o.segments)
+			_, err := tx.CopyFrom(ctx, pgx.Identifier{"memberships"}, []string{"user_id", "segment_id"}, pgx.CopyFromFunc(func() ([]any, error) {
+				if u > int64(to) {
+					return nil, nil
+				}
+				row := []any{u, ids[perm[k]]}
+				if k++; k == o.perUser {
+					k, u = 0, u+1
+					perm = rand.Perm(o.segments)
+				}
+				return row, nil
+			}))
+			if err != nil {
+				return fmt.Errorf("copy memberships: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	// The seed is a bulk load, not changes anyone consumes: the event
+	// relay starts after it.
+	const skip = `UPDATE event_relay SET (at, id) = (SELECT at, id FROM membership_history ORDER BY at DESC, id DESC LIMIT 1)
+	              WHERE EXISTS (SELECT FROM membership_history)`
+	if _, err := pool.Exec(ctx, skip); err != nil {
+		return err
+	}
+	_, err = pool.Exec(ctx, `VACUUM ANALYZE`)
+	return err
+}
