@@ -9,6 +9,12 @@
 // ("none", or an RSA public key used as an HMAC secret). exp is required;
 // nbf and iat are honoured with a small leeway; iss and aud are checked
 // when configured. Scopes come from the space-separated "scope" claim.
+//
+// The JWK Set is fetched over https (http only when allowed, for
+// development) by a client that follows no redirect, gives up after 5 s
+// and refuses a response over 1 MiB: at start, every JWKSRefresh, and for
+// a token naming a key the set lacks at most once per
+// JWKSUnknownKIDRefresh (at least a second), one such fetch at a time.
 package auth
 
 import (
@@ -19,13 +25,18 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
 
@@ -41,20 +52,28 @@ const (
 type Config struct {
 	// Secret verifies HS256 tokens; its bytes are used as given.
 	Secret []byte
-	// JWKSURL is where the JWK Set for RS256, ES256 and EdDSA tokens is.
+	// JWKSURL is where the JWK Set for RS256, ES256 and EdDSA tokens is:
+	// an https URL, or http if JWKSAllowHTTP.
 	JWKSURL string
+	// JWKSAllowHTTP lets JWKSURL be http:// (for development: anyone on
+	// the way could then swap the keys).
+	JWKSAllowHTTP bool
 	// Issuer and Audience, if set, must be the token's iss and among its
 	// aud.
 	Issuer, Audience string
 	// Leeway is the clock skew allowed on exp, nbf and iat.
 	Leeway time.Duration
 	// JWKSRefresh is how often the JWK Set is fetched again (a removed key
-	// stops working then).
+	// stops working then); it must be positive.
 	JWKSRefresh time.Duration
 	// JWKSUnknownKIDRefresh is the least time between two extra fetches
 	// made because a token names a key the set lacks (a new key works at
-	// once; a flood of made-up key ids costs one fetch per interval).
+	// once; a flood of made-up key ids costs one fetch per interval); at
+	// least a second.
 	JWKSUnknownKIDRefresh time.Duration
+	// Log, if set, logs the fetches of the JWK Set that fail after the
+	// first (the keys fetched before stay in use).
+	Log *zap.Logger
 	// Now tells the time; nil means time.Now.
 	Now func() time.Time
 }
@@ -106,20 +125,35 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Detail }
 
-// Verifier checks tokens.
+// Verifier checks tokens. It is safe for concurrent use.
 type Verifier struct {
-	cfg     Config
-	parser  *jwt.Parser
-	keys    jwkset.Storage // the JWK Set as last fetched; nil without JWKSURL
-	refresh jwkset.Storage // the same set, fetched again on a read that misses
-	unknown *rate.Limiter  // bounds the extra fetches
+	cfg      Config
+	parser   *jwt.Parser
+	keys     jwkset.Storage // the JWK Set as last fetched; nil without JWKSURL
+	refresh  jwkset.Storage // the same set, fetched again on a read that misses
+	unknown  *rate.Limiter  // bounds the extra fetches
+	fetching sync.Mutex     // held by the extra fetch in flight
 }
 
 // algorithms are those accepted with a JWK Set key.
 var algorithms = []string{"RS256", "ES256", "EdDSA"}
 
+// Limits of the JWK Set's fetches.
+const (
+	// jwksTimeout bounds one fetch, body included.
+	jwksTimeout = 5 * time.Second
+	// jwksMaxBytes bounds a fetched set (a real one is a few KB).
+	jwksMaxBytes = 1 << 20
+	// minUnknownKIDRefresh is the least JWKSUnknownKIDRefresh: tokens
+	// naming made-up keys, which anyone can send, cost at most a fetch a
+	// second.
+	minUnknownKIDRefresh = time.Second
+)
+
 // New returns a Verifier for cfg. With a JWK Set it fetches the set once
 // (a failure is returned) and then every cfg.JWKSRefresh until ctx ends.
+// It refuses a JWKSURL that is not https (unless cfg.JWKSAllowHTTP), and
+// JWK Set intervals below their floors.
 func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	if !cfg.Enabled() {
 		return nil, errors.New("auth: neither a secret nor a JWK Set URL is configured")
@@ -129,18 +163,28 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	}
 	v := &Verifier{cfg: cfg}
 	if cfg.JWKSURL != "" {
+		if err := checkJWKS(cfg); err != nil {
+			return nil, err
+		}
 		store, err := jwkset.NewStorageFromHTTP(cfg.JWKSURL, jwkset.HTTPClientStorageOptions{
+			Client:          jwksClient(),
 			Ctx:             ctx,
-			HTTPTimeout:     5 * time.Second,
+			HTTPTimeout:     jwksTimeout,
 			RefreshInterval: cfg.JWKSRefresh,
+			RefreshErrorHandler: func(_ context.Context, err error) {
+				if cfg.Log != nil {
+					cfg.Log.Warn("fetching the JWK Set failed; the keys fetched before stay in use",
+						zap.String("jwks_url", cfg.JWKSURL), zap.Error(err))
+				}
+			},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("auth: fetch the JWK Set: %w", err)
 		}
 		refresh, err := jwkset.NewHTTPClient(jwkset.HTTPClientOptions{
 			HTTPURLs:          map[string]jwkset.Storage{cfg.JWKSURL: store},
-			RateLimitWaitMax:  5 * time.Second,
-			RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1), // limited by v.unknown instead, without waiting
+			RateLimitWaitMax:  jwksTimeout,
+			RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1), // limited by v.unknown and v.fetching instead, without waiting
 		})
 		if err != nil {
 			return nil, fmt.Errorf("auth: JWK Set client: %w", err)
@@ -162,6 +206,83 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	}
 	v.parser = jwt.NewParser(opts...)
 	return v, nil
+}
+
+// checkJWKS checks cfg's JWK Set URL and intervals.
+func checkJWKS(cfg Config) error {
+	u, err := url.Parse(cfg.JWKSURL)
+	switch {
+	case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
+		return fmt.Errorf("auth: the JWK Set URL %q is not an absolute https URL", cfg.JWKSURL)
+	case u.Scheme == "http" && !cfg.JWKSAllowHTTP:
+		return fmt.Errorf("auth: the JWK Set URL %q is plain http: want https, since whoever can change the set on the way can sign any token (JWKSAllowHTTP allows http for development)", u.Redacted())
+	case cfg.JWKSRefresh <= 0:
+		return fmt.Errorf("auth: JWKSRefresh is %s: want a positive interval", cfg.JWKSRefresh)
+	case cfg.JWKSUnknownKIDRefresh < minUnknownKIDRefresh:
+		return fmt.Errorf("auth: JWKSUnknownKIDRefresh is %s: want at least %s (tokens naming made-up keys, which anyone can send, may each fetch the JWK Set once per interval)",
+			cfg.JWKSUnknownKIDRefresh, minUnknownKIDRefresh)
+	}
+	return nil
+}
+
+// jwksClient returns the HTTP client every fetch of the JWK Set goes
+// through: it follows no redirect, gives up after jwksTimeout, and refuses
+// a set larger than jwksMaxBytes.
+func jwksClient() *http.Client {
+	var next http.RoundTripper = http.DefaultTransport
+	if t, ok := next.(*http.Transport); ok {
+		next = t.Clone() // its own connections
+	}
+	return &http.Client{
+		Transport: limitedTransport{next: next, max: jwksMaxBytes},
+		Timeout:   jwksTimeout,
+		CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+			return fmt.Errorf("the JWK Set URL answers with a redirect (to %s), which is not followed: configure the set's own URL", req.URL.Redacted())
+		},
+	}
+}
+
+// errJWKSTooLarge refuses a JWK Set response of more than jwksMaxBytes.
+var errJWKSTooLarge = fmt.Errorf("the JWK Set is larger than %d bytes (1 MiB), which is refused", jwksMaxBytes)
+
+// limitedTransport refuses a response body of more than max bytes: at
+// once if its Content-Length says so, else with errJWKSTooLarge from the
+// read that passes max.
+type limitedTransport struct {
+	next http.RoundTripper
+	max  int64
+}
+
+func (t limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.ContentLength > t.max {
+		resp.Body.Close()
+		return nil, errJWKSTooLarge
+	}
+	resp.Body = &limitedBody{r: io.LimitReader(resp.Body, t.max+1), left: t.max, Closer: resp.Body}
+	return resp, nil
+}
+
+// limitedBody passes on at most max bytes of r (a LimitReader of max+1
+// bytes), then errJWKSTooLarge for good if r had more.
+type limitedBody struct {
+	r    io.Reader
+	left int64 // bytes still to pass on; below 0 once r had more
+	io.Closer
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, errJWKSTooLarge
+	}
+	n, err := b.r.Read(p)
+	if b.left -= int64(n); b.left < 0 {
+		return n + int(b.left), errJWKSTooLarge
+	}
+	return n, err
 }
 
 // claims are the claims the service reads.
@@ -205,8 +326,8 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
 		return nil, &Error{ReasonUnknownKey, "the token names no key (kid)"}
 	}
 	jwk, err := v.keys.KeyRead(ctx, kid)
-	if errors.Is(err, jwkset.ErrKeyNotFound) && v.unknown.Allow() {
-		jwk, err = v.refresh.KeyRead(ctx, kid)
+	if errors.Is(err, jwkset.ErrKeyNotFound) {
+		jwk, err = v.fetchFor(ctx, kid)
 	}
 	switch {
 	case errors.Is(err, jwkset.ErrKeyNotFound):
@@ -231,6 +352,22 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
 		return nil, &Error{ReasonAlgorithm, fmt.Sprintf("the key (kid) does not sign %s", alg)}
 	}
 	return key, nil
+}
+
+// fetchFor fetches the JWK Set again for a token naming kid, which the set
+// lacked, and reads kid from it. It returns jwkset.ErrKeyNotFound at once,
+// without fetching, while another such fetch is in flight or if the last
+// began less than JWKSUnknownKIDRefresh ago; a failed fetch (logged) is
+// jwkset.ErrKeyNotFound too.
+func (v *Verifier) fetchFor(ctx context.Context, kid string) (jwkset.JWK, error) {
+	if !v.fetching.TryLock() {
+		return jwkset.JWK{}, jwkset.ErrKeyNotFound
+	}
+	defer v.fetching.Unlock()
+	if !v.unknown.Allow() {
+		return jwkset.JWK{}, jwkset.ErrKeyNotFound
+	}
+	return v.refresh.KeyRead(ctx, kid)
 }
 
 // refusal turns a parse error into an *Error.

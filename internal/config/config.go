@@ -128,16 +128,20 @@ type Events struct {
 type Auth struct {
 	// JWTSecret verifies HS256 tokens (its bytes as given, at least 32).
 	JWTSecret string
-	// JWKSURL is the JWK Set for RS256, ES256 and EdDSA tokens.
+	// JWKSURL is the JWK Set for RS256, ES256 and EdDSA tokens: https,
+	// or http if JWKSAllowHTTP.
 	JWKSURL string
+	// JWKSAllowHTTP lets JWKSURL be http:// (development only).
+	JWKSAllowHTTP bool
 	// Issuer and Audience, if set, must match the token's iss and aud.
 	Issuer, Audience string
 	// Leeway is the clock skew allowed on exp, nbf and iat.
 	Leeway time.Duration
-	// JWKSRefresh is how often the JWK Set is fetched again.
+	// JWKSRefresh is how often the JWK Set is fetched again (10 s to 24 h).
 	JWKSRefresh time.Duration
 	// JWKSUnknownKIDRefresh is the least time between extra fetches for
-	// tokens that name a key the set lacks.
+	// tokens that name a key the set lacks (1 s to 1 h: anyone can send
+	// such tokens).
 	JWKSUnknownKIDRefresh time.Duration
 }
 
@@ -215,11 +219,12 @@ func Load(getenv func(string) string) (Config, error) {
 		Auth: Auth{
 			JWTSecret:             p.secret("AUTH_JWT_SECRET", 32),
 			JWKSURL:               p.url("AUTH_JWKS_URL"),
+			JWKSAllowHTTP:         p.boolean("AUTH_JWKS_ALLOW_HTTP", false),
 			Issuer:                p.str("AUTH_JWT_ISSUER", ""),
 			Audience:              p.str("AUTH_JWT_AUDIENCE", ""),
 			Leeway:                p.durationRange("AUTH_JWT_LEEWAY", 30*time.Second, 0, 5*time.Minute),
-			JWKSRefresh:           p.durationRange("AUTH_JWKS_REFRESH_INTERVAL", 5*time.Minute, 100*time.Millisecond, 24*time.Hour),
-			JWKSUnknownKIDRefresh: p.durationRange("AUTH_JWKS_UNKNOWN_KID_INTERVAL", 10*time.Second, 0, time.Hour),
+			JWKSRefresh:           p.durationRange("AUTH_JWKS_REFRESH_INTERVAL", 5*time.Minute, 10*time.Second, 24*time.Hour),
+			JWKSUnknownKIDRefresh: p.durationRange("AUTH_JWKS_UNKNOWN_KID_INTERVAL", 10*time.Second, time.Second, time.Hour),
 		},
 		IdempotencyTTL: p.durationRange("IDEMPOTENCY_TTL", 24*time.Hour, time.Second, 30*24*time.Hour),
 		Admin: Admin{
@@ -237,6 +242,12 @@ func Load(getenv func(string) string) (Config, error) {
 	if w := c.Worker; w.RolloutRate > 0 && w.RolloutBatch > 60*w.RolloutRate {
 		p.errs = append(p.errs, fmt.Errorf("ROLLOUT_RATE=%d: want 0 (no bound) or at least ROLLOUT_BATCH/60 (%d), a batch a minute",
 			w.RolloutRate, (w.RolloutBatch+59)/60))
+	}
+	// The keys that authenticate every caller must not be open to change
+	// on the way.
+	if a := c.Auth; strings.HasPrefix(strings.ToLower(a.JWKSURL), "http://") && !a.JWKSAllowHTTP {
+		p.errs = append(p.errs, fmt.Errorf("AUTH_JWKS_URL=%q: want an https URL (whoever can change the JWK Set on the way can sign any token); AUTH_JWKS_ALLOW_HTTP=true allows http, for development only",
+			a.JWKSURL))
 	}
 	return c, errors.Join(p.errs...)
 }

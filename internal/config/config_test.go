@@ -160,3 +160,53 @@ func TestRolloutRateAllowsABatchAMinute(t *testing.T) {
 		}
 	}
 }
+
+// TestJWKSIntervalsHaveFloors: the JWK Set is fetched for tokens naming an
+// unknown key at most once a second (0 would be a fetch for each such
+// token, which anyone can send) and periodically at most every 10 s; the
+// error names the key and the floor.
+func TestJWKSIntervalsHaveFloors(t *testing.T) {
+	for _, tc := range []struct {
+		key, value, floor string
+	}{
+		{"AUTH_JWKS_UNKNOWN_KID_INTERVAL", "0", "1s"},
+		{"AUTH_JWKS_UNKNOWN_KID_INTERVAL", "999ms", "1s"},
+		{"AUTH_JWKS_REFRESH_INTERVAL", "100ms", "10s"},
+		{"AUTH_JWKS_REFRESH_INTERVAL", "9s", "10s"},
+	} {
+		_, err := config.Load(env(tc.key, tc.value))
+		if err == nil || !strings.Contains(err.Error(), tc.key) || !strings.Contains(err.Error(), "from "+tc.floor) {
+			t.Errorf("%s=%s: %v, want an error naming it and its floor %s", tc.key, tc.value, err, tc.floor)
+		}
+	}
+	c, err := config.Load(env())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Auth.JWKSUnknownKIDRefresh != 10*time.Second || c.Auth.JWKSRefresh != 5*time.Minute {
+		t.Errorf("defaults %v and %v, want 10s and 5m", c.Auth.JWKSUnknownKIDRefresh, c.Auth.JWKSRefresh)
+	}
+	c, err = config.Load(env("AUTH_JWKS_UNKNOWN_KID_INTERVAL", "1s", "AUTH_JWKS_REFRESH_INTERVAL", "10s"))
+	if err != nil || c.Auth.JWKSUnknownKIDRefresh != time.Second || c.Auth.JWKSRefresh != 10*time.Second {
+		t.Errorf("the floors themselves: %v, %v and %v", err, c.Auth.JWKSUnknownKIDRefresh, c.Auth.JWKSRefresh)
+	}
+}
+
+// TestJWKSURLWantsHTTPS: an http:// JWK Set URL is refused unless
+// AUTH_JWKS_ALLOW_HTTP=true (development).
+func TestJWKSURLWantsHTTPS(t *testing.T) {
+	_, err := config.Load(env("AUTH_JWKS_URL", "http://idp.example/jwks.json"))
+	if err == nil || !strings.Contains(err.Error(), "AUTH_JWKS_URL") || !strings.Contains(err.Error(), "AUTH_JWKS_ALLOW_HTTP") {
+		t.Errorf("an http:// URL: %v, want an error naming AUTH_JWKS_URL and AUTH_JWKS_ALLOW_HTTP", err)
+	}
+	if c, err := config.Load(env("AUTH_JWKS_URL", "HTTP://idp.example/jwks.json")); err == nil {
+		t.Errorf("an HTTP:// URL accepted: %q", c.Auth.JWKSURL)
+	}
+	if c, err := config.Load(env("AUTH_JWKS_URL", "https://idp.example/jwks.json")); err != nil || c.Auth.JWKSURL != "https://idp.example/jwks.json" || c.Auth.JWKSAllowHTTP {
+		t.Errorf("an https:// URL: %v, %+v", err, c.Auth)
+	}
+	c, err := config.Load(env("AUTH_JWKS_URL", "http://127.0.0.1:8081/jwks.json", "AUTH_JWKS_ALLOW_HTTP", "true"))
+	if err != nil || c.Auth.JWKSURL != "http://127.0.0.1:8081/jwks.json" || !c.Auth.JWKSAllowHTTP {
+		t.Errorf("an http:// URL with AUTH_JWKS_ALLOW_HTTP=true: %v, %+v", err, c.Auth)
+	}
+}
