@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +10,11 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/go-playground/validator/v10"
 
 	"github.com/segments-service/segments/internal/domain"
@@ -61,25 +63,63 @@ func decode(w http.ResponseWriter, r *http.Request, v *validator.Validate, dst a
 	return false
 }
 
+// strictJSON are the options every request body is read with: a member
+// name must be the contract's exactly (case included) and appear once per
+// object, strings must be valid UTF-8 (no lone surrogate escapes either),
+// and a member the request type does not have is an error. Each of these is
+// a 400 before any handler sees the request, so nothing changes.
+var strictJSON = json.JoinOptions(
+	json.MatchCaseInsensitiveNames(false),
+	json.RejectUnknownMembers(true),
+	jsontext.AllowDuplicateNames(false),
+	jsontext.AllowInvalidUTF8(false),
+)
+
+// decoders holds strict decoders between requests: a new one allocates
+// a read buffer of several KiB for each body.
+var decoders = sync.Pool{New: func() any { return new(jsontext.Decoder) }}
+
+// noBody is what a pooled decoder reads from, so that it keeps no body.
+var noBody = strings.NewReader("")
+
+func getDecoder(r io.Reader) *jsontext.Decoder {
+	dec := decoders.Get().(*jsontext.Decoder)
+	dec.Reset(r, strictJSON)
+	return dec
+}
+
+// putDecoder pools dec unless it read more than 64 KiB (its buffer grew
+// at least that much: not worth keeping).
+func putDecoder(dec *jsontext.Decoder) {
+	if dec.InputOffset()+int64(len(dec.UnreadBuffer())) > 64<<10 {
+		return
+	}
+	dec.Reset(noBody)
+	decoders.Put(dec)
+}
+
+// decodeJSON reads r's body, a single JSON object of at most maxBodyBytes,
+// into dst with the strictJSON options. Every error it returns is a
+// *requestError.
 func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "application/json" {
 		return &requestError{status: http.StatusUnsupportedMediaType, typ: typeBlank,
 			detail: fmt.Sprintf("Content-Type must be application/json, not %q", r.Header.Get("Content-Type"))}
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	dec.DisallowUnknownFields()
-	err = dec.Decode(dst)
+	dec := getDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	defer putDecoder(dec)
+	err = json.UnmarshalDecode(dec, dst)
 	if err == nil {
 		// One JSON value, then nothing but white space.
-		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if _, err := dec.ReadToken(); err != io.EOF {
 			return malformed("the body must hold a single JSON object; found more after it")
 		}
 		return nil
 	}
 	var (
-		syntaxErr *json.SyntaxError
-		typeErr   *json.UnmarshalTypeError
+		syntaxErr *jsontext.SyntacticError
+		semErr    *json.SemanticError
 		tooBig    *http.MaxBytesError
 		fieldErr  *fieldDecodeError
 	)
@@ -87,23 +127,75 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	case errors.As(err, &tooBig):
 		return &requestError{status: http.StatusRequestEntityTooLarge, typ: typeBlank,
 			detail: fmt.Sprintf("the body is larger than %d bytes", maxBodyBytes)}
-	case errors.Is(err, io.EOF):
+	case err == io.EOF:
 		return malformed("the body is empty; a JSON object is required")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return malformed("the body ends in the middle of a JSON value (truncated?)")
+	case errors.As(err, &syntaxErr) && errors.Is(syntaxErr.Err, jsontext.ErrDuplicateName):
+		return malformed("the body gives %q twice; each name may appear once in an object", syntaxErr.JSONPointer.LastToken())
 	case errors.As(err, &syntaxErr):
-		return malformed("the body is not valid JSON: %s (at byte %d)", syntaxErr, syntaxErr.Offset)
-	case errors.As(err, &typeErr):
-		if typeErr.Field == "" {
-			return malformed("the body must be a JSON object, not %s", typeErr.Value)
+		where := ""
+		if syntaxErr.JSONPointer != "" {
+			where = fmt.Sprintf(" in %q", syntaxErr.JSONPointer)
 		}
-		return malformed("field %q must be %s, not %s", typeErr.Field, describeType(typeErr.Type), typeErr.Value)
+		return malformed("the body is not valid JSON: %v%s (at byte %d)", syntaxErr.Err, where, syntaxErr.ByteOffset)
 	case errors.As(err, &fieldErr):
 		return malformed("%s", fieldErr.Error())
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return malformed("%s is not a field of this request", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	case errors.As(err, &semErr) && errors.Is(semErr.Err, json.ErrUnknownName):
+		name := semErr.JSONPointer.LastToken()
+		if known := contractName(dst, name); known != "" {
+			return malformed("%q is not a field of this request (names are case-sensitive: %q is)", name, known)
+		}
+		return malformed("%q is not a field of this request", name)
+	case errors.As(err, &semErr) && semErr.JSONPointer == "":
+		return malformed("the body must be a JSON object, not %s", kindName(semErr))
+	case errors.As(err, &semErr) && semErr.GoType != nil:
+		return malformed("field %q must be %s, not %s", strings.TrimPrefix(string(semErr.JSONPointer), "/"),
+			describeType(semErr.GoType), kindName(semErr))
 	}
 	return malformed("the body cannot be read: %v", err)
+}
+
+// kindName names the JSON value e could not read the way encoding/json
+// did: "string", "number 1.5", "array".
+func kindName(e *json.SemanticError) string {
+	switch e.JSONKind {
+	case '"':
+		return "string"
+	case '0':
+		if len(e.JSONValue) > 0 {
+			return "number " + string(e.JSONValue)
+		}
+		return "number"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	}
+	return "this value"
+}
+
+// contractName is the member name of dst's struct type that name spells in
+// another case ("SLUG" for "slug"), or "".
+func contractName(dst any, name string) string {
+	t := reflect.TypeOf(dst)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return ""
+	}
+	for f := range t.Fields() {
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag != "" && tag != "-" && strings.EqualFold(tag, name) {
+			return tag
+		}
+	}
+	return ""
 }
 
 // describeType names a Go type the way a JSON client thinks of it.
