@@ -16,10 +16,12 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/metrics"
+	"github.com/segments-service/segments/internal/supervise"
 	"github.com/segments-service/segments/tools/apitest"
 	"github.com/segments-service/segments/tools/localserver"
 	"github.com/segments-service/segments/tools/testenv"
@@ -29,8 +31,8 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Run(m, &env) }
 
-// consume is README.md's consumer, as written there (TestREADMEConsumer
-// checks that it is).
+// consume is docs/events.md's consumer, as written there
+// (TestREADMEConsumer checks that it is).
 func consume(ctx context.Context, rdb *redis.Client, stream, group, consumer string, apply func(map[string]any) error) error {
 	err := rdb.XGroupCreateMkStream(ctx, stream, group, "0").Err()
 	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") { // BUSYGROUP: it exists
@@ -64,11 +66,11 @@ func consume(ctx context.Context, rdb *redis.Client, stream, group, consumer str
 
 var rfc3339Micro = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z`)
 
-// TestREADMEConsumer publishes README's example change through a real
-// relay into segments:changes on a Redis of the test's own, then runs the
-// README's redis-cli examples as written (only pointed at that Redis) and
-// checks what they print, and runs its Go consumer, which must be the one
-// in this file, word for word.
+// TestREADMEConsumer publishes docs/events.md's example change through a
+// real relay into segments:changes on a Redis of the test's own, then runs
+// docs/events.md's redis-cli examples as written (only pointed at that
+// Redis) and checks what they print, and runs its Go consumer, which must
+// be the one in this file, word for word.
 func TestREADMEConsumer(t *testing.T) {
 	t.Parallel()
 	rd, err := localserver.StartRedis(t.Context(), localserver.RedisOptions{Dir: filepath.Join(testenv.ServerDir(t), "redis")})
@@ -109,10 +111,10 @@ func TestREADMEConsumer(t *testing.T) {
 	m := metrics.New()
 	relay := events.NewRelay(events.Config{Stream: stream, MaxLen: 1000, Batch: 10, Interval: 10 * time.Millisecond},
 		pool.Config().ConnConfig, rdb, m, zaptest.NewLogger(t))
-	wg.Go(func() { relay.Run(ctx) })
+	wg.Go(func() { supervise.Run(ctx, relay.Loop(), nil, zap.NewNop()) })
 	testenv.Eventually(t, 10*time.Second, "the event was not published", func() bool { return rdb.XLen(ctx, stream).Val() == 1 })
 
-	blocks := apitest.Fences(t, "../../README.md")
+	blocks := apitest.Fences(t, "../../docs/events.md")
 	ran, sawConsumer := 0, false
 	for i, b := range blocks {
 		if b.Lang == "go" && strings.HasPrefix(b.Text, "func consume(") {
@@ -122,7 +124,7 @@ func TestREADMEConsumer(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !strings.Contains(string(src), b.Text) {
-				t.Errorf("README.md's consume differs from the one this test runs:\n%s", b.Text)
+				t.Errorf("docs/events.md:%d: consume differs from the one this test runs:\n%s", b.Line, b.Text)
 			}
 		}
 		if b.Lang != "sh" || !strings.HasPrefix(b.Text, "redis-cli ") {
@@ -132,7 +134,7 @@ func TestREADMEConsumer(t *testing.T) {
 		cmd := strings.ReplaceAll(strings.TrimSpace(b.Text), "redis-cli ", fmt.Sprintf("redis-cli -p %d ", rd.Port()))
 		out, err := exec.Command("bash", "-c", cmd).CombinedOutput()
 		if err != nil {
-			t.Fatalf("%s: %v\n%s", b.Text, err, out)
+			t.Fatalf("docs/events.md:%d: %s: %v\n%s", b.Line, b.Text, err, out)
 		}
 		want := ""
 		if i+1 < len(blocks) && blocks[i+1].Lang == "text" {
@@ -140,11 +142,11 @@ func TestREADMEConsumer(t *testing.T) {
 		}
 		got := rfc3339Micro.ReplaceAllString(strings.TrimSpace(string(out)), "<at>")
 		if want = rfc3339Micro.ReplaceAllString(strings.TrimSpace(want), "<at>"); got != want {
-			t.Errorf("%s printed\n%s\nREADME.md shows\n%s", b.Text, got, want)
+			t.Errorf("docs/events.md:%d: %s printed\n%s\ndocs/events.md shows\n%s", b.Line, b.Text, got, want)
 		}
 	}
 	if ran < 2 || !sawConsumer {
-		t.Fatalf("found %d redis-cli examples and consumer %t in README.md; want the group's creation, a read and the consumer", ran, sawConsumer)
+		t.Fatalf("found %d redis-cli examples and consumer %t in docs/events.md; want the group's creation, a read and the consumer", ran, sawConsumer)
 	}
 
 	// The Go consumer, in a group of its own, sees every event once, in order.

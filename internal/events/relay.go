@@ -21,6 +21,7 @@ import (
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/supervise"
 )
 
 // Config tunes the relay.
@@ -47,8 +48,9 @@ type Recorder interface {
 	EventRelayLeading(on bool)
 }
 
-// Timing of the relay: a standby tries to take over this often; after a
-// failure the relay tries again after retryDelay; it counts its backlog
+// Timing of the relay: a standby tries to take over this often; while
+// Redis refuses, the relay tries the same batch again after retryDelay
+// (keeping its lock); it counts its backlog
 // this often (up to backlogLimit); a batch in flight at shutdown gets
 // flushTimeout to finish, so that a clean stop publishes nothing twice.
 const (
@@ -74,25 +76,14 @@ func NewRelay(cfg Config, pg *pgx.ConnConfig, rdb redis.Cmdable, rec Recorder, l
 	return &Relay{cfg: cfg, pg: pg, redis: rdb, rec: rec, log: log}
 }
 
-// Run relays until ctx ends: it waits to be the one relay, then publishes;
-// when its database session fails it starts over.
-func (r *Relay) Run(ctx context.Context) {
-	failing := false
-	for {
-		err := r.lead(ctx)
-		r.rec.EventRelayLeading(false)
-		if ctx.Err() != nil {
-			return
-		}
-		if !failing {
-			r.log.Warn("change event relay stopped; retrying every second", zap.Error(err))
-		}
-		failing = true
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(retryDelay):
-		}
+// Loop returns the relay as a loop for supervise.Run: it waits to be the
+// one relay, then publishes until its database session fails or ctx ends;
+// supervise starts it over after a failure.
+func (r *Relay) Loop() supervise.Loop {
+	return supervise.Loop{
+		Name:    "event_relay",
+		Run:     r.lead,
+		Stopped: func() { r.rec.EventRelayLeading(false) },
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/zap"
 
 	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/internal/httpapi"
@@ -104,10 +103,11 @@ func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(pool.Close)
-		svc, err := app.New(apitest.Config(t, map[string]string{"REPORT_SECRET": testSecret}), app.Deps{Pool: pool, Log: zap.NewNop()})
+		broken, err := app.New(t.Context(), apitest.Config(t, map[string]string{"REPORT_SECRET": testSecret}), app.Deps{Pool: pool}, app.Roles{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		svc := broken.Services
 		o.Segments, o.Users, o.Reports, o.Cache = svc.Segments, svc.Users, svc.Reports, nil
 	})
 	bodies := map[string]string{

@@ -7,6 +7,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,11 +18,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.uber.org/zap"
 
 	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/readcache"
+	"github.com/segments-service/segments/internal/supervise"
 )
 
 const namespace = "segments"
@@ -38,6 +39,7 @@ type Metrics struct {
 	authRefused        *prometheus.CounterVec
 	keyed              *prometheus.CounterVec
 	scheduledDeletions *prometheus.CounterVec
+	loopRestarts       *prometheus.CounterVec
 
 	cacheLookups      [readcache.Off + 1]prometheus.Counter
 	cacheInvalidated  *prometheus.CounterVec
@@ -92,6 +94,10 @@ func New() *Metrics {
 			Namespace: namespace, Name: "scheduled_deletions_total",
 			Help: "Segments deleted at their delete_at, by how: task (its scheduled task) or sweep (the periodic sweep, when the task was lost).",
 		}, []string{"via"}),
+		loopRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "background", Name: "restarts_total",
+			Help: "Restarts of a background loop after it failed (a lost connection, say), by loop.",
+		}, []string{"loop"}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "auth", Name: "refused_total",
 			Help: "Requests refused for their bearer token (401) or its scopes (403), by reason.",
@@ -100,7 +106,7 @@ func New() *Metrics {
 	m.registerCache()
 	m.registerEvents()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions)
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions, m.loopRestarts)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
 	for _, c := range domain.Changes {
@@ -298,15 +304,98 @@ func (m *Metrics) WatchPool(pool *pgxpool.Pool) {
 	m.reg.MustRegister(poolCollector{pool})
 }
 
-// WatchQueue exports the sizes of queue, asked of Redis at each scrape.
-func (m *Metrics) WatchQueue(inspector *asynq.Inspector, queue string, log *zap.Logger) {
-	m.reg.MustRegister(queueCollector{inspector: inspector, queue: queue, log: log})
+// FiguresInterval is how often FiguresLoop reads the figures that live in
+// Redis and PostgreSQL.
+const FiguresInterval = 5 * time.Second
+
+// QueueSizes returns the number of tasks in each state of the task queue
+// (asynq's queue info, by state name).
+type QueueSizes func(ctx context.Context) (map[string]int, error)
+
+// FiguresLoop returns the loop that refreshes the task queue's sizes and
+// the business figures (segments, rollouts) every FiguresInterval, so
+// that a scrape reads memory only: no number of scrapes reaches Redis or
+// PostgreSQL. A nil queue leaves the queue's sizes out.
+func (m *Metrics) FiguresLoop(queue QueueSizes, stats func(context.Context) (domain.SegmentStats, error)) supervise.Loop {
+	queueTasks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "task_queue", Name: "tasks",
+		Help: "Tasks in the queue, by state (refreshed every 5 s).",
+	}, []string{"state"})
+	segments := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "segments", Help: "Segments that exist (refreshed every 5 s).",
+	})
+	rollouts := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "rollouts", Help: "Percent segments by rollout status (refreshed every 5 s).",
+	}, []string{"status"})
+	left := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "rollout_users_left",
+		Help: "Users that unfinished rollouts have yet to reach (refreshed every 5 s).",
+	})
+	m.reg.MustRegister(segments, rollouts, left)
+	if queue != nil {
+		m.reg.MustRegister(queueTasks)
+	}
+	refresh := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+		defer cancel()
+		s, err := stats(ctx)
+		if err != nil {
+			return fmt.Errorf("read business figures: %w", err)
+		}
+		segments.Set(float64(s.Segments))
+		for _, status := range []domain.RolloutStatus{domain.RolloutPending, domain.RolloutRunning, domain.RolloutDone, domain.RolloutFailed} {
+			rollouts.WithLabelValues(string(status)).Set(float64(s.Rollouts[status]))
+		}
+		left.Set(float64(s.RolloutUsersLeft))
+		if queue == nil {
+			return nil
+		}
+		sizes, err := queue(ctx)
+		if err != nil {
+			return fmt.Errorf("read the task queue's sizes: %w", err)
+		}
+		for state, n := range sizes {
+			queueTasks.WithLabelValues(state).Set(float64(n))
+		}
+		return nil
+	}
+	return supervise.Loop{
+		Name: "metrics_figures",
+		Run: func(ctx context.Context) error {
+			t := time.NewTicker(FiguresInterval)
+			defer t.Stop()
+			for {
+				if err := refresh(ctx); err != nil && ctx.Err() == nil {
+					return err
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-t.C:
+				}
+			}
+		},
+	}
 }
 
-// WatchStats exports the figures stats returns at each scrape.
-func (m *Metrics) WatchStats(stats func(context.Context) (domain.SegmentStats, error), log *zap.Logger) {
-	m.reg.MustRegister(statsCollector{stats: stats, log: log})
+// AsynqQueueSizes reads queue's sizes with inspector; a queue never written
+// to has every size zero.
+func AsynqQueueSizes(inspector *asynq.Inspector, queue string) QueueSizes {
+	return func(context.Context) (map[string]int, error) {
+		info, err := inspector.GetQueueInfo(queue)
+		if err != nil {
+			if !isQueueNotFound(err) {
+				return nil, err
+			}
+			info = &asynq.QueueInfo{}
+		}
+		return map[string]int{"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
+			"retry": info.Retry, "archived": info.Archived, "completed": info.Completed}, nil
+	}
 }
+
+// LoopRestarted counts a restart of a background loop.
+func (m *Metrics) LoopRestarted(name string) { m.loopRestarts.WithLabelValues(name).Inc() }
 
 var (
 	poolConns = prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", "connections"),
@@ -343,70 +432,9 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolCanceled, prometheus.CounterValue, float64(s.CanceledAcquireCount()))
 }
 
-// scrapeTimeout bounds what a collector asks of Redis or Postgres.
+// scrapeTimeout bounds what one refresh of the figures asks of Redis and
+// PostgreSQL.
 const scrapeTimeout = 2 * time.Second
-
-var queueTasks = prometheus.NewDesc(prometheus.BuildFQName(namespace, "task_queue", "tasks"),
-	"Tasks in the queue, by state.", []string{"state"}, nil)
-
-type queueCollector struct {
-	inspector *asynq.Inspector
-	queue     string
-	log       *zap.Logger
-}
-
-func (queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- queueTasks }
-
-func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
-	info, err := c.inspector.GetQueueInfo(c.queue)
-	if err != nil {
-		// An empty queue that was never written to is not an error.
-		if !isQueueNotFound(err) {
-			c.log.Warn("could not read the task queue for metrics", zap.Error(err))
-			return
-		}
-		info = &asynq.QueueInfo{}
-	}
-	for state, n := range map[string]int{"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
-		"retry": info.Retry, "archived": info.Archived, "completed": info.Completed} {
-		ch <- prometheus.MustNewConstMetric(queueTasks, prometheus.GaugeValue, float64(n), state)
-	}
-}
-
-var (
-	segmentsTotal = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "segments"),
-		"Segments that exist.", nil, nil)
-	rollouts = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "rollouts"),
-		"Percent segments by rollout status.", []string{"status"}, nil)
-	rolloutLeft = prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "rollout_users_left"),
-		"Users that unfinished rollouts have yet to reach.", nil, nil)
-)
-
-type statsCollector struct {
-	stats func(context.Context) (domain.SegmentStats, error)
-	log   *zap.Logger
-}
-
-func (statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- segmentsTotal
-	ch <- rollouts
-	ch <- rolloutLeft
-}
-
-func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-	defer cancel()
-	s, err := c.stats(ctx)
-	if err != nil {
-		c.log.Warn("could not read business figures for metrics", zap.Error(err))
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(segmentsTotal, prometheus.GaugeValue, float64(s.Segments))
-	for _, status := range []domain.RolloutStatus{domain.RolloutPending, domain.RolloutRunning, domain.RolloutDone, domain.RolloutFailed} {
-		ch <- prometheus.MustNewConstMetric(rollouts, prometheus.GaugeValue, float64(s.Rollouts[status]), string(status))
-	}
-	ch <- prometheus.MustNewConstMetric(rolloutLeft, prometheus.GaugeValue, float64(s.RolloutUsersLeft))
-}
 
 // isQueueNotFound reports whether err says the queue was never written to.
 func isQueueNotFound(err error) bool {

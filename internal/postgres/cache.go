@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
+
+	"github.com/segments-service/segments/internal/supervise"
 )
 
 // CacheChannel is the notification channel of the read cache. A payload
@@ -66,30 +68,19 @@ const (
 	relayVacuum  = time.Second
 )
 
-// RelayInvalidations sends the invalidations that the membership triggers
-// queue as notifications on CacheChannel, every interval, until ctx ends.
-// Every API process runs it, whether or not its own cache is on, so that
-// the queue is drained while any of them runs; one at a time relays (it
-// holds a session advisory lock on a connection of its own, made with cfg),
-// the others stand by and take over within a second when it goes.
-func RelayInvalidations(ctx context.Context, cfg *pgx.ConnConfig, interval time.Duration, log *zap.Logger) {
+// InvalidationRelay returns the loop that sends the invalidations the
+// membership triggers queue as notifications on CacheChannel, every
+// interval. Every API process runs it, whether or not its own cache is on,
+// so that the queue is drained while any of them runs; one at a time
+// relays (it holds a session advisory lock on a connection of its own, made
+// with cfg), the others stand by and take over within a second when it
+// goes. Run it with supervise.Run.
+func InvalidationRelay(cfg *pgx.ConnConfig, interval time.Duration, log *zap.Logger) supervise.Loop {
 	cfg = cfg.Copy()
 	cfg.RuntimeParams["application_name"] = "segments cache relay " + processName()
-	failing := false
-	for {
-		err := relay(ctx, cfg, interval, log)
-		if ctx.Err() != nil {
-			return
-		}
-		if !failing {
-			log.Warn("cache invalidations relay stopped; retrying", zap.Error(err))
-		}
-		failing = true
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(reconnectDelay):
-		}
+	return supervise.Loop{
+		Name: "cache_relay",
+		Run:  func(ctx context.Context) error { return relay(ctx, cfg, interval, log) },
 	}
 }
 
@@ -165,31 +156,28 @@ type LagRecorder interface {
 const (
 	heartbeatIdle    = time.Second
 	heartbeatTimeout = time.Second
-	reconnectDelay   = time.Second
 )
 
-// ListenInvalidations keeps c coherent with the database until ctx ends:
-// it listens on CacheChannel over a connection of its own, made with cfg,
-// drops the users each notification names, and tells c whether it is
-// listening — so that c serves nothing while a notification could be
-// missed. It reconnects after a second whenever the connection fails.
+// InvalidationListener returns the loop that keeps c coherent with the
+// database: it listens on CacheChannel over a connection of its own, made
+// with cfg, drops the users each notification names, and tells c whether
+// it is listening — so that c serves nothing while a notification could be
+// missed. Run it with supervise.Run, which reconnects after a failure.
 //
 // Its session is named ListenerName() in pg_stat_activity.
-func ListenInvalidations(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) {
+func InvalidationListener(cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) supervise.Loop {
 	cfg = cfg.Copy()
 	cfg.RuntimeParams["application_name"] = ListenerName()
-	for {
-		err := listen(ctx, cfg, c, rec, now, log)
-		c.Listening(false)
-		if ctx.Err() != nil {
-			return
-		}
-		log.Warn("read cache off: lost its notification connection; reconnecting", zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(reconnectDelay):
-		}
+	return supervise.Loop{
+		Name: "cache_listener",
+		Run: func(ctx context.Context) error {
+			err := listen(ctx, cfg, c, rec, now, log)
+			if ctx.Err() == nil {
+				log.Warn("read cache off: lost its notification connection", zap.Error(err))
+			}
+			return err
+		},
+		Stopped: func() { c.Listening(false) },
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/internal/supervise"
 )
 
 // heard is a postgres.Invalidator that keeps what it is told.
@@ -59,9 +60,11 @@ func listenAndRelay(t *testing.T, pool *pgxpool.Pool) *heard {
 	h := &heard{}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { postgres.RelayInvalidations(ctx, pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()) })
 	wg.Go(func() {
-		postgres.ListenInvalidations(ctx, pool.Config().ConnConfig, h, h, time.Now, zap.NewNop())
+		supervise.Run(ctx, postgres.InvalidationRelay(pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()), nil, zap.NewNop())
+	})
+	wg.Go(func() {
+		supervise.Run(ctx, postgres.InvalidationListener(pool.Config().ConnConfig, h, h, time.Now, zap.NewNop()), nil, zap.NewNop())
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	waitUntil(t, "listening", h.on)
@@ -228,7 +231,9 @@ func TestOneRelayAtATimeAndATakeover(t *testing.T) {
 	h := listenAndRelay(t, pool) // the first relay
 	ctx, stopSecond := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { postgres.RelayInvalidations(ctx, pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()) })
+	wg.Go(func() {
+		supervise.Run(ctx, postgres.InvalidationRelay(pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()), nil, zap.NewNop())
+	})
 	t.Cleanup(func() { stopSecond(); wg.Wait() })
 
 	relays := func() int64 {

@@ -20,9 +20,7 @@ import (
 
 	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/internal/domain"
-	"github.com/segments-service/segments/internal/events"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/metrics"
 	"github.com/segments-service/segments/internal/postgres"
 	"github.com/segments-service/segments/internal/worker"
 	"github.com/segments-service/segments/tools/apitest"
@@ -104,37 +102,35 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.rolloutRate != 0 {
 		vars["ROLLOUT_RATE"] = fmt.Sprint(o.rolloutRate)
 	}
-	cfg := apitest.Config(t, vars)
-	svc, err := app.New(cfg, app.Deps{Pool: pool, Redis: rdb, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := httpapi.NewRouter(httpapi.Options{Segments: svc.Segments, Users: svc.Users, Reports: svc.Reports, Log: log})
-
-	workerSvc := svc
-	if o.workerStatementTimeout > 0 {
-		wpool := openPool(t, dbURL, o.workerStatementTimeout)
-		if workerSvc, err = app.New(cfg, app.Deps{Pool: wpool, Redis: rdb, Log: log}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	srv := worker.NewServer(asynq.RedisClientOpt{Addr: opt.Addr, DB: opt.DB, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second},
-		app.WorkerConfig(cfg), workerSvc.WorkerServices(), nil, log)
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	vars["EVENTS_ENABLED"] = "false"
 	if o.eventsStream != "" {
 		if o.eventsBatch == 0 {
 			o.eventsBatch = 50
 		}
-		relay := events.NewRelay(events.Config{Stream: o.eventsStream, MaxLen: 1_000_000, Batch: o.eventsBatch, Interval: 20 * time.Millisecond},
-			pool.Config().ConnConfig, rdb, metrics.New(), log.Named("events"))
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { relay.Run(ctx); close(done) }()
-		t.Cleanup(func() { cancel(); <-done })
+		vars["EVENTS_ENABLED"], vars["EVENTS_STREAM"] = "true", o.eventsStream
+		vars["EVENTS_BATCH"], vars["EVENTS_INTERVAL"] = fmt.Sprint(o.eventsBatch), "20ms"
 	}
+	// The API and the worker are built as the service builds them (app.New),
+	// the API without its read cache.
+	vars["CACHE_SIZE"] = "0"
+	cfg := apitest.Config(t, vars)
+	start := func(pool *pgxpool.Pool, roles app.Roles) *app.App {
+		a, err := app.New(t.Context(), cfg, app.Deps{Pool: pool, Redis: rdb, Log: log}, roles)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(a.Stop)
+		return a
+	}
+	api := start(pool, app.Roles{API: true})
+	wpool := pool
+	if o.workerStatementTimeout > 0 {
+		wpool = openPool(t, dbURL, o.workerStatementTimeout)
+	}
+	start(wpool, app.Roles{Worker: true})
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, e := range logs.FilterLevelExact(zap.ErrorLevel).All() {
@@ -142,7 +138,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 			}
 		}
 	})
-	return &stack{t: t, pool: pool, api: api, svc: svc, queue: queue, rdb: rdb, logs: logs}
+	return &stack{t: t, pool: pool, api: api.Handler(), svc: api.Services, queue: queue, rdb: rdb, logs: logs}
 }
 
 // openPool opens a pool on dbURL, closed when t ends.

@@ -9,11 +9,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,9 +26,6 @@ import (
 	"github.com/segments-service/segments/internal/config"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/httpapi"
-	"github.com/segments-service/segments/internal/metrics"
-	"github.com/segments-service/segments/internal/postgres"
-	"github.com/segments-service/segments/internal/readcache"
 )
 
 // Response is a recorded response with its body.
@@ -135,35 +132,19 @@ func Config(tb testing.TB, env map[string]string) config.Config {
 	return cfg
 }
 
-// Cache returns a read cache of pool's database, kept coherent the way the
-// service keeps it (a relay and a listener, stopped when tb ends), once it
-// serves. now is its clock.
-func Cache(tb testing.TB, pool *pgxpool.Pool, now func() time.Time) *readcache.Cache {
+// RouterOptions returns the router's options as the service sets them up
+// (app.New, as an API process), on pool and the Redis at redisURL, with
+// the configuration env (see Config; the cache relays every 5 ms unless env
+// says otherwise), its background work started (stopped when tb ends) and
+// its read cache serving. now is the services' and the cache's clock.
+func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]string, now func() time.Time, log *zap.Logger) httpapi.Options {
 	tb.Helper()
-	m := metrics.New()
-	c := readcache.New(10000, now, m)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	log := zap.NewNop()
-	wg.Go(func() { postgres.RelayInvalidations(ctx, pool.Config().ConnConfig, 5*time.Millisecond, log) })
-	wg.Go(func() { postgres.ListenInvalidations(ctx, pool.Config().ConnConfig.Copy(), c, m, now, log) })
-	tb.Cleanup(func() { cancel(); wg.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for !c.Serving() {
-		if time.Now().After(deadline) {
-			tb.Fatal("the read cache did not start listening")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return c
+	return App(tb, pool, redisURL, env, now, log).RouterOptions()
 }
 
-// RouterOptions returns the router's options as the service sets them up,
-// on pool and the Redis at redisURL: the services built by app.New from
-// the configuration env (see Config), a coherent read cache, the readiness
-// checks and the default timeouts. now is the services' and the cache's
-// clock.
-func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]string, now func() time.Time, log *zap.Logger) httpapi.Options {
+// App builds an API process of the service with app.New on pool and the
+// Redis at redisURL (see RouterOptions) and starts it.
+func App(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]string, now func() time.Time, log *zap.Logger) *app.App {
 	tb.Helper()
 	opt, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -171,24 +152,24 @@ func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[s
 	}
 	rdb := redis.NewClient(opt)
 	tb.Cleanup(func() { rdb.Close() })
-	svc, err := app.New(Config(tb, env), app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now})
+	vars := map[string]string{"CACHE_RELAY_INTERVAL": "5ms"}
+	maps.Copy(vars, env)
+	a, err := app.New(context.Background(), Config(tb, vars), app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now}, app.Roles{API: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return httpapi.Options{
-		Segments:    svc.Segments,
-		Users:       svc.Users,
-		Reports:     svc.Reports,
-		Idempotency: svc.Idempotency,
-		Cache:       Cache(tb, pool, now),
-		Checks: []httpapi.Check{
-			{Name: "postgres", Ping: pool.Ping},
-			{Name: "redis", Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
-		},
-		Log:            log,
-		RequestTimeout: 30 * time.Second,
-		ReportTimeout:  time.Minute,
+	if err := a.Start(); err != nil {
+		tb.Fatal(err)
 	}
+	tb.Cleanup(a.Stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Cache != nil && !a.Cache.Serving() {
+		if time.Now().After(deadline) {
+			tb.Fatal("the read cache did not start listening")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return a
 }
 
 // Fence is a fenced block of a Markdown file: the lines its fences stand

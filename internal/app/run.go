@@ -1,0 +1,110 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
+
+	"github.com/segments-service/segments/internal/config"
+	"github.com/segments-service/segments/internal/postgres"
+)
+
+// Run is a whole process of the service: it connects to PostgreSQL and
+// Redis, builds the process with New, serves HTTP on HTTP_ADDR and runs
+// the background work until ctx ends (or the HTTP server fails); then it
+// shuts down in order: HTTP (requests in flight get SHUTDOWN_TIMEOUT),
+// the worker, the loops, Redis, PostgreSQL.
+func Run(ctx context.Context, cfg config.Config, log *zap.Logger, roles Roles) error {
+	shown := cfg.Redacted()
+	log.Info("starting", zap.Bool("api", roles.API), zap.Bool("worker", roles.Worker),
+		zap.String("http_addr", shown.HTTP.Addr), zap.String("database_url", shown.Postgres.URL),
+		zap.String("redis_url", shown.Redis.URL), zap.String("log_level", shown.Log.Level))
+
+	pool, err := postgres.Open(ctx, cfg.Postgres.URL, postgres.PoolConfig{
+		MaxConns:         cfg.Postgres.MaxConns,
+		StatementTimeout: cfg.Postgres.StatementTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rdb, err := OpenRedis(cfg.Redis.URL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	a, err := New(ctx, cfg, Deps{Pool: pool, Redis: rdb, Log: log}, roles)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	srv, err := serveHTTP(cfg.HTTP, log, a.Handler(), errc)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(); err != nil {
+		_ = srv.Close()
+		return err
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-errc:
+		log.Error("server failed; shutting down", zap.Error(err))
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Error("http shutdown", zap.Error(serr))
+	}
+	cancel()
+	a.Stop()
+	log.Info("stopped")
+	return err
+}
+
+// serveHTTP listens on c.Addr and serves handler in the background; a
+// failure of the server goes to errc.
+func serveHTTP(c config.HTTP, log *zap.Logger, handler http.Handler, errc chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", c.Addr, err)
+	}
+	ln = netutil.LimitListener(ln, c.MaxConns)
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: c.ReadHeaderTimeout,
+		ReadTimeout:       c.ReadTimeout,
+		WriteTimeout:      c.WriteTimeout,
+		IdleTimeout:       c.IdleTimeout,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	log.Info("listening", zap.String("addr", ln.Addr().String()))
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http server: %w", err)
+		}
+	}()
+	return srv, nil
+}
+
+// OpenRedis returns a client of the Redis at url, with the service's
+// timeouts.
+func OpenRedis(url string) (*redis.Client, error) {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse redis url: %w", err)
+	}
+	opt.DialTimeout = 2 * time.Second
+	opt.ReadTimeout = 3 * time.Second
+	opt.WriteTimeout = 3 * time.Second
+	return redis.NewClient(opt), nil
+}
