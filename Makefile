@@ -24,7 +24,7 @@ DATA_DIR   ?= .data
 run: build ## run the whole service (Docker Compose if a Docker engine answers, else local Postgres and Redis; PG_PORT, REDIS_PORT, DATA_DIR, HTTP_ADDR)
 	@if docker info >/dev/null 2>&1; then exec docker compose up --build; fi; \
 	$(GO) build -o bin/devstack ./tools/cmd/devstack && \
-	echo "No Docker engine: starting Postgres and Redis from local binaries (data in $(DATA_DIR))" && \
+	echo "No Docker engine: starting Postgres and Redis from local binaries" && \
 	exec bin/devstack -dir $(DATA_DIR) -pg-port $(PG_PORT) -redis-port $(REDIS_PORT) -- \
 		sh -c '$(BIN) migrate up && exec $(BIN) all'
 
@@ -57,14 +57,15 @@ lint: ## gofmt and go vet
 	cd deploy && $(GO) vet ./...
 
 .PHONY: docs
-docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then tools/cmd/openapi) and the Go client in client/ (oapi-codegen)
+docs: ## regenerate the OpenAPI 3.0.3 spec in docs/ from the annotations (swag, then tools/cmd/openapi), the Go client in client/ (oapi-codegen) and docs/schema.sql from the migrations
 	$(SWAG) fmt -d $(SWAGDIR)
 	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o docs --outputTypes json --parseInternal --useStructName
 	$(GO) run ./tools/cmd/openapi docs/swagger.json docs/openapi.json
 	$(GO) tool oapi-codegen -config client/oapi-codegen.yaml docs/openapi.json
+	$(GO) run ./tools/cmd/schema docs/schema.sql
 
 .PHONY: docs-check
-docs-check: ## fail if docs/ or the Go client is not what the annotations generate
+docs-check: ## fail if docs/ or the Go client is not what the annotations and the migrations generate
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(SWAG) init -q -g routes.go -d $(SWAGDIR) -o $$tmp/docs --outputTypes json --parseInternal --useStructName && \
 	$(GO) run ./tools/cmd/openapi $$tmp/docs/swagger.json $$tmp/docs/openapi.json && \
@@ -74,6 +75,7 @@ docs-check: ## fail if docs/ or the Go client is not what the annotations genera
 		mine=$$f; [ $$f = client.gen.go ] && mine=client/client.gen.go; \
 		diff -u $$mine $$tmp/$$f >/dev/null || { echo "$$mine is out of date: run make docs"; diff -u $$mine $$tmp/$$f | head -40; exit 1; }; \
 	done && echo "docs/ and client/ are up to date"
+	$(GO) run ./tools/cmd/schema -check docs/schema.sql
 
 .PHONY: migrate-up migrate-down migrate-version
 migrate-up: build ## apply migrations to DATABASE_URL

@@ -1,0 +1,499 @@
+-- The schema of a database migrated to the newest version: every table,
+-- index, function and trigger as it stands now. Generated from migrations/
+-- by make docs (go run ./tools/cmd/schema docs/schema.sql); make docs-check
+-- fails when it is out of date. Do not edit: write a migration.
+--
+-- PostgreSQL database dump
+--
+
+--
+-- Name: history_now(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.history_now() RETURNS timestamp with time zone
+    LANGUAGE sql
+    AS $$
+    SELECT coalesce(nullif(current_setting('segments.now', true), '')::timestamptz, clock_timestamp())
+$$;
+
+--
+-- Name: history_reason(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.history_reason() RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    r text := current_setting('segments.reason', true);
+BEGIN
+    IF r IS NULL OR r = '' THEN
+        RAISE EXCEPTION 'segments.reason is not set'
+            USING HINT = 'SELECT set_config(''segments.reason'', ''manual'', true) before changing memberships';
+    END IF;
+    RETURN r;
+END
+$$;
+
+--
+-- Name: memberships_forbid_rekey(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_forbid_rekey() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'a membership''s user and segment cannot change: delete it and insert another';
+END
+$$;
+
+--
+-- Name: memberships_forbid_truncate(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_forbid_truncate() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'memberships cannot be truncated: DELETE them so that history records it';
+END
+$$;
+
+--
+-- Name: memberships_record_added(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_record_added() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    reason text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM added) THEN
+        RETURN NULL;
+    END IF;
+    reason := history_reason();
+    INSERT INTO membership_history (user_id, segment_id, slug, operation, reason, at, expires_at)
+    SELECT a.user_id, a.segment_id, s.slug, 'add', reason, a.added_at, a.expires_at
+      FROM added a
+      JOIN segments s ON s.id = a.segment_id;
+    PERFORM queue_cache_invalidation(ARRAY(SELECT DISTINCT user_id FROM added));
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: memberships_record_removed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_record_removed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    ts     timestamptz;
+    reason text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM removed) THEN
+        RETURN NULL;
+    END IF;
+    ts := history_now();
+    reason := history_reason();
+    INSERT INTO membership_history (user_id, segment_id, slug, operation, reason, at)
+    SELECT r.user_id, r.segment_id, s.slug, 'remove',
+           CASE WHEN r.expires_at <= ts THEN 'ttl' ELSE reason END,
+           CASE WHEN r.expires_at <= ts THEN greatest(r.expires_at, r.added_at) ELSE ts END
+      FROM removed r
+      JOIN segments s ON s.id = r.segment_id;
+    PERFORM queue_cache_invalidation(ARRAY(SELECT DISTINCT user_id FROM removed));
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: memberships_record_updated(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_record_updated() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM updated) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO membership_expiry_changes (user_id, segment_id, at, expires_at)
+    SELECT n.user_id, n.segment_id, history_now(), n.expires_at
+      FROM updated n
+      JOIN before o ON o.user_id = n.user_id AND o.segment_id = n.segment_id
+     WHERE o.expires_at IS DISTINCT FROM n.expires_at;
+    PERFORM queue_cache_invalidation(ARRAY(SELECT DISTINCT user_id FROM updated));
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: queue_cache_invalidation(bigint[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.queue_cache_invalidation(p_user_ids bigint[]) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO cache_invalidations (user_ids)
+    SELECT CASE WHEN cardinality(p_user_ids) <= 20000 THEN p_user_ids END
+    WHERE cardinality(p_user_ids) > 0
+$$;
+
+--
+-- Name: segment_bucket(text, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.segment_bucket(p_slug text, p_user_id bigint) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT ((segment_hash(p_slug, p_user_id) * 10000) >> 32)::integer
+$$;
+
+--
+-- Name: segment_hash(text, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.segment_hash(p_slug text, p_user_id bigint) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT ('x' || encode(substring(sha256((p_slug || ':' || p_user_id::text)::bytea) FROM 1 FOR 4), 'hex'))::bit(32)::bigint
+$$;
+
+--
+-- Name: cache_invalidations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE UNLOGGED TABLE public.cache_invalidations (
+    user_ids bigint[],
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+ALTER TABLE ONLY public.cache_invalidations ALTER COLUMN user_ids SET STORAGE EXTERNAL;
+
+--
+-- Name: event_relay; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.event_relay (
+    singleton boolean DEFAULT true NOT NULL,
+    at timestamp with time zone NOT NULL,
+    id bigint NOT NULL,
+    CONSTRAINT event_relay_singleton_check CHECK (singleton)
+);
+
+--
+-- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.idempotency_keys (
+    caller text NOT NULL,
+    key text NOT NULL,
+    fingerprint bytea NOT NULL,
+    method text NOT NULL,
+    path text NOT NULL,
+    status smallint NOT NULL,
+    headers jsonb NOT NULL,
+    body bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT idempotency_keys_fingerprint_check CHECK ((octet_length(fingerprint) = 32)),
+    CONSTRAINT idempotency_keys_key_check CHECK (((octet_length(key) >= 1) AND (octet_length(key) <= 255)))
+);
+
+--
+-- Name: membership_expiry_changes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.membership_expiry_changes (
+    id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    segment_id bigint NOT NULL,
+    at timestamp with time zone NOT NULL,
+    expires_at timestamp with time zone
+);
+
+--
+-- Name: membership_expiry_changes_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.membership_expiry_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.membership_expiry_changes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: membership_history; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.membership_history (
+    id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    segment_id bigint NOT NULL,
+    slug text NOT NULL COLLATE pg_catalog."C",
+    operation text NOT NULL,
+    reason text NOT NULL,
+    at timestamp with time zone NOT NULL,
+    expires_at timestamp with time zone,
+    CONSTRAINT membership_history_operation_check CHECK ((operation = ANY (ARRAY['add'::text, 'remove'::text]))),
+    CONSTRAINT membership_history_reason_check CHECK ((reason = ANY (ARRAY['manual'::text, 'ttl'::text, 'auto'::text, 'segment_deleted'::text])))
+);
+
+--
+-- Name: membership_history_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.membership_history ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.membership_history_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: memberships; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.memberships (
+    user_id bigint NOT NULL,
+    segment_id bigint NOT NULL,
+    source text DEFAULT 'manual'::text NOT NULL,
+    added_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    expires_at timestamp with time zone,
+    CONSTRAINT memberships_not_born_expired CHECK (((expires_at IS NULL) OR (expires_at > added_at))),
+    CONSTRAINT memberships_source_check CHECK ((source = ANY (ARRAY['manual'::text, 'auto'::text])))
+);
+
+--
+-- Name: rollout_batches; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.rollout_batches (
+    segment_id bigint NOT NULL,
+    first_user bigint NOT NULL,
+    last_user bigint NOT NULL,
+    done boolean DEFAULT false NOT NULL
+);
+
+--
+-- Name: segment_opt_outs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.segment_opt_outs (
+    segment_id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: segments; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.segments (
+    id bigint NOT NULL,
+    slug text NOT NULL COLLATE pg_catalog."C",
+    description text DEFAULT ''::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    auto_percent numeric(5,2),
+    population_seq bigint,
+    rollout_status text,
+    rollout_total bigint,
+    rollout_assigned bigint DEFAULT 0 NOT NULL,
+    rollout_threshold_hash bigint,
+    rollout_threshold_user bigint,
+    delete_at timestamp with time zone,
+    CONSTRAINT segments_auto_has_rollout CHECK (((auto_percent IS NULL) = (rollout_status IS NULL))),
+    CONSTRAINT segments_auto_percent_check CHECK (((auto_percent >= (0)::numeric) AND (auto_percent <= (100)::numeric))),
+    CONSTRAINT segments_rollout_status_check CHECK ((rollout_status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text]))),
+    CONSTRAINT segments_slug_format CHECK ((slug ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$'::text))
+);
+
+--
+-- Name: segments_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.segments ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.segments_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: users; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.users (
+    id bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    seq bigint NOT NULL,
+    CONSTRAINT users_id_check CHECK ((id > 0))
+);
+
+--
+-- Name: users_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.users ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.users_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: event_relay event_relay_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.event_relay
+    ADD CONSTRAINT event_relay_pkey PRIMARY KEY (singleton);
+
+--
+-- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
+
+--
+-- Name: membership_expiry_changes membership_expiry_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.membership_expiry_changes
+    ADD CONSTRAINT membership_expiry_changes_pkey PRIMARY KEY (user_id, at, id);
+
+--
+-- Name: membership_history membership_history_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.membership_history
+    ADD CONSTRAINT membership_history_pkey PRIMARY KEY (user_id, at, id);
+
+--
+-- Name: memberships memberships_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.memberships
+    ADD CONSTRAINT memberships_pkey PRIMARY KEY (user_id, segment_id);
+
+--
+-- Name: rollout_batches rollout_batches_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.rollout_batches
+    ADD CONSTRAINT rollout_batches_pkey PRIMARY KEY (segment_id, first_user);
+
+--
+-- Name: segment_opt_outs segment_opt_outs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.segment_opt_outs
+    ADD CONSTRAINT segment_opt_outs_pkey PRIMARY KEY (segment_id, user_id);
+
+--
+-- Name: segments segments_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.segments
+    ADD CONSTRAINT segments_pkey PRIMARY KEY (id);
+
+--
+-- Name: segments segments_slug_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.segments
+    ADD CONSTRAINT segments_slug_key UNIQUE (slug);
+
+--
+-- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.users
+    ADD CONSTRAINT users_pkey PRIMARY KEY (id);
+
+--
+-- Name: idempotency_keys_created_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idempotency_keys_created_at_idx ON public.idempotency_keys USING btree (created_at);
+
+--
+-- Name: membership_history_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX membership_history_at_idx ON public.membership_history USING btree (at, id);
+
+--
+-- Name: memberships_expiry_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX memberships_expiry_idx ON public.memberships USING btree (expires_at) WHERE (expires_at IS NOT NULL);
+
+--
+-- Name: memberships_segment_user_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX memberships_segment_user_idx ON public.memberships USING btree (segment_id, user_id) INCLUDE (expires_at);
+
+--
+-- Name: segments_delete_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX segments_delete_at_idx ON public.segments USING btree (delete_at) WHERE (delete_at IS NOT NULL);
+
+--
+-- Name: memberships memberships_cache_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_cache_update AFTER UPDATE ON public.memberships REFERENCING OLD TABLE AS before NEW TABLE AS updated FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_record_updated();
+
+--
+-- Name: memberships memberships_history_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_history_delete AFTER DELETE ON public.memberships REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_record_removed();
+
+--
+-- Name: memberships memberships_history_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_history_insert AFTER INSERT ON public.memberships REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_record_added();
+
+--
+-- Name: memberships memberships_rekey; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_rekey BEFORE UPDATE OF user_id, segment_id ON public.memberships FOR EACH ROW WHEN (((old.user_id <> new.user_id) OR (old.segment_id <> new.segment_id))) EXECUTE FUNCTION public.memberships_forbid_rekey();
+
+--
+-- Name: memberships memberships_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_truncate BEFORE TRUNCATE ON public.memberships FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_forbid_truncate();
+
+--
+-- Name: rollout_batches rollout_batches_segment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.rollout_batches
+    ADD CONSTRAINT rollout_batches_segment_id_fkey FOREIGN KEY (segment_id) REFERENCES public.segments(id) ON DELETE CASCADE;
+
+--
+-- Name: segment_opt_outs segment_opt_outs_segment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.segment_opt_outs
+    ADD CONSTRAINT segment_opt_outs_segment_id_fkey FOREIGN KEY (segment_id) REFERENCES public.segments(id) ON DELETE CASCADE;
+
+--
+-- PostgreSQL database dump complete
+--
