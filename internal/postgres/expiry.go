@@ -31,6 +31,8 @@ func (r *ExpiryRepo) ExpireMembership(ctx context.Context, e domain.Expiry) (del
 		if err := setReason(ctx, tx, domain.ReasonTTL); err != nil {
 			return err
 		}
+		// memberships_history_delete records the removal (ttl, at the
+		// expiry) and queues the user for the read caches.
 		const q = `
 			WITH d AS (
 				DELETE FROM memberships m
@@ -61,6 +63,8 @@ func (r *ExpiryRepo) DeleteExpired(ctx context.Context, limit int) (int64, error
 		if err := setReason(ctx, tx, domain.ReasonTTL); err != nil {
 			return err
 		}
+		// memberships_history_delete records each removal (ttl, at its
+		// expiry) and queues the users for the read caches.
 		const q = `
 			WITH doomed AS (
 				SELECT user_id, segment_id

@@ -261,7 +261,10 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		// scan) and are few unless the share was lowered, so the database
 		// checks their hash itself; joined to the population instead, the
 		// planner read every member of the segment for each batch, or
-		// looped over the population for each member.
+		// looped over the population for each member. The INSERT fires
+		// memberships_history_insert and the DELETE
+		// memberships_history_delete: history (reason auto) and the users
+		// queued for the read caches (more than 20,000: every user).
 		const assign = `
 			WITH chosen AS (
 				SELECT c.id FROM unnest($8::bigint[]) AS c(id)

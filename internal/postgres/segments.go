@@ -195,6 +195,9 @@ func (r *SegmentRepo) deleteSegment(ctx context.Context, slug, lock string, args
 		if _, err := tx.Exec(ctx, begin, domain.ReasonSegmentDeleted); err != nil {
 			return fmt.Errorf("begin deleting %s: %w", slug, dbError(err))
 		}
+		// Both DELETEs fire memberships_history_delete: history (ttl at
+		// the expiry for the expired, segment_deleted for the rest) and the
+		// members queued for the read caches.
 		const delExpired = `DELETE FROM memberships WHERE segment_id = $1 AND expires_at <= current_setting('segments.now')::timestamptz`
 		tag, err := tx.Exec(ctx, delExpired, id)
 		if err != nil {
