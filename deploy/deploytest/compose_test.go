@@ -13,11 +13,12 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// readmeServices returns the services README.md says the compose file runs:
-// the backquoted names on its line "The compose file runs: …".
+// readmeServices returns the services the operations guide
+// (docs/operations.md) says the compose file runs: the backquoted names on
+// its line "The compose file runs: …".
 func readmeServices(t *testing.T) []string {
 	t.Helper()
-	b, err := os.ReadFile("../../README.md")
+	b, err := os.ReadFile("../../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func readmeServices(t *testing.T) []string {
 			return names
 		}
 	}
-	t.Fatal(`README.md has no line "The compose file runs: …"`)
+	t.Fatal(`docs/operations.md has no line "The compose file runs: …"`)
 	return nil
 }
 
@@ -54,7 +55,7 @@ func TestComposeRunsTheWholeStack(t *testing.T) {
 	names := p.ServiceNames()
 	slices.Sort(names)
 	if want := readmeServices(t); !slices.Equal(names, want) {
-		t.Errorf("compose services %v, README names %v", names, want)
+		t.Errorf("compose services %v, docs/operations.md names %v", names, want)
 	}
 	known := envKeys(t)
 	for _, name := range names {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,27 +19,47 @@ import (
 	"github.com/segments-service/segments/tools/apitest"
 )
 
-// readmeBlock is a shell block of README.md and the output shown after it
-// (none for a block that shows none).
+// readmeBlock is a shell block of a Markdown file and the output shown
+// after it (none for a block that shows none).
 type readmeBlock struct {
+	file     string // as the reader knows it: README.md, docs/api.md
 	line     int
 	command  string
 	lang     string // json, http, csv, text or ""
 	response string
 }
 
-// TestREADMEExamples runs the README's shell examples as written, in order,
-// in one bash session (so that a variable one example sets is there for the
-// next), against the real router on a real port of a fresh database; only
-// localhost:8080 is replaced by that port. Each output must be the one the
-// README shows after the block, times, request ids and link tokens aside.
-// Blocks that start with make are for the reader's machine and are not run;
-// those that start with redis-cli read change events, which
-// internal/events's TestREADMEConsumer runs.
+// at names the block's place for error messages: README.md:42.
+func (b readmeBlock) at() string { return fmt.Sprintf("%s:%d", b.file, b.line) }
+
+// exampleFiles are the Markdown files whose shell examples
+// TestREADMEExamples runs, each in a session of its own on a fresh
+// database: the README's tour and the API guide. (docs/events.md's
+// redis-cli examples are internal/events's TestREADMEConsumer's;
+// TestDocsShellBlocksAreRun keeps every other file free of examples that
+// nothing runs.)
+var exampleFiles = []string{"README.md", "docs/api.md"}
+
+// TestREADMEExamples runs the shell examples of each of exampleFiles as
+// written, in order, in one bash session per file (so that a variable one
+// example sets is there for the next), against the real router on a real
+// port of a fresh database; only localhost:8080 is replaced by that port.
+// Each output must be the one the file shows after the block, times,
+// request ids and link tokens aside. Blocks that start with make are for
+// the reader's machine and are not run; those that start with redis-cli
+// read change events, which internal/events's TestREADMEConsumer runs.
 func TestREADMEExamples(t *testing.T) {
-	blocks := readmeBlocks(t, "../../README.md")
-	if len(blocks) < 10 {
-		t.Fatalf("found only %d shell examples in README.md", len(blocks))
+	for _, file := range exampleFiles {
+		t.Run(file, func(t *testing.T) { runExamples(t, file) })
+	}
+}
+
+// runExamples runs the examples of one file (a path from the repository's
+// root) on a database of their own.
+func runExamples(t *testing.T, file string) {
+	blocks := readmeBlocks(t, file)
+	if len(blocks) < 5 {
+		t.Fatalf("found only %d shell examples in %s", len(blocks), file)
 	}
 	a := newAPI(t)
 	srv := httptest.NewServer(a.h)
@@ -61,17 +82,17 @@ func TestREADMEExamples(t *testing.T) {
 	for i, b := range blocks {
 		got := outputs[i]
 		if got.rc != 0 {
-			t.Errorf("README.md:%d: %s\nexited %d; stderr so far:\n%s", b.line, b.command, got.rc, stderr.String())
+			t.Errorf("%s: %s\nexited %d; stderr so far:\n%s", b.at(), b.command, got.rc, stderr.String())
 			continue
 		}
 		switch b.lang {
 		case "":
 			if strings.TrimSpace(got.text) != "" {
-				t.Errorf("README.md:%d: %s\nprinted %q, but the README shows no output", b.line, b.command, got.text)
+				t.Errorf("%s: %s\nprinted %q, but %s shows no output", b.at(), b.command, got.text, b.file)
 			}
 		case "json":
 			if diff := cmp.Diff(normalizeJSON(t, b.response), normalizeJSON(t, got.text)); diff != "" {
-				t.Errorf("README.md:%d: %s\nresponse differs from README (-readme +actual):\n%s\nactual: %s", b.line, b.command, diff, got.text)
+				t.Errorf("%s: %s\nresponse differs from %s (-shown +actual):\n%s\nactual: %s", b.at(), b.command, b.file, diff, got.text)
 			}
 		case "http":
 			checkHTTP(t, b, got.text)
@@ -79,7 +100,7 @@ func TestREADMEExamples(t *testing.T) {
 			checkCSV(t, b, got.text)
 		case "text":
 			if maskMonth(strings.TrimSpace(got.text)) != maskMonth(b.response) {
-				t.Errorf("README.md:%d: %s\nprinted %q, README shows %q", b.line, b.command, strings.TrimSpace(got.text), b.response)
+				t.Errorf("%s: %s\nprinted %q, %s shows %q", b.at(), b.command, strings.TrimSpace(got.text), b.file, b.response)
 			}
 		}
 	}
@@ -118,7 +139,7 @@ func splitOutputs(t *testing.T, out string, n int) []blockOutput {
 }
 
 // monthPattern matches the YYYY-MM of the month a report covers, which the
-// README computes with date.
+// examples compute with date.
 var monthPattern = regexp.MustCompile(`[0-9]{4}-[0-9]{2}`)
 
 func maskMonth(s string) string { return monthPattern.ReplaceAllString(s, "<month>") }
@@ -133,7 +154,7 @@ func checkCSV(t *testing.T, b readmeBlock, got string) {
 			cols := strings.Split(line, ";")
 			if i > 0 && len(cols) == 5 {
 				if _, err := time.Parse(time.RFC3339Nano, cols[3]); err != nil || !strings.HasSuffix(cols[3], "Z") {
-					t.Errorf("README.md:%d: datetime %q is not RFC 3339 UTC", b.line, cols[3])
+					t.Errorf("%s: datetime %q is not RFC 3339 UTC", b.at(), cols[3])
 				}
 				cols[3] = "<datetime>"
 			}
@@ -143,7 +164,7 @@ func checkCSV(t *testing.T, b readmeBlock, got string) {
 						continue
 					}
 					if _, err := time.Parse(time.RFC3339Nano, cols[c]); err != nil || !strings.HasSuffix(cols[c], "Z") {
-						t.Errorf("README.md:%d: time %q is not RFC 3339 UTC", b.line, cols[c])
+						t.Errorf("%s: time %q is not RFC 3339 UTC", b.at(), cols[c])
 					}
 					cols[c] = "<time>"
 				}
@@ -153,17 +174,17 @@ func checkCSV(t *testing.T, b readmeBlock, got string) {
 		return rows
 	}
 	if diff := cmp.Diff(mask(b.response), mask(got)); diff != "" {
-		t.Errorf("README.md:%d: CSV differs from README (-readme +actual):\n%s", b.line, diff)
+		t.Errorf("%s: CSV differs from %s (-shown +actual):\n%s", b.at(), b.file, diff)
 	}
 }
 
 // checkHTTP compares what curl -i printed with the status line, the
-// headers (Date and X-Request-Id vary) and the body the README shows.
+// headers (Date and X-Request-Id vary) and the body the file shows.
 func checkHTTP(t *testing.T, b readmeBlock, got string) {
 	t.Helper()
 	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(strings.TrimLeft(got, "\n"))), nil)
 	if err != nil {
-		t.Errorf("README.md:%d: curl printed no HTTP response: %v\n%s", b.line, err, got)
+		t.Errorf("%s: curl printed no HTTP response: %v\n%s", b.at(), err, got)
 		return
 	}
 	defer resp.Body.Close()
@@ -171,10 +192,10 @@ func checkHTTP(t *testing.T, b readmeBlock, got string) {
 	lines := strings.Split(head, "\n")
 	fields := strings.Fields(lines[0])
 	if len(fields) < 2 {
-		t.Fatalf("README.md:%d: bad status line %q", b.line, lines[0])
+		t.Fatalf("%s: bad status line %q", b.at(), lines[0])
 	}
 	if want, _ := strconv.Atoi(fields[1]); resp.StatusCode != want {
-		t.Errorf("README.md:%d: status %d, README shows %d", b.line, resp.StatusCode, want)
+		t.Errorf("%s: status %d, %s shows %d", b.at(), resp.StatusCode, b.file, want)
 	}
 	for _, h := range lines[1:] {
 		k, v, _ := strings.Cut(h, ": ")
@@ -182,7 +203,7 @@ func checkHTTP(t *testing.T, b readmeBlock, got string) {
 			continue
 		}
 		if got := resp.Header.Get(k); maskMonth(got) != maskMonth(v) {
-			t.Errorf("README.md:%d: header %s is %q, README shows %q", b.line, k, got, v)
+			t.Errorf("%s: header %s is %q, %s shows %q", b.at(), k, got, b.file, v)
 		}
 	}
 	var actual strings.Builder
@@ -191,12 +212,12 @@ func checkHTTP(t *testing.T, b readmeBlock, got string) {
 	}
 	if strings.TrimSpace(body) != "" || strings.TrimSpace(actual.String()) != "" {
 		if diff := cmp.Diff(normalizeJSON(t, body), normalizeJSON(t, actual.String())); diff != "" {
-			t.Errorf("README.md:%d: body differs from README (-readme +actual):\n%s", b.line, diff)
+			t.Errorf("%s: body differs from %s (-shown +actual):\n%s", b.at(), b.file, diff)
 		}
 	}
 }
 
-// volatile fields differ on every run; a README value and an actual value
+// volatile fields differ on every run; a shown value and an actual value
 // match if both are present (or both null).
 var volatile = map[string]bool{"created_at": true, "added_at": true, "expires_at": true, "at": true, "request_id": true}
 
@@ -245,18 +266,19 @@ func normalizeJSON(t *testing.T, s string) any {
 	return walk(v)
 }
 
-// readmeBlocks finds each ```sh block to run (all but those that start
-// with make) and the ```json, ```http, ```csv or ```text block right after
+// readmeBlocks finds each ```sh block of file (a path from the
+// repository's root) to run (all but those that start with make or
+// redis-cli) and the ```json, ```http, ```csv or ```text block right after
 // it, if any.
-func readmeBlocks(t *testing.T, path string) []readmeBlock {
+func readmeBlocks(t *testing.T, file string) []readmeBlock {
 	t.Helper()
-	all := apitest.Fences(t, path)
+	all := apitest.Fences(t, filepath.Join("..", "..", filepath.FromSlash(file)))
 	var out []readmeBlock
 	for i, b := range all {
 		if b.Lang != "sh" || strings.HasPrefix(b.Text, "make ") || strings.HasPrefix(b.Text, "redis-cli ") {
 			continue
 		}
-		rb := readmeBlock{line: b.Line, command: strings.TrimSpace(b.Text)}
+		rb := readmeBlock{file: file, line: b.Line, command: strings.TrimSpace(b.Text)}
 		// The output is the next block, if nothing but a blank line stands
 		// between them.
 		if i+1 < len(all) && all[i+1].Line == b.End+2 {
