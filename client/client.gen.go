@@ -749,7 +749,7 @@ type ClientInterface interface {
 
 	// DownloadHistoryReport Download a history report
 	//
-	// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.
+	// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC. HEAD answers the headers without exporting.
 	//
 	// Corresponds with GET /reports/history/{token} (the `DownloadHistoryReport` operationId).
 	DownloadHistoryReport(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -950,7 +950,7 @@ func (c *Client) CreateHistoryReport(ctx context.Context, params *CreateHistoryR
 
 // DownloadHistoryReport Download a history report
 //
-// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.
+// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC. HEAD answers the headers without exporting.
 //
 // Corresponds with GET /reports/history/{token} (the `DownloadHistoryReport` operationId).
 func (c *Client) DownloadHistoryReport(ctx context.Context, token string, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2218,7 +2218,7 @@ type ClientWithResponsesInterface interface {
 
 	// DownloadHistoryReportWithResponse Download a history report
 	//
-	// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.
+	// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC. HEAD answers the headers without exporting.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2509,6 +2509,11 @@ func (r CreateHistoryReportReply) ContentType() string {
 	return ""
 }
 
+// DownloadHistoryReportReply429Headers the declared response headers of an HTTP 429 response for DownloadHistoryReport
+type DownloadHistoryReportReply429Headers struct {
+	RetryAfter string
+}
+
 type DownloadHistoryReportReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2516,10 +2521,14 @@ type DownloadHistoryReportReply struct {
 	ApplicationproblemJSON400 *Problem
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Problem
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *DownloadHistoryReportReply429Headers
 }
 
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
@@ -2530,6 +2539,11 @@ func (r DownloadHistoryReportReply) GetApplicationproblemJSON400() *Problem {
 // GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
 func (r DownloadHistoryReportReply) GetApplicationproblemJSON403() *Problem {
 	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r DownloadHistoryReportReply) GetApplicationproblemJSON429() *Problem {
+	return r.ApplicationproblemJSON429
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -2690,6 +2704,11 @@ func (r CreateMembersReportReply) ContentType() string {
 	return ""
 }
 
+// DownloadMembersReportReply429Headers the declared response headers of an HTTP 429 response for DownloadMembersReport
+type DownloadMembersReportReply429Headers struct {
+	RetryAfter string
+}
+
 type DownloadMembersReportReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2699,10 +2718,14 @@ type DownloadMembersReportReply struct {
 	ApplicationproblemJSON403 *Problem
 	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationproblemJSON429 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *Problem
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
 	ApplicationproblemJSON503 *Problem
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *DownloadMembersReportReply429Headers
 }
 
 // GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
@@ -2718,6 +2741,11 @@ func (r DownloadMembersReportReply) GetApplicationproblemJSON403() *Problem {
 // GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r DownloadMembersReportReply) GetApplicationproblemJSON404() *Problem {
 	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r DownloadMembersReportReply) GetApplicationproblemJSON429() *Problem {
+	return r.ApplicationproblemJSON429
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -3838,7 +3866,7 @@ func (c *ClientWithResponses) CreateHistoryReportWithResponse(ctx context.Contex
 
 // DownloadHistoryReportWithResponse Download a history report
 //
-// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.
+// Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC. HEAD answers the headers without exporting.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4273,6 +4301,13 @@ func ParseDownloadHistoryReportReply(rsp *http.Response) (*DownloadHistoryReport
 		}
 		response.ApplicationproblemJSON403 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4287,6 +4322,19 @@ func ParseDownloadHistoryReportReply(rsp *http.Response) (*DownloadHistoryReport
 		}
 		response.ApplicationproblemJSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers DownloadHistoryReportReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil
@@ -4443,6 +4491,13 @@ func ParseDownloadMembersReportReply(rsp *http.Response) (*DownloadMembersReport
 		}
 		response.ApplicationproblemJSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON429 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest Problem
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4457,6 +4512,19 @@ func ParseDownloadMembersReportReply(rsp *http.Response) (*DownloadMembersReport
 		}
 		response.ApplicationproblemJSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers DownloadMembersReportReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil

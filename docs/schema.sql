@@ -291,6 +291,17 @@ CREATE TABLE public.segment_opt_outs (
 );
 
 --
+-- Name: segment_rollout_ids; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.segment_rollout_ids
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
 -- Name: segments; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -307,6 +318,7 @@ CREATE TABLE public.segments (
     rollout_threshold_hash bigint,
     rollout_threshold_user bigint,
     delete_at timestamp with time zone,
+    rollout_id bigint,
     CONSTRAINT segments_auto_has_rollout CHECK (((auto_percent IS NULL) = (rollout_status IS NULL))),
     CONSTRAINT segments_auto_percent_check CHECK (((auto_percent >= (0)::numeric) AND (auto_percent <= (100)::numeric))),
     CONSTRAINT segments_rollout_status_check CHECK ((rollout_status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text]))),
@@ -369,7 +381,7 @@ ALTER TABLE ONLY public.idempotency_keys
 --
 
 ALTER TABLE ONLY public.membership_expiry_changes
-    ADD CONSTRAINT membership_expiry_changes_pkey PRIMARY KEY (user_id, at, id);
+    ADD CONSTRAINT membership_expiry_changes_pkey PRIMARY KEY (user_id, segment_id, at, id);
 
 --
 -- Name: membership_history membership_history_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -431,6 +443,12 @@ CREATE INDEX idempotency_keys_created_at_idx ON public.idempotency_keys USING bt
 --
 
 CREATE INDEX membership_history_at_idx ON public.membership_history USING btree (at, id);
+
+--
+-- Name: membership_history_user_segment_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX membership_history_user_segment_idx ON public.membership_history USING btree (user_id, segment_id, at, id);
 
 --
 -- Name: memberships_expiry_idx; Type: INDEX; Schema: public; Owner: -

@@ -183,7 +183,7 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 		Deletions: service.NewDeletions(segments, rec, log.Named("deletions")),
 		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, rec), tasks, d.Now, log.Named("users")),
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), rec,
-			secret, cfg.Reports.LinkTTL, d.Now),
+			secret, cfg.Reports.LinkTTL, cfg.Reports.Concurrency, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, rec), log.Named("expiry")),
 		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, rec), tasks, service.RolloutSettings{
 			Workers: cfg.Worker.RolloutWorkers, Batch: cfg.Worker.RolloutBatch, Rate: cfg.Worker.RolloutRate,
@@ -204,6 +204,7 @@ func (a *App) buildAPI(ctx context.Context) error {
 	o.Segments, o.Users, o.Reports = svc.Segments, svc.Users, svc.Reports
 	o.Idempotency, o.IdempotencyObserver = svc.Idempotency, d.Metrics
 	o.ReportTimeout, o.PublicURL = cfg.Reports.Timeout, cfg.Reports.PublicURL
+	o.ReadsRegister = cfg.Users.ReadsRegister
 	var err error
 	if o.Auth, err = newVerifier(ctx, cfg.Auth, d.Log); err != nil {
 		return err

@@ -22,6 +22,7 @@ type Config struct {
 	Redis    Redis
 	Worker   Worker
 	Reports  Reports
+	Users    Users
 	Cache    Cache
 	Events   Events
 	Auth     Auth
@@ -94,6 +95,17 @@ type Reports struct {
 	PublicURL string
 	// Timeout bounds one report download.
 	Timeout time.Duration
+	// Concurrency is how many CSV exports one process runs at once; more
+	// are refused (429) rather than queued.
+	Concurrency int
+}
+
+// Users configures the user registry.
+type Users struct {
+	// ReadsRegister says which reads of an unknown user's segments
+	// register it: write-scope (by callers that may write; every caller
+	// with authentication off), always, or never.
+	ReadsRegister string
 }
 
 // Cache configures the API's in-memory cache of users' segments.
@@ -200,10 +212,14 @@ func Load(getenv func(string) string) (Config, error) {
 			RolloutMaxRetry: p.intRange("ROLLOUT_MAX_RETRY", 8, 0, 100),
 		},
 		Reports: Reports{
-			Secret:    p.secret("REPORT_SECRET", 32),
-			LinkTTL:   p.duration("REPORT_LINK_TTL", 24*time.Hour),
-			PublicURL: p.url("PUBLIC_BASE_URL"),
-			Timeout:   p.duration("REPORT_TIMEOUT", 10*time.Minute),
+			Secret:      p.secret("REPORT_SECRET", 32),
+			LinkTTL:     p.duration("REPORT_LINK_TTL", 24*time.Hour),
+			PublicURL:   p.url("PUBLIC_BASE_URL"),
+			Timeout:     p.duration("REPORT_TIMEOUT", 10*time.Minute),
+			Concurrency: p.intRange("REPORT_CONCURRENCY", 4, 1, 1000),
+		},
+		Users: Users{
+			ReadsRegister: p.oneOf("READS_REGISTER_USERS", "write-scope", "write-scope", "always", "never"),
 		},
 		Cache: Cache{
 			Size:          p.intRange("CACHE_SIZE", 100000, 0, 100000000),

@@ -95,6 +95,9 @@ const (
 
 // Rollout is the progress of a percent segment's rollout.
 type Rollout struct {
+	// ID names this rollout: a percent segment's creation and each change
+	// of its share start one with a new id.
+	ID     int64
 	Status RolloutStatus
 	// Assigned counts the chosen users the rollout has reached so far.
 	Assigned int64

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Kinds of error a caller can act on. Test for them with errors.Is.
@@ -16,6 +17,9 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrForbidden means a credential (a signed link) is not valid.
 	ErrForbidden = errors.New("forbidden")
+	// ErrBusy means this process runs as much of that kind of work as it
+	// may (CSV exports, say); the caller may retry after RetryAfter.
+	ErrBusy = errors.New("busy")
 	// ErrUnavailable means a dependency (the database) cannot be reached
 	// or cannot take writes now. A write that got it may or may not have
 	// been applied; retrying a change is safe (it is idempotent).
@@ -31,6 +35,8 @@ type Error struct {
 	Fields []FieldError
 	// UnknownSlugs lists, for ErrNotFound, every slug that names no segment.
 	UnknownSlugs []string
+	// RetryAfter says, for ErrBusy, when a retry may succeed.
+	RetryAfter time.Duration
 }
 
 // FieldError is one wrong input field. Field is a JSON pointer ("/add/3").
@@ -62,6 +68,11 @@ func Conflictf(format string, args ...any) error {
 // Forbiddenf returns an ErrForbidden error with a formatted message.
 func Forbiddenf(format string, args ...any) error {
 	return &Error{Kind: ErrForbidden, Message: fmt.Sprintf(format, args...)}
+}
+
+// Busyf returns an ErrBusy error that suggests retrying after retryAfter.
+func Busyf(retryAfter time.Duration, format string, args ...any) error {
+	return &Error{Kind: ErrBusy, Message: fmt.Sprintf(format, args...), RetryAfter: retryAfter}
 }
 
 // UnknownSlugs returns an ErrNotFound error naming every unknown slug.

@@ -106,13 +106,25 @@ func (c HistoryCursor) String() string {
 	return strconv.FormatInt(c.At.UnixMicro(), 10) + "-" + strconv.FormatInt(c.ID, 10)
 }
 
-// ParseHistoryCursor reads what HistoryCursor.String wrote.
+// cursorMax bounds a cursor's instant: history's instants lie between
+// 1970 (the cursor's text has no room for a sign) and the end of year
+// 9999 (what an RFC 3339 time can say, well inside PostgreSQL's range).
+var cursorMax = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC).UnixMicro()
+
+// ParseHistoryCursor reads what HistoryCursor.String wrote, and nothing
+// else: the text must be exactly what String writes (no sign, no leading
+// zeros) for an instant from 1970 to the end of 9999 and an id from 0 up.
 func ParseHistoryCursor(s string) (HistoryCursor, error) {
+	bad := fmt.Errorf("cursor %q is not one this service gave out", s)
 	at, id, ok := strings.Cut(s, "-")
 	micros, err1 := strconv.ParseInt(at, 10, 64)
 	n, err2 := strconv.ParseInt(id, 10, 64)
-	if !ok || err1 != nil || err2 != nil {
-		return HistoryCursor{}, fmt.Errorf("cursor %q is not one this service gave out", s)
+	if !ok || err1 != nil || err2 != nil || micros < 0 || micros > cursorMax || n < 0 {
+		return HistoryCursor{}, bad
 	}
-	return HistoryCursor{At: time.UnixMicro(micros).UTC(), ID: n}, nil
+	c := HistoryCursor{At: time.UnixMicro(micros).UTC(), ID: n}
+	if c.String() != s {
+		return HistoryCursor{}, bad
+	}
+	return c, nil
 }

@@ -70,9 +70,18 @@ func bearerToken(r *http.Request) string {
 // request's log lines and keys its idempotency keys.
 func withCaller(ctx context.Context, c auth.Caller) context.Context {
 	if st, ok := ctx.Value(requestKey).(*requestState); ok {
-		st.subject = c.Subject
+		st.subject, st.caller = c.Subject, &c
 	}
 	return logctx.AddFields(ctx, zap.String("subject", c.Subject))
+}
+
+// verifiedCaller returns the request's verified caller, and false when
+// authentication is off.
+func verifiedCaller(ctx context.Context) (auth.Caller, bool) {
+	if st, ok := ctx.Value(requestKey).(*requestState); ok && st.caller != nil {
+		return *st.caller, true
+	}
+	return auth.Caller{}, false
 }
 
 // callerFrom returns the subject of the request's verified token; "" when

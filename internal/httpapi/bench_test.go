@@ -50,6 +50,8 @@ func (s csvStore) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w io.
 
 func (csvStore) CopyMembersCSV(context.Context, int64, io.Writer) error { return nil }
 
+func (csvStore) SegmentExists(context.Context, int64) (bool, error) { return true, nil }
+
 func (csvStore) UserHistory(context.Context, int64, time.Time, time.Time, domain.HistoryCursor, int) ([]domain.HistoryEvent, error) {
 	return nil, nil
 }
@@ -62,7 +64,7 @@ func BenchmarkReportDownload(b *testing.B) {
 	for range 10000 {
 		sb.WriteString("1000;AVITO_VOICE_MESSAGES;add;2026-11-22T08:12:59.710810Z;manual\n")
 	}
-	reports := service.NewReports(csvStore{[]byte(sb.String())}, service.NopRecorder{}, []byte("a benchmark secret of 32 bytes!!"), time.Hour, time.Now)
+	reports := service.NewReports(csvStore{[]byte(sb.String())}, service.NopRecorder{}, []byte("a benchmark secret of 32 bytes!!"), time.Hour, 4, time.Now)
 	h := &handler{reports: reports}
 	token, _ := reports.Link(domain.HistoryQuery{Period: domain.Period{Year: 2026, Month: 11}, UserID: 1000})
 	rctx := chi.NewRouteContext()

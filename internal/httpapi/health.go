@@ -2,11 +2,14 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/segments-service/segments/internal/domain"
 )
 
 // checkTimeout bounds each readiness check.
@@ -21,8 +24,21 @@ type Check struct {
 // Health is the body of /healthz and /readyz.
 type Health struct {
 	Status string `json:"status" enums:"ok,unavailable"`
-	// Checks maps each dependency to "ok" or what went wrong.
+	// Checks maps each dependency to "ok", or to "unavailable" and, where
+	// the service itself found why, that reason ("the database is
+	// read-only …"); how a dependency failed (addresses, users, driver
+	// messages) goes to the log only.
 	Checks map[string]string `json:"checks,omitempty"`
+}
+
+// checkVerdict is what /readyz shows of a check's error: a reason the
+// service phrased itself (a *domain.Error) or just "unavailable".
+func checkVerdict(err error) string {
+	var de *domain.Error
+	if errors.As(err, &de) {
+		return "unavailable: " + de.Message
+	}
+	return "unavailable"
 }
 
 // healthz answers while the process can serve HTTP at all.
@@ -44,8 +60,10 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	for _, c := range h.checks {
 		wg.Go(func() {
 			msg := "ok"
-			if err := c.Ping(ctx); err != nil {
-				msg = err.Error()
+			err := c.Ping(ctx)
+			if err != nil {
+				msg = checkVerdict(err)
+				loggerFrom(r.Context()).Warn("not ready", zap.String("dependency", c.Name), zap.Error(err))
 			}
 			mu.Lock()
 			res.Checks[c.Name] = msg
@@ -55,10 +73,9 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	wg.Wait()
 
 	status := http.StatusOK
-	for name, msg := range res.Checks {
+	for _, msg := range res.Checks {
 		if msg != "ok" {
 			res.Status, status = "unavailable", http.StatusServiceUnavailable
-			loggerFrom(r.Context()).Warn("not ready", zap.String("dependency", name), zap.String("error", msg))
 		}
 	}
 	respond(w, status, res)

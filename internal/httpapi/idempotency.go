@@ -76,6 +76,13 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 					"Idempotency-Key must be one header of 1 to 255 printable ASCII characters")
 				return
 			}
+			// Keys are kept per subject: tokens without one would share a
+			// key space, and one caller's retry would get another's answer.
+			if c, on := verifiedCaller(r.Context()); on && c.Subject == "" {
+				statusProblem(w, r, http.StatusBadRequest,
+					"Idempotency-Key needs a token with a sub claim: keys are kept per subject, and a token without one would share them with every other such token")
+				return
+			}
 			key := keys[0]
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 			if err != nil {

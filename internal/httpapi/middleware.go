@@ -16,6 +16,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"go.uber.org/zap"
 
+	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/logctx"
 )
 
@@ -33,6 +34,9 @@ type requestState struct {
 	unmatched bool
 	// subject is the verified token's subject.
 	subject string
+	// caller is the verified token's caller; nil when authentication is
+	// off.
+	caller *auth.Caller
 }
 
 func requestIDFrom(ctx context.Context) string {
@@ -169,7 +173,7 @@ func accessLog(log *zap.Logger, which string, observer RequestObserver) func(htt
 					zap.String("request_id", requestIDFrom(r.Context())),
 					zap.String("subject", callerFrom(r.Context())),
 					zap.String("method", r.Method),
-					zap.String("path", r.URL.Path),
+					zap.String("path", loggedPath(r.URL.Path)),
 					zap.String("route", route),
 					zap.Int("status", status),
 					zap.Int("bytes", ww.BytesWritten()),
@@ -179,6 +183,21 @@ func accessLog(log *zap.Logger, which string, observer RequestObserver) func(htt
 			next.ServeHTTP(ww, r)
 		})
 	}
+}
+
+// reportPrefixes are the paths under which a report link's token follows:
+// whoever reads the logs must not be able to download the report.
+var reportPrefixes = []string{"/api/v1/reports/history/", "/api/v1/reports/members/"}
+
+// loggedPath is path as the access log shows it: a report link's token
+// (and anything after it) replaced with {token}.
+func loggedPath(path string) string {
+	for _, prefix := range reportPrefixes {
+		if strings.HasPrefix(path, prefix) && len(path) > len(prefix) {
+			return prefix + "{token}"
+		}
+	}
+	return path
 }
 
 // recoverer turns a handler's panic into a logged 500 (if nothing was

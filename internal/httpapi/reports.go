@@ -73,13 +73,15 @@ func (h *handler) respondLink(w http.ResponseWriter, path, token string, expires
 //
 //	@ID				downloadHistoryReport
 //	@Summary		Download a history report
-//	@Description	Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC.
+//	@Description	Streams the CSV named by a signed link: header user_id;segment;operation;datetime;reason, then one line per event in time order, times in RFC 3339 UTC. HEAD answers the headers without exporting.
 //	@Tags			reports
 //	@Produce		text/csv
 //	@Produce		json
-//	@Param			token	path		string	true	"The token from the link"
-//	@Success		200		{string}	string	"user_id;segment;operation;datetime;reason"
-//	@Failure		403		{object}	Problem	"Tampered, truncated or expired link"
+//	@Param			token	path		string		true	"The token from the link"
+//	@Success		200		{string}	string		"user_id;segment;operation;datetime;reason"
+//	@Failure		403		{object}	Problem		"Tampered, truncated or expired link"
+//	@Failure		429		{object}	Problem		"As many exports as REPORT_CONCURRENCY are running on this server (see Retry-After)"
+//	@Header			429		{string}	Retry-After	"Seconds to wait before trying again"
 //	@Router			/reports/history/{token} [get]
 func (h *handler) downloadReport(w http.ResponseWriter, r *http.Request) {
 	q, err := h.reports.Open(chi.URLParam(r, "token"))
@@ -93,6 +95,11 @@ func (h *handler) downloadReport(w http.ResponseWriter, r *http.Request) {
 	}
 	h.streamCSV(w, r, name, func(cw io.Writer) error { return h.reports.WriteCSV(r.Context(), q, cw) })
 }
+
+// downloadGrace is how much longer than the report timeout a download's
+// response may take to write: the database ends the export at the timeout,
+// and the error (or the end) still has to go out.
+const downloadGrace = 10 * time.Second
 
 // countingWriter counts the bytes written through it.
 type countingWriter struct {
@@ -150,10 +157,12 @@ func (h *handler) createMembersReport(w http.ResponseWriter, r *http.Request) {
 //	@Tags			reports
 //	@Produce		text/csv
 //	@Produce		json
-//	@Param			token	path		string	true	"The token from the link"
-//	@Success		200		{string}	string	"user_id;added_at;expires_at;source"
-//	@Failure		403		{object}	Problem	"Tampered, truncated or expired link, or a link of another kind"
-//	@Failure		404		{object}	Problem	"The segment was deleted since"
+//	@Param			token	path		string		true	"The token from the link"
+//	@Success		200		{string}	string		"user_id;added_at;expires_at;source"
+//	@Failure		403		{object}	Problem		"Tampered, truncated or expired link, or a link of another kind"
+//	@Failure		404		{object}	Problem		"The segment was deleted since"
+//	@Failure		429		{object}	Problem		"As many exports as REPORT_CONCURRENCY are running on this server (see Retry-After)"
+//	@Header			429		{string}	Retry-After	"Seconds to wait before trying again"
 //	@Router			/reports/members/{token} [get]
 func (h *handler) downloadMembersReport(w http.ResponseWriter, r *http.Request) {
 	m, err := h.reports.OpenMembers(chi.URLParam(r, "token"))
@@ -161,16 +170,32 @@ func (h *handler) downloadMembersReport(w http.ResponseWriter, r *http.Request) 
 		respondError(w, r, err)
 		return
 	}
+	if r.Method == http.MethodHead {
+		if err := h.reports.CheckMembers(r.Context(), m); err != nil {
+			respondError(w, r, err)
+			return
+		}
+	}
 	h.streamCSV(w, r, "segments-members-"+m.Slug, func(cw io.Writer) error { return h.reports.WriteMembersCSV(r.Context(), m, cw) })
 }
 
 // streamCSV streams a CSV download named name: if it fails before a byte
 // is out, the client gets the problem; after, the connection is cut, so
-// that a broken download does not pass for a short file.
+// that a broken download does not pass for a short file. A HEAD request
+// gets the headers only: nothing is exported. A download may take the
+// report timeout, longer than the server's usual write timeout.
 func (h *handler) streamCSV(w http.ResponseWriter, r *http.Request, name string, write func(io.Writer) error) {
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`.csv"`)
 	w.Header().Set("Cache-Control", "private, no-store")
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if h.reportTimeout > 0 {
+		// A recorder in tests cannot set deadlines; a real server can.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(h.reportTimeout + downloadGrace))
+	}
 	cw := &countingWriter{w: w}
 	if err := write(cw); err != nil {
 		if cw.n == 0 {

@@ -3,7 +3,9 @@ package httpapi
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
+	"strconv"
 
 	"go.uber.org/zap"
 
@@ -55,6 +57,7 @@ const (
 	typeConflict        = "urn:segments:problem:conflict"
 	typeForbidden       = "urn:segments:problem:forbidden"
 	typeUnavailable     = "urn:segments:problem:unavailable"
+	typeTooManyExports  = "urn:segments:problem:too-many-exports"
 )
 
 // domainProblems maps domain error kinds to responses: the one table that
@@ -69,6 +72,7 @@ var domainProblems = []struct {
 	{domain.ErrNotFound, http.StatusNotFound, typeNotFound, "Not found"},
 	{domain.ErrConflict, http.StatusConflict, typeConflict, "Conflict"},
 	{domain.ErrForbidden, http.StatusForbidden, typeForbidden, "Forbidden"},
+	{domain.ErrBusy, http.StatusTooManyRequests, typeTooManyExports, "Too many exports"},
 }
 
 // retryAfterSeconds is the Retry-After of a 503.
@@ -88,6 +92,9 @@ func respondError(w http.ResponseWriter, r *http.Request, err error) {
 				}
 				if len(de.UnknownSlugs) > 0 {
 					p.Type, p.Title, p.UnknownSlugs = typeUnknownSegments, "Unknown segments", de.UnknownSlugs
+				}
+				if de.RetryAfter > 0 {
+					w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(de.RetryAfter.Seconds()))))
 				}
 				writeProblem(w, r, p)
 				return

@@ -54,6 +54,12 @@ type Options struct {
 	// PublicURL is the scheme and host report links start with; empty
 	// makes links relative (never taken from the request's Host).
 	PublicURL string
+	// ReadsRegister says which reads of an unknown user's segments
+	// register the user: ReadsRegisterWriteScope (the default, for "")
+	// registers on reads by callers that may write (every caller with
+	// authentication off), ReadsRegisterAlways on every read,
+	// ReadsRegisterNever on none.
+	ReadsRegister string
 	// Observer, if set, records every request (route pattern, method,
 	// status, duration).
 	Observer RequestObserver
@@ -83,6 +89,13 @@ type RequestObserver interface {
 	ObserveRequest(route, method string, status int, d time.Duration)
 }
 
+// Policies of Options.ReadsRegister.
+const (
+	ReadsRegisterWriteScope = "write-scope"
+	ReadsRegisterAlways     = "always"
+	ReadsRegisterNever      = "never"
+)
+
 // QueuesUIPath is where the task queues' web UI is mounted.
 const QueuesUIPath = "/admin/queues"
 
@@ -94,6 +107,10 @@ type handler struct {
 	checks    []Check
 	validate  *validator.Validate
 	publicURL string
+	// reportTimeout is how long a report download may take.
+	reportTimeout time.Duration
+	// readsRegister is Options.ReadsRegister.
+	readsRegister string
 }
 
 // NewRouter returns the service's HTTP handler: every route is here. With
@@ -111,6 +128,9 @@ func NewRouter(o Options) http.Handler {
 		checks:    o.Checks,
 		validate:  newValidator(),
 		publicURL: strings.TrimSuffix(o.PublicURL, "/"),
+
+		reportTimeout: o.ReportTimeout,
+		readsRegister: o.ReadsRegister,
 	}
 
 	r := chi.NewRouter()
@@ -133,8 +153,10 @@ func NewRouter(o Options) http.Handler {
 		r.Method(http.MethodGet, "/metrics", o.Metrics)
 	}
 	if o.QueuesUI != nil {
-		r.Handle(QueuesUIPath, o.QueuesUI)
-		r.Handle(QueuesUIPath+"/*", o.QueuesUI)
+		// It can delete, retry and archive tasks and shows their payloads.
+		ui := authenticate(o.Auth, auth.ScopeAdmin, o.AuthObserver)(o.QueuesUI)
+		r.Handle(QueuesUIPath, ui)
+		r.Handle(QueuesUIPath+"/*", ui)
 	}
 	if o.Segments == nil {
 		return r

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -69,6 +70,17 @@ type SegmentList struct {
 	NextAfter *string `json:"next_after" example:"AVITO_VOICE_MESSAGES" extensions:"x-nullable"`
 }
 
+// segmentOut is s as a response shows it. A rollout this process answers
+// as done for the first time first drops the read cache (see
+// readcache.FlushOnce): whoever reads "done" here then reads its users'
+// new memberships here.
+func (h *handler) segmentOut(s domain.Segment) Segment {
+	if s.Rollout != nil && s.Rollout.Status == domain.RolloutDone {
+		h.cache.FlushOnce("rollout " + strconv.FormatInt(s.Rollout.ID, 10))
+	}
+	return segmentFrom(s)
+}
+
 func segmentFrom(s domain.Segment) Segment {
 	out := Segment{
 		Slug:        s.Slug,
@@ -126,7 +138,7 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/segments/"+url.PathEscape(seg.Slug))
-	respond(w, http.StatusCreated, segmentFrom(seg))
+	respond(w, http.StatusCreated, h.segmentOut(seg))
 }
 
 // listSegments godoc
@@ -154,7 +166,7 @@ func (h *handler) listSegments(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := SegmentList{Segments: make([]Segment, 0, len(page.Segments))}
 	for _, s := range page.Segments {
-		resp.Segments = append(resp.Segments, segmentFrom(s))
+		resp.Segments = append(resp.Segments, h.segmentOut(s))
 	}
 	if page.NextAfter != "" {
 		resp.NextAfter = &page.NextAfter
@@ -178,7 +190,7 @@ func (h *handler) getSegment(w http.ResponseWriter, r *http.Request) {
 		respondError(w, r, err)
 		return
 	}
-	respond(w, http.StatusOK, segmentFrom(seg))
+	respond(w, http.StatusOK, h.segmentOut(seg))
 }
 
 // deleteSegment godoc
@@ -282,5 +294,5 @@ func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 		respondError(w, r, err)
 		return
 	}
-	respond(w, http.StatusOK, segmentFrom(seg))
+	respond(w, http.StatusOK, h.segmentOut(seg))
 }

@@ -2,11 +2,13 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/segments-service/segments/internal/aftercommit"
+	"github.com/segments-service/segments/internal/auth"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/readcache"
 )
@@ -124,7 +126,7 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 	body, ticket, status := h.cache.Get(id)
 	w.Header().Set("Cache-Status", status.CacheStatus())
 	if status != readcache.Hit {
-		ms, err := h.users.Segments(r.Context(), id)
+		ms, registered, err := h.users.Segments(r.Context(), id, h.readRegisters(r.Context()))
 		if err != nil {
 			respondError(w, r, err)
 			return
@@ -133,10 +135,28 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 		// its body.
 		var scratch [2048]byte
 		body = bytes.Clone(appendUserSegments(scratch[:0], id, ms))
-		h.cache.Fill(id, ticket, body, earliestExpiry(ms))
+		// An unknown user's answer is not kept: the next read that may
+		// register the user must reach the database.
+		if registered {
+			h.cache.Fill(id, ticket, body, earliestExpiry(ms))
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(body)
+}
+
+// readRegisters says whether this read may register an unknown user, by
+// the READS_REGISTER_USERS policy: always, never, or (write-scope) when
+// the caller may write — every caller with authentication off.
+func (h *handler) readRegisters(ctx context.Context) bool {
+	switch h.readsRegister {
+	case ReadsRegisterAlways:
+		return true
+	case ReadsRegisterNever:
+		return false
+	}
+	c, on := verifiedCaller(ctx)
+	return !on || c.Has(auth.ScopeWrite)
 }
 
 // userSegmentsAt answers GET /users/{id}/segments?at=T from history; the

@@ -242,12 +242,12 @@ func (m *Metrics) registerCache() {
 	}, []string{"source"})
 	m.cacheFlushes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "cache", Name: "flushes_total",
-		Help: "Drops of the whole read cache, by cause: local (a segment deleted through this process), notified (a write too large to list its users) or disconnect (the notification connection was lost).",
+		Help: "Drops of the whole read cache, by cause: local (a segment deleted through this process), notified (a write too large to list its users), disconnect (the notification connection was lost) or finished (this process answered for the first time that a rollout or import is done).",
 	}, []string{"cause"})
 	for _, v := range []string{"local", "notified"} {
 		m.cacheInvalidated.WithLabelValues(v)
 	}
-	for _, v := range []string{"local", "notified", "disconnect"} {
+	for _, v := range []string{"local", "notified", "disconnect", "finished"} {
 		m.cacheFlushes.WithLabelValues(v)
 	}
 	m.cacheFillsRefused = prometheus.NewCounter(prometheus.CounterOpts{

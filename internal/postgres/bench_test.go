@@ -3,9 +3,12 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/postgres"
@@ -75,7 +78,7 @@ func BenchmarkUserSegments(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			ms, err := users.UserSegments(context.Background(), 1+rand.Int64N(1000))
+			ms, _, err := users.UserSegments(context.Background(), 1+rand.Int64N(1000), true)
 			if err != nil || len(ms) != 5 {
 				b.Errorf("%d segments, %v", len(ms), err)
 				return
@@ -133,6 +136,72 @@ func BenchmarkUserSegmentsAt(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(n), "events")
+}
+
+// BenchmarkLongHistory reads, for a user with 100,000 events across 50
+// segments, its segments at an instant in the middle of that history (?at=)
+// and the explanation of one segment (its last 100 events): neither may
+// cost in proportion to the user's events (the issue bounds both at 5 ms
+// in the database). db-ms/op is the database's own execution time of the
+// ?at= query (EXPLAIN ANALYZE).
+func BenchmarkLongHistory(b *testing.B) {
+	pool := env.NewPool(b)
+	segs := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
+	for i := 1; i <= 50; i++ {
+		mustCreate(b, segs, fmt.Sprintf("SEG_%d", i))
+	}
+	ctx := context.Background()
+	// 1,000 add/remove pairs a segment, one event a millisecond, written
+	// straight into history (a fixture, not changes).
+	const seed = `
+		INSERT INTO membership_history (user_id, segment_id, slug, operation, reason, at)
+		SELECT 1, s.id, s.slug, CASE WHEN e % 2 = 0 THEN 'add' ELSE 'remove' END, 'manual',
+		       now() - interval '1 day' + e * interval '1 ms'
+		FROM generate_series(1, 100000) e
+		JOIN segments s ON s.slug = 'SEG_' || (e % 50 + 1)`
+	if _, err := pool.Exec(ctx, seed); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE membership_history`); err != nil {
+		b.Fatal(err)
+	}
+	users := postgres.NewUserRepo(pool, postgres.NopRecorder{})
+	var mid time.Time
+	if err := pool.QueryRow(ctx, `SELECT now() - interval '1 day' + 50000 * interval '1 ms'`).Scan(&mid); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("at", func(b *testing.B) {
+		for b.Loop() {
+			ms, err := users.UserSegmentsAt(ctx, 1, mid)
+			if err != nil || len(ms) != 25 {
+				b.Fatalf("%d segments at the middle, %v; want the 25 whose last event was an add", len(ms), err)
+			}
+		}
+		b.ReportMetric(dbMillis(b, pool, postgres.UserSegmentsAtSQL, int64(1), mid), "db-ms/op")
+	})
+	b.Run("explain", func(b *testing.B) {
+		for b.Loop() {
+			e, err := segs.Explain(ctx, 1, "SEG_25")
+			if err != nil || len(e.Events) != 100 {
+				b.Fatalf("%d events, %v", len(e.Events), err)
+			}
+		}
+	})
+}
+
+// dbMillis is the execution time PostgreSQL reports for sql with args
+// (EXPLAIN ANALYZE), in milliseconds: the best of five runs.
+func dbMillis(b *testing.B, pool *pgxpool.Pool, sql string, args ...any) float64 {
+	b.Helper()
+	best := math.Inf(1)
+	for range 5 {
+		var plan []map[string]any
+		if err := pool.QueryRow(context.Background(), "EXPLAIN (ANALYZE, FORMAT JSON) "+sql, args...).Scan(&plan); err != nil {
+			b.Fatal(err)
+		}
+		best = min(best, plan[0]["Execution Time"].(float64))
+	}
+	return best
 }
 
 // BenchmarkPrepareRollout plans a 50 % rollout of 1,000,000 users: one read of the population, the hashes,

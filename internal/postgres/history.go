@@ -12,17 +12,23 @@ import (
 	"github.com/segments-service/segments/internal/domain"
 )
 
-// HistoryRepo reads membership history.
+// HistoryRepo reads membership history and exports it.
 type HistoryRepo struct {
 	pool *pgxpool.Pool
+	// export configures the connection each CSV export opens for itself.
+	export *pgx.ConnConfig
 	// copyTimeout bounds one CSV export on the server.
 	copyTimeout time.Duration
 }
 
 // NewHistoryRepo returns a HistoryRepo on pool; one CSV export may run for
-// up to copyTimeout.
+// up to copyTimeout, on a connection of its own (made as pool makes
+// them), so that no number of downloads takes the pool's connections
+// from the requests that need them.
 func NewHistoryRepo(pool *pgxpool.Pool, copyTimeout time.Duration) *HistoryRepo {
-	return &HistoryRepo{pool: pool, copyTimeout: copyTimeout}
+	export := pool.Config().ConnConfig.Copy()
+	export.RuntimeParams["application_name"] = ExportName
+	return &HistoryRepo{pool: pool, export: export, copyTimeout: copyTimeout}
 }
 
 // CopyHistoryCSV streams q's history as CSV to w with COPY … TO STDOUT:
@@ -44,7 +50,7 @@ func (r *HistoryRepo) CopyHistoryCSV(ctx context.Context, q domain.HistoryQuery,
 	}
 	sql := fmt.Sprintf(query, q.Period.Start().Format(time.RFC3339), q.Period.End().Format(time.RFC3339), user)
 
-	return exportTx(ctx, r.pool, r.copyTimeout, func(tx pgx.Tx) error {
+	return r.exportTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Conn().PgConn().CopyTo(ctx, w, sql); err != nil {
 			return fmt.Errorf("export history of %s (user %d): %w", q.Period, q.UserID, dbError(err))
 		}
@@ -69,9 +75,9 @@ func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.
 		WHERE segment_id = %d AND (expires_at IS NULL OR expires_at > now())
 		ORDER BY user_id
 	) TO STDOUT WITH (FORMAT csv, HEADER true, DELIMITER ';')`
-	return exportTx(ctx, r.pool, r.copyTimeout, func(tx pgx.Tx) error {
+	return r.exportTx(ctx, func(tx pgx.Tx) error {
 		var found bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM segments WHERE id = $1)`, segmentID).Scan(&found); err != nil {
+		if err := tx.QueryRow(ctx, segmentExistsSQL, segmentID).Scan(&found); err != nil {
 			return fmt.Errorf("find segment %d: %w", segmentID, dbError(err))
 		}
 		if !found {
@@ -84,19 +90,40 @@ func (r *HistoryRepo) CopyMembersCSV(ctx context.Context, segmentID int64, w io.
 	})
 }
 
+// segmentExistsSQL says whether the segment with id $1 exists.
+const segmentExistsSQL = `SELECT EXISTS (SELECT FROM segments WHERE id = $1)`
+
+// SegmentExists reports whether the segment with id segmentID exists.
+func (r *HistoryRepo) SegmentExists(ctx context.Context, segmentID int64) (bool, error) {
+	return readAgain(ctx, r.pool, func() (bool, error) {
+		var found bool
+		err := on(ctx, r.pool).QueryRow(ctx, segmentExistsSQL, segmentID).Scan(&found)
+		if err != nil {
+			return false, fmt.Errorf("find segment %d: %w", segmentID, dbError(err))
+		}
+		return found, nil
+	})
+}
+
 // ExportName is the application_name of the read-only transactions that
 // stream CSV exports. The change event relay does not wait for them: they
 // can write no history (EventLog).
 const ExportName = "segments export (read only)"
 
-// exportTx runs fn in a read-only, repeatable read transaction of its own
-// (one snapshot for all its statements; exports are downloads, never part
-// of a write's transaction) named ExportName, whose statements may run for
-// up to timeout.
-func exportTx(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration, fn func(pgx.Tx) error) error {
+// exportTx runs fn in a read-only, repeatable read transaction (one
+// snapshot for all its statements; exports are downloads, never part of a
+// write's transaction) on a connection of its own named ExportName, whose
+// statements may run for up to the export timeout. The connection is
+// closed when fn returns.
+func (r *HistoryRepo) exportTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	conn, err := pgx.ConnectConfig(ctx, r.export)
+	if err != nil {
+		return fmt.Errorf("connect for an export: %w", dbError(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	opts := pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}
-	return dbError(pgx.BeginTxFunc(ctx, pool, opts, func(tx pgx.Tx) error {
-		settings := fmt.Sprintf("SET LOCAL statement_timeout = %d; SET LOCAL application_name = '%s'", timeout.Milliseconds(), ExportName)
+	return dbError(pgx.BeginTxFunc(ctx, conn, opts, func(tx pgx.Tx) error {
+		settings := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())
 		if _, err := tx.Exec(ctx, settings); err != nil {
 			return fmt.Errorf("set export timeout: %w", dbError(err))
 		}

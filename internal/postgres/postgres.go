@@ -95,9 +95,9 @@ func Ready(ctx context.Context, pool *pgxpool.Pool) error {
 	}
 	switch {
 	case recovery:
-		return errors.New("the database is a standby (in recovery) and accepts no writes")
+		return &domain.Error{Kind: domain.ErrUnavailable, Message: "the database is a standby (in recovery) and accepts no writes"}
 	case readOnly:
-		return errors.New("the database is read-only (transaction_read_only is on) and accepts no writes")
+		return &domain.Error{Kind: domain.ErrUnavailable, Message: "the database is read-only (transaction_read_only is on) and accepts no writes"}
 	}
 	return nil
 }

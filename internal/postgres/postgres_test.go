@@ -236,10 +236,15 @@ func TestFirstReadRegistersTheUserOnce(t *testing.T) {
 	}
 	mustCreate(t, segs, "MANUAL")
 
+	// Without registering, an unknown user holds nothing and stays
+	// unknown.
+	if ms, known, err := users.UserSegments(t.Context(), 1000, false); err != nil || known || len(ms) != 0 {
+		t.Fatalf("unregistered read: %+v, known %v, %v; want nothing, unknown", ms, known, err)
+	}
 	for i := range 2 {
-		ms, err := users.UserSegments(t.Context(), 1000)
-		if err != nil {
-			t.Fatal(err)
+		ms, known, err := users.UserSegments(t.Context(), 1000, true)
+		if err != nil || !known {
+			t.Fatalf("read %d: known %v, %v", i+1, known, err)
 		}
 		if len(ms) != 1 || ms[0].Slug != "EVERYONE" || ms[0].Source != domain.SourceAuto || ms[0].ExpiresAt != nil {
 			t.Fatalf("read %d: %+v, want the percent segment", i+1, ms)

@@ -31,7 +31,8 @@ const segmentColumns = `
 	(SELECT count(*) FROM memberships m
 	  WHERE m.segment_id = s.id
 	    AND (m.expires_at IS NULL OR m.expires_at > now())) AS member_count,
-	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0), s.delete_at`
+	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0), s.delete_at,
+	coalesce(s.rollout_id, 0)`
 
 func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 	var (
@@ -40,7 +41,7 @@ func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 		ro     domain.Rollout
 	)
 	err := row.Scan(&seg.ID, &seg.Slug, &seg.Description, &seg.CreatedAt, &seg.MemberCount,
-		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt)
+		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt, &ro.ID)
 	if status != nil {
 		ro.Status = domain.RolloutStatus(*status)
 		seg.Rollout = &ro
@@ -66,9 +67,10 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 			}
 		}
 		const q = `
-			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq, delete_at)
+			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq, delete_at, rollout_id)
 			SELECT $1, $2, $3::numeric / 100, CASE WHEN $3::integer IS NOT NULL THEN 'pending' END,
-			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END, $4
+			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END, $4,
+			       CASE WHEN $3::integer IS NOT NULL THEN nextval('segment_rollout_ids') END
 			RETURNING ` + segmentColumns
 		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent, ns.DeleteAt)
 		var err error
@@ -261,6 +263,7 @@ func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.Se
 			    auto_percent = CASE WHEN $6 THEN $5::numeric / 100 ELSE s.auto_percent END,
 			    population_seq = CASE WHEN $6 THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) ELSE s.population_seq END,
 			    rollout_status = CASE WHEN $6 THEN 'pending' ELSE s.rollout_status END,
+			    rollout_id = CASE WHEN $6 THEN nextval('segment_rollout_ids') ELSE s.rollout_id END,
 			    rollout_total = CASE WHEN $6 THEN NULL ELSE s.rollout_total END,
 			    rollout_assigned = CASE WHEN $6 THEN 0 ELSE s.rollout_assigned END,
 			    rollout_threshold_hash = CASE WHEN $6 THEN NULL ELSE s.rollout_threshold_hash END,

@@ -21,22 +21,31 @@ const userSegmentsSQL = `
 	WHERE u.id = $1
 	ORDER BY s.slug`
 
-// UserSegments returns the user's active memberships sorted by slug. A
-// known user costs one statement; an unknown one is registered (with its
-// percent segments) and read again in a second round trip, in one
-// transaction.
-func (r *UserRepo) UserSegments(ctx context.Context, userID int64) ([]domain.Membership, error) {
-	return readAgain(ctx, r.pool, func() ([]domain.Membership, error) { return r.userSegments(ctx, userID) })
+// UserSegments returns the user's active memberships sorted by slug, and
+// whether the user is registered. A known user costs one statement; an
+// unknown one, if register is set, is registered (with its percent
+// segments) and read again in a second round trip, in one transaction;
+// else it has no memberships and is left unknown.
+func (r *UserRepo) UserSegments(ctx context.Context, userID int64, register bool) ([]domain.Membership, bool, error) {
+	type answer struct {
+		ms    []domain.Membership
+		known bool
+	}
+	a, err := readAgain(ctx, r.pool, func() (answer, error) {
+		ms, known, err := r.userSegments(ctx, userID, register)
+		return answer{ms, known}, err
+	})
+	return a.ms, a.known, err
 }
 
-func (r *UserRepo) userSegments(ctx context.Context, userID int64) ([]domain.Membership, error) {
+func (r *UserRepo) userSegments(ctx context.Context, userID int64, register bool) ([]domain.Membership, bool, error) {
 	rows, _ := on(ctx, r.pool).Query(ctx, userSegmentsSQL, userID)
 	ms, known, err := scanUserSegments(rows)
 	if err != nil {
-		return nil, fmt.Errorf("select segments of user %d: %w", userID, dbError(err))
+		return nil, false, fmt.Errorf("select segments of user %d: %w", userID, dbError(err))
 	}
-	if known {
-		return ms, nil
+	if known || !register {
+		return ms, known, nil
 	}
 
 	var granted int64
@@ -47,10 +56,10 @@ func (r *UserRepo) userSegments(ctx context.Context, userID int64) ([]domain.Mem
 		return err
 	})
 	if err := on(ctx, r.pool).SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("register and select user %d: %w", userID, dbError(err))
+		return nil, false, fmt.Errorf("register and select user %d: %w", userID, dbError(err))
 	}
 	recordAfterCommit(ctx, r.rec, domain.OperationAdd, domain.ReasonAuto, granted)
-	return ms, nil
+	return ms, true, nil
 }
 
 // scanUserSegments reads the rows of userSegmentsSQL, and whether the user

@@ -121,6 +121,10 @@ type Cache struct {
 	listening atomic.Bool
 	now       func() time.Time
 	rec       Recorder
+
+	// finished holds the keys FlushOnce has flushed for.
+	finishedMu sync.Mutex
+	finished   map[string]struct{}
 }
 
 // Ticket lets a miss fill its key. The zero Ticket fills nothing.
@@ -266,6 +270,33 @@ func (c *Cache) Listening(on bool) {
 	}
 	c.bumpAll()
 	c.listening.Store(true)
+}
+
+// maxFinished bounds the keys FlushOnce remembers; past it they are
+// forgotten, which costs at most one more flush each.
+const maxFinished = 10000
+
+// FlushOnce drops every entry (and voids every ticket) the first time it
+// is called with key, and does nothing after. The API calls it before it
+// answers that a bulk change — a rollout, an import — is done, keyed by
+// that change: the change's invalidations may not have reached this
+// process yet, and after the flush its reads of the users the change
+// touched come from the database. It reports whether it flushed.
+func (c *Cache) FlushOnce(key string) bool {
+	if c == nil {
+		return false
+	}
+	c.finishedMu.Lock()
+	defer c.finishedMu.Unlock()
+	if _, done := c.finished[key]; done {
+		return false
+	}
+	if c.finished == nil || len(c.finished) >= maxFinished {
+		c.finished = make(map[string]struct{})
+	}
+	c.InvalidateAll("finished")
+	c.finished[key] = struct{}{}
+	return true
 }
 
 // Serving reports whether the cache answers reads: it exists and listens.

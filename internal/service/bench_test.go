@@ -9,7 +9,7 @@ import (
 )
 
 func BenchmarkReportLinkAndOpen(b *testing.B) {
-	r := service.NewReports(nil, service.NopRecorder{}, []byte("a benchmark secret of 32 bytes!!"), time.Hour, time.Now)
+	r := service.NewReports(nil, service.NopRecorder{}, []byte("a benchmark secret of 32 bytes!!"), time.Hour, 4, time.Now)
 	q := domain.HistoryQuery{Period: domain.Period{Year: 2026, Month: 11}, UserID: 1000}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -27,6 +27,8 @@ type HistoryStore interface {
 	// segmentID to w as CSV, in user id order, the database doing the
 	// formatting. It returns domain.ErrNotFound if the segment is gone.
 	CopyMembersCSV(ctx context.Context, segmentID int64, w io.Writer) error
+	// SegmentExists reports whether the segment with id segmentID exists.
+	SegmentExists(ctx context.Context, segmentID int64) (bool, error)
 }
 
 // HistoryPage is one page of a user's history.
@@ -48,11 +50,31 @@ type Reports struct {
 	secret  []byte
 	linkTTL time.Duration
 	now     func() time.Time
+	// exports holds a token for each export running in this process.
+	exports chan struct{}
 }
 
-// NewReports returns Reports signing with secret; links live for linkTTL.
-func NewReports(store HistoryStore, rec Recorder, secret []byte, linkTTL time.Duration, now func() time.Time) *Reports {
-	return &Reports{store: store, rec: rec, secret: secret, linkTTL: linkTTL, now: now}
+// ExportRetryAfter is how soon a download refused for too many exports
+// running is worth trying again.
+const ExportRetryAfter = 5 * time.Second
+
+// NewReports returns Reports signing with secret; links live for linkTTL;
+// at most concurrency CSV exports run at once.
+func NewReports(store HistoryStore, rec Recorder, secret []byte, linkTTL time.Duration, concurrency int, now func() time.Time) *Reports {
+	return &Reports{store: store, rec: rec, secret: secret, linkTTL: linkTTL, now: now, exports: make(chan struct{}, concurrency)}
+}
+
+// export runs one CSV export if fewer than the allowed number are
+// running, and returns domain.ErrBusy otherwise: a download is never queued
+// behind others, holding its client's connection.
+func (r *Reports) export(run func() error) error {
+	select {
+	case r.exports <- struct{}{}:
+	default:
+		return domain.Busyf(ExportRetryAfter, "%d CSV exports are running on this server, as many as it allows; retry in a few seconds", cap(r.exports))
+	}
+	defer func() { <-r.exports }()
+	return run()
 }
 
 // tokenVersion prefixes every token payload, so that the format can change.
@@ -111,8 +133,21 @@ func (r *Reports) OpenMembers(token string) (MembersReport, error) {
 // user_id;added_at;expires_at;source, then one line per active member in
 // user id order, times in RFC 3339 UTC, a permanent membership's
 // expires_at empty. It returns domain.ErrNotFound if the segment is gone.
+//
+// It returns domain.ErrBusy, having written nothing, if as many exports as
+// allowed are running.
 func (r *Reports) WriteMembersCSV(ctx context.Context, m MembersReport, w io.Writer) error {
-	return r.store.CopyMembersCSV(ctx, m.SegmentID, w)
+	return r.export(func() error { return r.store.CopyMembersCSV(ctx, m.SegmentID, w) })
+}
+
+// CheckMembers says what WriteMembersCSV would answer without exporting
+// anything: nil, or domain.ErrNotFound if the segment is gone.
+func (r *Reports) CheckMembers(ctx context.Context, m MembersReport) error {
+	found, err := r.store.SegmentExists(ctx, m.SegmentID)
+	if err == nil && !found {
+		err = domain.NotFoundf("the segment no longer exists; its member list is gone with it")
+	}
+	return err
 }
 
 // verify checks a token's signature, kind (version) and expiry, and
@@ -159,11 +194,15 @@ func (r *Reports) Open(token string) (domain.HistoryQuery, error) {
 
 // WriteCSV streams the report of q to w: a header line
 // user_id;segment;operation;datetime;reason, then one line per event in
-// time order, times in RFC 3339 UTC.
+// time order, times in RFC 3339 UTC. It returns domain.ErrBusy, having
+// written nothing (and counted no download), if as many exports as
+// allowed are running.
 func (r *Reports) WriteCSV(ctx context.Context, q domain.HistoryQuery, w io.Writer) error {
-	err := r.store.CopyHistoryCSV(ctx, q, w)
-	r.rec.ReportDownloaded(q.UserID == 0, err == nil)
-	return err
+	return r.export(func() error {
+		err := r.store.CopyHistoryCSV(ctx, q, w)
+		r.rec.ReportDownloaded(q.UserID == 0, err == nil)
+		return err
+	})
 }
 
 // UserHistory returns up to limit events of the user in [from, to) after

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -340,9 +341,19 @@ type fakeHistory struct {
 	events []domain.HistoryEvent
 	csv    string
 	err    error
+	// hold, if set, makes exports wait until it is closed; entered, if
+	// set, hears of each export that got to the store.
+	hold    chan struct{}
+	entered chan struct{}
 }
 
 func (f *fakeHistory) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w io.Writer) error {
+	if f.entered != nil {
+		f.entered <- struct{}{}
+	}
+	if f.hold != nil {
+		<-f.hold
+	}
 	if f.err != nil {
 		return f.err
 	}
@@ -351,6 +362,8 @@ func (f *fakeHistory) CopyHistoryCSV(_ context.Context, _ domain.HistoryQuery, w
 }
 
 func (f *fakeHistory) CopyMembersCSV(context.Context, int64, io.Writer) error { return nil }
+
+func (f *fakeHistory) SegmentExists(context.Context, int64) (bool, error) { return true, nil }
 
 func (f *fakeHistory) UserHistory(_ context.Context, _ int64, _, _ time.Time, after domain.HistoryCursor, limit int) ([]domain.HistoryEvent, error) {
 	var out []domain.HistoryEvent
@@ -379,7 +392,7 @@ func (d *downloads) ReportDownloaded(allUsers, ok bool) {
 func TestReportLinks(t *testing.T) {
 	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
 	clock := now
-	r := service.NewReports(&fakeHistory{}, &downloads{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, func() time.Time { return clock })
+	r := service.NewReports(&fakeHistory{}, &downloads{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, 4, func() time.Time { return clock })
 	q := domain.HistoryQuery{Period: domain.Period{Year: 2023, Month: 8}, UserID: 1000}
 	token, exp := r.Link(q)
 	if !exp.Equal(now.Add(time.Hour)) {
@@ -387,7 +400,7 @@ func TestReportLinks(t *testing.T) {
 	}
 	tampered := []byte(token)
 	tampered[3] ^= 1
-	other := service.NewReports(&fakeHistory{}, &downloads{}, []byte("another secret of at least 32 bytes!!"), time.Hour, func() time.Time { return clock })
+	other := service.NewReports(&fakeHistory{}, &downloads{}, []byte("another secret of at least 32 bytes!!"), time.Hour, 4, func() time.Time { return clock })
 	otherToken, _ := other.Link(q)
 	tests := []struct {
 		name  string
@@ -420,7 +433,7 @@ func TestReportLinks(t *testing.T) {
 func TestReportCSVIsCounted(t *testing.T) {
 	rec := &downloads{}
 	store := &fakeHistory{csv: "user_id;segment;operation;datetime;reason\n"}
-	r := service.NewReports(store, rec, []byte("a secret of at least 32 bytes, for tests"), time.Hour, time.Now)
+	r := service.NewReports(store, rec, []byte("a secret of at least 32 bytes, for tests"), time.Hour, 4, time.Now)
 	var buf bytes.Buffer
 	if err := r.WriteCSV(t.Context(), domain.HistoryQuery{UserID: 1}, &buf); err != nil || buf.String() != store.csv {
 		t.Fatalf("WriteCSV wrote %q, %v", buf.String(), err)
@@ -434,6 +447,39 @@ func TestReportCSVIsCounted(t *testing.T) {
 	}
 }
 
+// Exports beyond the allowed number are refused at once with ErrBusy (and
+// a retry delay), writing nothing, whatever their kind; once one ends,
+// the next is allowed.
+func TestExportsAreBounded(t *testing.T) {
+	store := &fakeHistory{csv: "user_id;segment;operation;datetime;reason\n", hold: make(chan struct{}), entered: make(chan struct{}, 2)}
+	r := service.NewReports(store, service.NopRecorder{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, 2, time.Now)
+	var running sync.WaitGroup
+	for range 2 {
+		running.Go(func() {
+			if err := r.WriteCSV(t.Context(), domain.HistoryQuery{}, io.Discard); err != nil {
+				t.Errorf("an allowed export failed: %v", err)
+			}
+		})
+	}
+	<-store.entered
+	<-store.entered
+	var buf bytes.Buffer
+	err := r.WriteMembersCSV(t.Context(), service.MembersReport{SegmentID: 1, Slug: "S"}, &buf)
+	var de *domain.Error
+	if !errors.Is(err, domain.ErrBusy) || !errors.As(err, &de) || de.RetryAfter <= 0 || buf.Len() != 0 {
+		t.Fatalf("a members export beside two running: %v, wrote %q; want ErrBusy with a retry delay", err, buf.String())
+	}
+	if err := r.WriteCSV(t.Context(), domain.HistoryQuery{}, io.Discard); !errors.Is(err, domain.ErrBusy) {
+		t.Fatalf("a history export beside two running: %v, want ErrBusy", err)
+	}
+	close(store.hold)
+	running.Wait()
+	store.entered = nil
+	if err := r.WriteCSV(t.Context(), domain.HistoryQuery{}, &buf); err != nil || buf.String() != store.csv {
+		t.Fatalf("an export after the others ended: %q, %v", buf.String(), err)
+	}
+}
+
 func TestUserHistoryPages(t *testing.T) {
 	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	var events []domain.HistoryEvent
@@ -441,7 +487,7 @@ func TestUserHistoryPages(t *testing.T) {
 		// Two events share each instant: the id orders them.
 		events = append(events, domain.HistoryEvent{ID: int64(i + 1), At: t0.Add(time.Duration(i/2) * time.Second)})
 	}
-	r := service.NewReports(&fakeHistory{events: events}, &downloads{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, time.Now)
+	r := service.NewReports(&fakeHistory{events: events}, &downloads{}, []byte("a secret of at least 32 bytes, for tests"), time.Hour, 4, time.Now)
 	var (
 		got   []int64
 		after domain.HistoryCursor

@@ -18,9 +18,10 @@ type UserStore interface {
 	// RegisterUsers registers the ids not yet known, giving them their
 	// percent segments, and returns how many were new.
 	RegisterUsers(ctx context.Context, ids []int64) (int64, error)
-	// UserSegments returns the user's active memberships sorted by slug,
-	// registering the user (with its percent segments) if it is unknown.
-	UserSegments(ctx context.Context, userID int64) ([]domain.Membership, error)
+	// UserSegments returns the user's active memberships sorted by slug
+	// and whether the user is registered; an unknown user is registered
+	// (with its percent segments) if register is set.
+	UserSegments(ctx context.Context, userID int64, register bool) ([]domain.Membership, bool, error)
 	// UserSegmentsAt returns the user's active memberships as they stood
 	// at an instant, from history, without registering the user.
 	UserSegmentsAt(ctx context.Context, userID int64, at time.Time) ([]domain.Membership, error)
@@ -56,10 +57,12 @@ func (u *Users) Register(ctx context.Context, ids []int64) (int64, error) {
 	return u.store.RegisterUsers(ctx, ids)
 }
 
-// Segments returns the user's active segments sorted by slug, registering
-// the user (with its percent segments) if the service has never seen it.
-func (u *Users) Segments(ctx context.Context, userID int64) ([]domain.Membership, error) {
-	return u.store.UserSegments(ctx, userID)
+// Segments returns the user's active segments sorted by slug, and whether
+// the user is registered. A user the service has never seen is registered
+// (with its percent segments) if register is set; else it holds nothing
+// and stays unknown.
+func (u *Users) Segments(ctx context.Context, userID int64, register bool) ([]domain.Membership, bool, error) {
+	return u.store.UserSegments(ctx, userID, register)
 }
 
 // SegmentsAt returns the user's segments exactly as a read answered (or

@@ -29,8 +29,8 @@ func (f *fakeUsers) UserSegmentsAt(context.Context, int64, time.Time) ([]domain.
 	return nil, nil
 }
 
-func (f *fakeUsers) UserSegments(context.Context, int64) ([]domain.Membership, error) {
-	return []domain.Membership{}, nil
+func (f *fakeUsers) UserSegments(context.Context, int64, bool) ([]domain.Membership, bool, error) {
+	return []domain.Membership{}, true, nil
 }
 
 func (f *fakeUsers) ChangeUserSegments(_ context.Context, c domain.SegmentChange) (domain.ChangeResult, error) {

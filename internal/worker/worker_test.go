@@ -59,6 +59,9 @@ type stackOptions struct {
 	// eventsBatch events at a time (default 50).
 	eventsStream string
 	eventsBatch  int
+	// cacheRelay, if set, turns the API's read cache on, its invalidations
+	// relayed this often.
+	cacheRelay time.Duration
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -111,8 +114,11 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		vars["EVENTS_BATCH"], vars["EVENTS_INTERVAL"] = fmt.Sprint(o.eventsBatch), "20ms"
 	}
 	// The API and the worker are built as the service builds them (app.New),
-	// the API without its read cache.
+	// the API without its read cache unless asked.
 	vars["CACHE_SIZE"] = "0"
+	if o.cacheRelay > 0 {
+		vars["CACHE_SIZE"], vars["CACHE_RELAY_INTERVAL"] = "100000", o.cacheRelay.String()
+	}
 	cfg := apitest.Config(t, vars)
 	start := func(pool *pgxpool.Pool, roles app.Roles) *app.App {
 		a, err := app.New(t.Context(), cfg, app.Deps{Pool: pool, Redis: rdb, Log: log}, roles)
@@ -126,6 +132,9 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		return a
 	}
 	api := start(pool, app.Roles{API: true})
+	if o.cacheRelay > 0 {
+		testenv.Eventually(t, 10*time.Second, "the read cache did not start listening", api.Cache.Serving)
+	}
 	wpool := pool
 	if o.workerStatementTimeout > 0 {
 		wpool = openPool(t, dbURL, o.workerStatementTimeout)

@@ -110,6 +110,7 @@ var problemTypes = map[int]string{
 	413: "about:blank",
 	415: "about:blank",
 	422: "urn:segments:problem:validation-failed",
+	429: "urn:segments:problem:too-many-exports",
 	500: "about:blank",
 	503: "urn:segments:problem:unavailable",
 }

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS membership_history_user_segment_idx;
