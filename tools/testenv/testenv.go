@@ -99,7 +99,7 @@ func Start(ctx context.Context) (*Env, error) {
 	e.stops = append(e.stops, func() {
 		_ = e.admin(context.Background(), "DROP DATABASE IF EXISTS "+e.template+" WITH (FORCE)")
 	})
-	if _, _, err := postgres.Migrate(withDatabase(e.adminURL, e.template), "up"); err != nil {
+	if _, _, err := postgres.Migrate(WithDatabase(e.adminURL, e.template), "up"); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("migrate template database: %w", err)
 	}
@@ -127,7 +127,7 @@ func (e *Env) NewDatabase(tb testing.TB) string {
 			tb.Errorf("drop test database: %v", err)
 		}
 	})
-	return withDatabase(e.adminURL, name)
+	return WithDatabase(e.adminURL, name)
 }
 
 // NewPool creates a database for tb alone and returns a pool on it, closed
@@ -143,10 +143,14 @@ func (e *Env) NewPool(tb testing.TB) *pgxpool.Pool {
 }
 
 // admin runs one statement on the maintenance database.
-func (e *Env) admin(ctx context.Context, sql string) error {
-	conn, err := pgx.Connect(ctx, e.adminURL)
+func (e *Env) admin(ctx context.Context, sql string) error { return Exec(ctx, e.adminURL, sql) }
+
+// Exec runs one statement on the database at dbURL, on a connection of
+// its own.
+func Exec(ctx context.Context, dbURL, sql string) error {
+	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", redact(e.adminURL), err)
+		return fmt.Errorf("connect to %s: %w", redact(dbURL), err)
 	}
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, sql); err != nil {
@@ -155,8 +159,8 @@ func (e *Env) admin(ctx context.Context, sql string) error {
 	return nil
 }
 
-// withDatabase returns dbURL with its database name replaced.
-func withDatabase(dbURL, name string) string {
+// WithDatabase returns dbURL with its database name replaced.
+func WithDatabase(dbURL, name string) string {
 	u, err := url.Parse(dbURL)
 	if err != nil {
 		return dbURL

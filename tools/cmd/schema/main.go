@@ -18,7 +18,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,10 +25,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/segments-service/segments/internal/postgres"
 	"github.com/segments-service/segments/tools/localserver"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 const header = `-- The schema of a database migrated to the newest version: every table,
@@ -92,11 +90,11 @@ func dumpMigrated(ctx context.Context) ([]byte, error) {
 		admin = pg.URL("postgres")
 	}
 	name := fmt.Sprintf("segments_schema_%d", os.Getpid())
-	if err := exec1(ctx, admin, "CREATE DATABASE "+name); err != nil {
+	if err := testenv.Exec(ctx, admin, "CREATE DATABASE "+name); err != nil {
 		return nil, err
 	}
-	defer exec1(context.WithoutCancel(ctx), admin, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	dbURL := withDatabase(admin, name)
+	defer testenv.Exec(context.WithoutCancel(ctx), admin, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	dbURL := testenv.WithDatabase(admin, name)
 	if _, _, err := postgres.Migrate(dbURL, "up"); err != nil {
 		return nil, err
 	}
@@ -154,27 +152,4 @@ func firstDifference(have, want []byte) string {
 		}
 	}
 	return ""
-}
-
-// exec1 runs one statement on the database at dbURL.
-func exec1(ctx context.Context, dbURL, sql string) error {
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("%s: %w", sql, err)
-	}
-	return nil
-}
-
-// withDatabase returns dbURL with its database name replaced.
-func withDatabase(dbURL, name string) string {
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		return dbURL
-	}
-	u.Path = "/" + name
-	return u.String()
 }
