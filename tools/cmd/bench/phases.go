@@ -28,8 +28,8 @@ type bench struct {
 }
 
 // phases runs the load, in order, and fills the report: with -only, one
-// phase; else the reads, the changes, a rollout under reads, and the
-// reports.
+// phase; else the reads, the changes, a rollout under reads, the reports
+// and what downloads cost the reads.
 func (b *bench) phases(ctx context.Context) error {
 	switch b.o.only {
 	case "changes":
@@ -40,8 +40,10 @@ func (b *bench) phases(ctx context.Context) error {
 		return b.membersPhase(ctx)
 	case "events":
 		return b.eventsPhase(ctx)
+	case "exports":
+		return b.exportsPhase(ctx)
 	}
-	for _, phase := range []func(context.Context) error{b.readPhase, b.changePhase, b.rolloutPhase, b.reportPhase} {
+	for _, phase := range []func(context.Context) error{b.readPhase, b.changePhase, b.rolloutPhase, b.reportPhase, b.exportsPhase} {
 		if err := phase(ctx); err != nil {
 			return err
 		}

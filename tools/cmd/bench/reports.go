@@ -6,6 +6,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segments-service/segments/tools/loadgen"
@@ -94,4 +96,92 @@ func (s *service) downloadReport(ctx context.Context, linkPath, body string) (do
 	}
 	d.wall, d.peakAfter = time.Since(t0), rssMB(s.api.Process.Pid, "VmHWM")
 	return d, nil
+}
+
+// exportsPhase measures what report downloads cost everyone else: reads at
+// o.rate per second with nothing else running, then again while 8 clients
+// download the all-users month report and read it slowly (64 KiB every
+// 100 ms, so that each export is held for the whole phase) and 40 clients
+// send HEAD on the same link, each every 100 ms (before the fix, each HEAD
+// ran the whole export); /readyz is asked every 100 ms meanwhile.
+func (b *bench) exportsPhase(ctx context.Context) error {
+	var l struct{ URL string }
+	body := fmt.Sprintf(`{"period":%q}`, time.Now().UTC().Format("2006-01"))
+	if err := callAPI(ctx, http.MethodPost, b.svc.base+"/api/v1/reports/history", body, &l); err != nil {
+		return err
+	}
+	link := b.svc.base + l.URL
+	b.log("phase: reads at %.0f/s, idle (exports)", b.o.rate)
+	idle, err := b.reads(ctx, b.o.openLoop())
+	if err != nil {
+		return err
+	}
+	b.rep.add(fmt.Sprintf("GET at %.0f/s, idle (exports phase)", b.o.rate), idle, 0, "")
+
+	b.log("phase: reads at %.0f/s during 8 slow downloads and 40 HEADs in a loop", b.o.rate)
+	lctx, stop := context.WithCancel(ctx)
+	var (
+		wg                                 sync.WaitGroup
+		downloads, refused, heads, unready atomic.Int64
+	)
+	client := &http.Client{}
+	for range 8 {
+		wg.Go(func() {
+			for lctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(lctx, http.MethodGet, link, nil)
+				resp, err := client.Do(req)
+				if err != nil {
+					continue
+				}
+				switch resp.StatusCode {
+				case http.StatusOK:
+					downloads.Add(1)
+					buf := make([]byte, 64<<10)
+					for lctx.Err() == nil {
+						if _, err := io.ReadFull(resp.Body, buf); err != nil {
+							break
+						}
+						time.Sleep(100 * time.Millisecond)
+					}
+				case http.StatusTooManyRequests:
+					refused.Add(1)
+					time.Sleep(time.Second)
+				}
+				resp.Body.Close()
+			}
+		})
+	}
+	for range 40 {
+		wg.Go(func() {
+			for lctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(lctx, http.MethodHead, link, nil)
+				if resp, err := client.Do(req); err == nil {
+					resp.Body.Close()
+					heads.Add(1)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	wg.Go(func() {
+		for lctx.Err() == nil {
+			if resp, err := client.Get(b.svc.base + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
+				unready.Add(1)
+			} else {
+				resp.Body.Close()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	time.Sleep(time.Second) // the downloads start
+	busy, err := b.reads(ctx, b.o.openLoop())
+	stop()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	b.rep.add(fmt.Sprintf("GET at %.0f/s, 8 slow downloads + 40 HEADing", b.o.rate), busy, 0,
+		fmt.Sprintf("p99 %.2f× idle; %d downloads streaming, %d refused (429), %d HEADs, /readyz not 200: %d",
+			busy.Percentile(99).Seconds()/idle.Percentile(99).Seconds(), downloads.Load(), refused.Load(), heads.Load(), unready.Load()))
+	return nil
 }
