@@ -94,7 +94,7 @@ type App struct {
 	Services *Services
 	Metrics  *metrics.Metrics
 	// Cache is the API's read cache; nil when the process serves no API
-	// or CACHE_SIZE is 0.
+	// or CACHE_MAX_BYTES is 0.
 	Cache *readcache.Cache
 
 	cfg      config.Config
@@ -215,8 +215,8 @@ func (a *App) buildAPI(ctx context.Context) error {
 	// Every API process takes part in relaying the changes queued for the
 	// caches (one relays at a time), whether or not its own cache is on.
 	a.loops = append(a.loops, postgres.InvalidationRelay(pg, cfg.Cache.RelayInterval, log))
-	if cfg.Cache.Size > 0 {
-		a.Cache = readcache.New(cfg.Cache.Size, d.Now, d.Metrics)
+	if cfg.Cache.MaxBytes > 0 {
+		a.Cache = readcache.New(cfg.Cache.MaxBytes, d.Now, d.Metrics)
 		o.Cache = a.Cache
 		d.Metrics.WatchCache(a.Cache)
 		a.loops = append(a.loops, postgres.InvalidationListener(pg, a.Cache, d.Metrics, d.Now, log))

@@ -110,8 +110,8 @@ type Users struct {
 
 // Cache configures the API's in-memory cache of users' segments.
 type Cache struct {
-	// Size is how many users it holds; 0 turns it off.
-	Size int
+	// MaxBytes bounds the memory its entries take; 0 turns it off.
+	MaxBytes int64
 	// RelayInterval is how often the API relays the changes that the
 	// database queued to every replica's cache: the bulk of the delay
 	// before a change through one replica shows on another.
@@ -222,7 +222,7 @@ func Load(getenv func(string) string) (Config, error) {
 			ReadsRegister: p.oneOf("READS_REGISTER_USERS", "write-scope", "write-scope", "always", "never"),
 		},
 		Cache: Cache{
-			Size:          p.intRange("CACHE_SIZE", 100000, 0, 100000000),
+			MaxBytes:      p.bytes("CACHE_MAX_BYTES", 256<<20, 1<<20, 1<<40),
 			RelayInterval: p.durationRange("CACHE_RELAY_INTERVAL", 25*time.Millisecond, time.Millisecond, 10*time.Second),
 		},
 		Events: Events{
@@ -264,6 +264,11 @@ func Load(getenv func(string) string) (Config, error) {
 	if a := c.Auth; strings.HasPrefix(strings.ToLower(a.JWKSURL), "http://") && !a.JWKSAllowHTTP {
 		p.errs = append(p.errs, fmt.Errorf("AUTH_JWKS_URL=%q: want an https URL (whoever can change the JWK Set on the way can sign any token); AUTH_JWKS_ALLOW_HTTP=true allows http, for development only",
 			a.JWKSURL))
+	}
+	for key, instead := range Retired {
+		if p.getenv(key) != "" {
+			p.errs = append(p.errs, fmt.Errorf("%s is no longer read: %s", key, instead))
+		}
 	}
 	return c, errors.Join(p.errs...)
 }
@@ -376,6 +381,41 @@ func (p *parser) durationRange(key string, def, lo, hi time.Duration) time.Durat
 		return def
 	}
 	return d
+}
+
+// byteUnits are the suffixes bytes accepts, largest first.
+var byteUnits = []struct {
+	suffix string
+	n      int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+
+// bytes reads a size in bytes: a whole number, optionally with a suffix
+// B, KiB, MiB or GiB; 0, or one from lo to hi.
+func (p *parser) bytes(key string, def, lo, hi int64) int64 {
+	v := p.getenv(key)
+	if v == "" {
+		return def
+	}
+	for _, u := range byteUnits {
+		digits, ok := strings.CutSuffix(v, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(digits), 10, 64)
+		if err == nil && n >= 0 && n <= hi/u.n && (n == 0 || n*u.n >= lo) {
+			return n * u.n
+		}
+		break
+	}
+	p.errs = append(p.errs, fmt.Errorf("%s=%q: want 0 or a size from %d to %d bytes (a whole number, optionally with B, KiB, MiB or GiB)", key, v, lo, hi))
+	return def
+}
+
+// Retired are the keys the service no longer reads, with what to set
+// instead. Load refuses them, so that a setting that once meant something
+// (CACHE_SIZE=0 turned the cache off) is not silently ignored.
+var Retired = map[string]string{
+	"CACHE_SIZE": "the read cache is bounded in bytes now: set CACHE_MAX_BYTES (0 turns it off)",
 }
 
 func (p *parser) intRange(key string, def, lo, hi int) int {

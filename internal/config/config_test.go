@@ -2,7 +2,6 @@ package config_test
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -67,31 +66,28 @@ func TestRedactedMasksPasswords(t *testing.T) {
 	}
 }
 
-// TestEveryKeyIsInEnvExample checks that .env.example lists every key Load
-// reads, and no other.
-func TestEveryKeyIsInEnvExample(t *testing.T) {
-	read := map[string]bool{}
-	if _, err := config.Load(func(k string) string { read[k] = true; return "" }); err != nil {
-		t.Fatal(err)
+// A key the service no longer reads is refused rather than ignored:
+// CACHE_SIZE=0 once turned the cache off. (TestConfigurationIsDocumented
+// holds the keys Load reads to .env.example and the guide.)
+func TestRetiredKeysAreRefused(t *testing.T) {
+	_, err := config.Load(func(k string) string { return map[string]string{"CACHE_SIZE": "0"}[k] })
+	if err == nil || !strings.Contains(err.Error(), "CACHE_SIZE is no longer read") || !strings.Contains(err.Error(), "CACHE_MAX_BYTES") {
+		t.Fatalf("CACHE_SIZE=0: %v", err)
 	}
-	b, err := os.ReadFile("../../.env.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	documented := map[string]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, _, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(strings.TrimSpace(line), "#") {
-			documented[k] = true
+}
+
+// CACHE_MAX_BYTES takes a number of bytes, with an optional unit.
+func TestCacheMaxBytes(t *testing.T) {
+	for in, want := range map[string]int64{"": 256 << 20, "0": 0, "1048576": 1 << 20, "64MiB": 64 << 20, "2GiB": 2 << 30, "512KiB": -1, "3 MiB": 3 << 20, "1MB": -1, "-1": -1, "x": -1} {
+		cfg, err := config.Load(func(k string) string { return map[string]string{"CACHE_MAX_BYTES": in}[k] })
+		if want < 0 {
+			if err == nil {
+				t.Errorf("%q: accepted as %d", in, cfg.Cache.MaxBytes)
+			}
+			continue
 		}
-	}
-	for k := range read {
-		if !documented[k] {
-			t.Errorf("%s is read but not in .env.example", k)
-		}
-	}
-	for k := range documented {
-		if !read[k] {
-			t.Errorf(".env.example lists %s, which nothing reads", k)
+		if err != nil || cfg.Cache.MaxBytes != want {
+			t.Errorf("%q: %d, %v; want %d", in, cfg.Cache.MaxBytes, err, want)
 		}
 	}
 }

@@ -117,8 +117,11 @@ const (
 
 // Membership is one segment a user holds.
 type Membership struct {
-	Slug    string
-	AddedAt time.Time
+	// SegmentID is the segment's id; set by the reads of a user's
+	// current segments (the read cache keeps ids), zero elsewhere.
+	SegmentID int64
+	Slug      string
+	AddedAt   time.Time
 	// ExpiresAt is nil for a permanent membership.
 	ExpiresAt *time.Time
 	Source    Source

@@ -95,13 +95,16 @@ func (nopRecorder) ObserveRequest(string, string, int, time.Duration) {}
 // through the whole router and its middleware (no network): the service's
 // own cost of a cache hit.
 func BenchmarkCachedRead(b *testing.B) {
-	c := readcache.New(1000, time.Now, nopRecorder{})
+	c := readcache.New(64<<20, time.Now, nopRecorder{})
 	c.Listening(true)
-	at := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	at := time.Date(2026, 11, 23, 8, 0, 0, 123456000, time.UTC)
 	for id := int64(1); id <= 1000; id++ {
-		_, t, _ := c.Get(id)
-		ms := []domain.Membership{{Slug: "SEG_1", AddedAt: at, Source: domain.SourceManual}, {Slug: "SEG_7", AddedAt: at, Source: domain.SourceAuto}}
-		c.Fill(id, t, appendUserSegments(nil, id, ms), time.Time{})
+		_, t, _ := c.Get(id, nil)
+		var ms []domain.Membership
+		for i := range 5 { // a user with 5 segments, as the benchmarks seed
+			ms = append(ms, domain.Membership{SegmentID: int64(3 * i), Slug: fmt.Sprintf("SEG_%d", 3*i), AddedAt: at.Add(time.Duration(i) * time.Hour), Source: domain.SourceManual})
+		}
+		c.Fill(id, t, cacheForm(nil, ms))
 	}
 	h := NewRouter(Options{
 		Segments: service.NewSegments(nil, nil, time.Now, zap.NewNop()),
@@ -133,3 +136,28 @@ type discardWriter struct {
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *discardWriter) WriteHeader(s int)           { w.status = s }
+
+// BenchmarkCacheHitBody is what a hit costs beyond the router: reading a
+// user of 5 memberships from the read cache and encoding the body (the
+// cache keeps memberships compactly, not the body).
+func BenchmarkCacheHitBody(b *testing.B) {
+	c := readcache.New(64<<20, time.Now, nopRecorder{})
+	c.Listening(true)
+	at := time.Date(2026, 11, 23, 8, 0, 0, 123456000, time.UTC)
+	var ms []domain.Membership
+	for i := range 5 {
+		ms = append(ms, domain.Membership{SegmentID: int64(3 * i), Slug: fmt.Sprintf("SEG_%d", 3*i), AddedAt: at.Add(time.Duration(i) * time.Hour), Source: domain.SourceManual})
+	}
+	_, t, _ := c.Get(1, nil)
+	c.Fill(1, t, cacheForm(nil, ms))
+	var buf [16]readcache.Membership
+	body := make([]byte, 0, 2048)
+	b.ReportAllocs()
+	for b.Loop() {
+		got, _, st := c.Get(1, buf[:0])
+		if st != readcache.Hit {
+			b.Fatal(st)
+		}
+		body = appendUserSegments(body[:0], 1, got)
+	}
+}

@@ -1,10 +1,10 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/segments-service/segments/internal/aftercommit"
@@ -123,7 +123,9 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 		h.userSegmentsAt(w, r, id)
 		return
 	}
-	body, ticket, status := h.cache.Get(id)
+	// Memberships are read onto the stack for a user of up to 16 segments.
+	var buf [16]readcache.Membership
+	cached, ticket, status := h.cache.Get(id, buf[:0])
 	w.Header().Set("Cache-Status", status.CacheStatus())
 	if status != readcache.Hit {
 		ms, registered, err := h.users.Segments(r.Context(), id, h.readRegisters(r.Context()))
@@ -131,18 +133,35 @@ func (h *handler) userSegments(w http.ResponseWriter, r *http.Request) {
 			respondError(w, r, err)
 			return
 		}
-		// Encoded on the stack, kept at its size: an entry's memory is
-		// its body.
-		var scratch [2048]byte
-		body = bytes.Clone(appendUserSegments(scratch[:0], id, ms))
+		cached = cacheForm(buf[:0], ms)
 		// An unknown user's answer is not kept: the next read that may
 		// register the user must reach the database.
 		if registered {
-			h.cache.Fill(id, ticket, body, earliestExpiry(ms))
+			h.cache.Fill(id, ticket, cached)
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(body)
+	body := bodies.Get().(*[]byte)
+	*body = appendUserSegments((*body)[:0], id, cached)
+	_, _ = w.Write(*body)
+	if cap(*body) <= 64<<10 {
+		bodies.Put(body)
+	}
+}
+
+// bodies are the buffers reads encode their answers into.
+var bodies = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// cacheForm appends ms to into as the read cache keeps memberships.
+func cacheForm(into []readcache.Membership, ms []domain.Membership) []readcache.Membership {
+	for _, m := range ms {
+		c := readcache.Membership{SegmentID: m.SegmentID, Slug: m.Slug, AddedAt: m.AddedAt.UnixMicro(), Auto: m.Source == domain.SourceAuto}
+		if m.ExpiresAt != nil {
+			c.ExpiresAt = m.ExpiresAt.UnixMicro()
+		}
+		into = append(into, c)
+	}
+	return into
 }
 
 // readRegisters says whether this read may register an unknown user, by
@@ -176,19 +195,7 @@ func (h *handler) userSegmentsAt(w http.ResponseWriter, r *http.Request, id int6
 	}
 	w.Header().Set("Cache-Status", `segments; fwd=bypass; detail="at"`)
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(appendUserSegments(nil, id, ms))
-}
-
-// earliestExpiry is when the first of ms expires; the zero time if none
-// does.
-func earliestExpiry(ms []domain.Membership) time.Time {
-	var first time.Time
-	for _, m := range ms {
-		if m.ExpiresAt != nil && (first.IsZero() || m.ExpiresAt.Before(first)) {
-			first = *m.ExpiresAt
-		}
-	}
-	return first
+	_, _ = w.Write(appendUserSegments(nil, id, cacheForm(nil, ms)))
 }
 
 // changeUserSegments godoc

@@ -231,7 +231,7 @@ func (m *Metrics) ObserveTask(taskType, outcome string, d time.Duration) {
 func (m *Metrics) registerCache() {
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "cache", Name: "lookups_total",
-		Help: "Reads of a user's segments by what the read cache did: hit, miss, expired (an entry held an expired membership), not_listening (bypassed: its notifications are down) or off (CACHE_SIZE=0).",
+		Help: "Reads of a user's segments by what the read cache did: hit, miss, expired (an entry held an expired membership), not_listening (bypassed: its notifications are down) or off (CACHE_MAX_BYTES=0).",
 	}, []string{"result"})
 	for s := readcache.Hit; s <= readcache.Off; s++ {
 		m.cacheLookups[s] = lookups.WithLabelValues(s.String())
@@ -285,8 +285,12 @@ func (m *Metrics) WatchCache(c *readcache.Cache) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: "cache", Name: "entries",
-			Help: "Users whose segments the read cache holds (an estimate).",
-		}, func() float64 { return float64(c.Len()) }),
+			Help: "Users whose segments the read cache holds.",
+		}, func() float64 { n, _ := c.Size(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "bytes",
+			Help: "Memory the read cache's entries take (bounded by CACHE_MAX_BYTES).",
+		}, func() float64 { _, b := c.Size(); return float64(b) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Subsystem: "cache", Name: "listening",
 			Help: "1 while the read cache receives change notifications and serves; 0 while it is bypassed or off.",

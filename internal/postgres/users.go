@@ -12,14 +12,15 @@ import (
 
 // UserRepo stores the user registry and memberships.
 type UserRepo struct {
-	pool *pgxpool.Pool
-	rec  Recorder
+	pool  *pgxpool.Pool
+	rec   Recorder
+	reads *readBatcher
 }
 
 // NewUserRepo returns a UserRepo on pool that reports membership changes
 // to rec.
 func NewUserRepo(pool *pgxpool.Pool, rec Recorder) *UserRepo {
-	return &UserRepo{pool: pool, rec: rec}
+	return &UserRepo{pool: pool, rec: rec, reads: &readBatcher{pool: pool}}
 }
 
 // registryLock is the advisory lock that orders registrations against the

@@ -1,7 +1,8 @@
-// Package readcache keeps users' answers to GET /users/{id}/segments in
-// memory, exactly: an entry is never served at or after the earliest expiry
-// it holds, and an entry filled from a read that an invalidation overtook is
-// refused.
+// Package readcache keeps users' active memberships (the answer to GET
+// /users/{id}/segments) in memory, exactly: an entry is never served at or
+// after the earliest expiry it holds, and an entry filled from a read that
+// an invalidation overtook is refused. It is bounded in bytes and keeps
+// each user in about 90 bytes (5 memberships; store.go, encode.go).
 //
 // The fill race it closes: a reader misses, reads the old memberships, a
 // writer commits and invalidates (nothing is cached yet), then the reader
@@ -19,12 +20,9 @@
 package readcache
 
 import (
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/maypok86/otter/v2"
 )
 
 // Status is how a lookup went, for the Cache-Status header and metrics.
@@ -41,7 +39,7 @@ const (
 	// NotListening: the cache is not serving because its notification
 	// connection is down.
 	NotListening
-	// Off: there is no cache (CACHE_SIZE=0).
+	// Off: there is no cache (CACHE_MAX_BYTES=0).
 	Off
 )
 
@@ -106,17 +104,12 @@ type stripe struct {
 	_   [48]byte // one cache line per stripe
 }
 
-type entry struct {
-	body []byte
-	// until is the earliest expiry in the entry, in Unix nanoseconds; 0
-	// if nothing in it expires.
-	until int64
-}
-
-// Cache holds encoded answers keyed by user id. A nil *Cache is a cache
-// that is off: lookups say Off and everything else does nothing.
+// Cache holds users' active memberships, compactly, keyed by user id. A
+// nil *Cache is a cache that is off: lookups say Off and everything else
+// does nothing.
 type Cache struct {
-	store     *otter.Cache[int64, entry]
+	store     *store
+	catalog   catalog
 	stripes   []stripe
 	listening atomic.Bool
 	now       func() time.Time
@@ -134,22 +127,11 @@ type Ticket struct {
 	valid  bool
 }
 
-// New returns a cache of at most size users that reads time from now and
-// counts on rec. It does not serve until Listening(true).
-func New(size int, now func() time.Time, rec Recorder) *Cache {
-	c := &Cache{stripes: make([]stripe, stripes), now: now, rec: rec}
-	c.store = otter.Must(&otter.Options[int64, entry]{
-		MaximumSize: size,
-		// Expired entries are refused by Get; the library's expiry only
-		// reclaims their memory.
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[int64, entry]) time.Duration {
-			if e.Value.until == 0 {
-				return math.MaxInt64
-			}
-			return max(time.Duration(e.Value.until-c.now().UnixNano()), time.Nanosecond)
-		}),
-	})
-	return c
+// New returns a cache that takes at most maxBytes of memory for its
+// entries, reads time from now and counts on rec. It does not serve until
+// Listening(true).
+func New(maxBytes int64, now func() time.Time, rec Recorder) *Cache {
+	return &Cache{store: newStore(maxBytes), stripes: make([]stripe, stripes), now: now, rec: rec}
 }
 
 func stripeOf(id int64) uint32 {
@@ -157,29 +139,32 @@ func stripeOf(id int64) uint32 {
 	return uint32((uint64(id) * 0x9E3779B97F4A7C15) >> (64 - stripeBits))
 }
 
-// Get returns the encoded answer for id if one is cached and still exact.
-// On Miss and Expired it returns the ticket to Fill with after reading the
-// database; it must be taken before that read.
-func (c *Cache) Get(id int64) ([]byte, Ticket, Status) {
+// Get appends to into the memberships cached for id, sorted by slug, if an
+// entry is there and still exact. On Miss and Expired it returns the ticket
+// to Fill with after reading the database; it must be taken before that
+// read.
+func (c *Cache) Get(id int64, into []Membership) ([]Membership, Ticket, Status) {
 	if c == nil {
-		return nil, Ticket{}, Off
+		return into, Ticket{}, Off
 	}
-	st, body, t := c.get(id)
+	ms, t, st := c.get(id, into)
 	c.rec.CacheLookup(st)
-	return body, t, st
+	return ms, t, st
 }
 
-func (c *Cache) get(id int64) (Status, []byte, Ticket) {
+func (c *Cache) get(id int64, into []Membership) ([]Membership, Ticket, Status) {
 	if !c.listening.Load() {
-		return NotListening, nil, Ticket{}
+		return into, Ticket{}, NotListening
 	}
-	if e, ok := c.store.GetIfPresent(id); ok {
-		if e.until == 0 || c.now().UnixNano() < e.until {
-			return Hit, e.body, Ticket{}
+	if e, ok := c.store.Get(id); ok {
+		if until := entryUntil(e); until != 0 && c.now().UnixMicro() >= until {
+			return into, c.ticket(id), Expired
 		}
-		return Expired, nil, c.ticket(id)
+		if ms, err := decodeEntry(into, e, &c.catalog); err == nil {
+			return ms, Ticket{}, Hit
+		}
 	}
-	return Miss, nil, c.ticket(id)
+	return into, c.ticket(id), Miss
 }
 
 func (c *Cache) ticket(id int64) Ticket {
@@ -190,21 +175,20 @@ func (c *Cache) ticket(id int64) Ticket {
 	return Ticket{stripe: i, gen: s.gen, valid: true}
 }
 
-// Fill stores body for id if nothing invalidated id's stripe since t was
-// handed out and the cache is still listening. until is the earliest
-// expiry among the memberships in body (zero time if none expires). It
-// reports whether body was stored.
-func (c *Cache) Fill(id int64, t Ticket, body []byte, until time.Time) bool {
+// Fill stores ms, the user's active memberships sorted by slug, for id if
+// nothing invalidated id's stripe since t was handed out and the cache is
+// still listening; an entry whose earliest expiry has passed is not
+// stored. It reports whether ms was stored.
+func (c *Cache) Fill(id int64, t Ticket, ms []Membership) bool {
 	if c == nil || !t.valid {
 		return false
 	}
-	e := entry{body: body}
-	if !until.IsZero() {
-		e.until = until.UnixNano()
-		if c.now().UnixNano() >= e.until {
-			return false
-		}
+	var scratch [256]byte
+	e := appendEntry(scratch[:0], ms)
+	if until := entryUntil(e); until != 0 && c.now().UnixMicro() >= until {
+		return false
 	}
+	c.catalog.learn(ms)
 	s := &c.stripes[t.stripe]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -226,7 +210,7 @@ func (c *Cache) Invalidate(source string, ids ...int64) {
 		s := &c.stripes[stripeOf(id)]
 		s.mu.Lock()
 		s.gen++
-		c.store.Invalidate(id)
+		c.store.Delete(id)
 		s.mu.Unlock()
 	}
 	c.rec.CacheInvalidated(source, len(ids))
@@ -239,7 +223,7 @@ func (c *Cache) InvalidateAll(cause string) {
 		return
 	}
 	c.bumpAll()
-	c.store.InvalidateAll()
+	c.store.Clear()
 	c.rec.CacheFlushed(cause)
 }
 
@@ -302,10 +286,10 @@ func (c *Cache) FlushOnce(key string) bool {
 // Serving reports whether the cache answers reads: it exists and listens.
 func (c *Cache) Serving() bool { return c != nil && c.listening.Load() }
 
-// Len is about how many users are cached.
-func (c *Cache) Len() int {
+// Size returns how many users are cached and the bytes their entries take.
+func (c *Cache) Size() (entries int, bytes int64) {
 	if c == nil {
-		return 0
+		return 0, 0
 	}
-	return c.store.EstimatedSize()
+	return c.store.Stats()
 }

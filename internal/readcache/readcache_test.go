@@ -1,7 +1,6 @@
 package readcache
 
 import (
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,28 +39,43 @@ func newCache(t *testing.T) (*Cache, *clock, *counts) {
 	clk := &clock{}
 	clk.set(time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC))
 	rec := newCounts()
-	c := New(100, clk.now, rec)
+	c := New(1<<20, clk.now, rec)
 	c.Listening(true)
 	return c, clk, rec
 }
 
-func mustGet(t *testing.T, c *Cache, id int64, want Status) ([]byte, Ticket) {
+// answer is a user's memberships standing for a version v of its answer:
+// one membership added at microsecond v, with the expiry given (0: none).
+func answer(v, expiresAt int64) []Membership {
+	return []Membership{{SegmentID: 3, Slug: "S", AddedAt: v, ExpiresAt: expiresAt}}
+}
+
+// version is what answer wrote into ms.
+func version(t *testing.T, ms []Membership) int64 {
 	t.Helper()
-	body, ticket, st := c.Get(id)
+	if len(ms) != 1 || ms[0].Slug != "S" || ms[0].SegmentID != 3 {
+		t.Fatalf("cached %+v", ms)
+	}
+	return ms[0].AddedAt
+}
+
+func mustGet(t *testing.T, c *Cache, id int64, want Status) ([]Membership, Ticket) {
+	t.Helper()
+	ms, ticket, st := c.Get(id, nil)
 	if st != want {
 		t.Fatalf("Get(%d) = %v, want %v", id, st, want)
 	}
-	return body, ticket
+	return ms, ticket
 }
 
 func TestFillThenHit(t *testing.T) {
 	c, _, rec := newCache(t)
 	_, ticket := mustGet(t, c, 7, Miss)
-	if !c.Fill(7, ticket, []byte("seven"), time.Time{}) {
+	if !c.Fill(7, ticket, answer(7, 0)) {
 		t.Fatal("fill refused")
 	}
-	if body, _ := mustGet(t, c, 7, Hit); string(body) != "seven" {
-		t.Fatalf("hit body %q", body)
+	if ms, _ := mustGet(t, c, 7, Hit); version(t, ms) != 7 {
+		t.Fatalf("hit %+v", ms)
 	}
 	mustGet(t, c, 8, Miss)
 	if rec.lookups[Hit] != 1 || rec.lookups[Miss] != 2 {
@@ -73,25 +87,27 @@ func TestEntryStopsAtItsEarliestExpiry(t *testing.T) {
 	c, clk, _ := newCache(t)
 	expiry := clk.now().Add(2 * time.Second)
 	_, ticket := mustGet(t, c, 7, Miss)
-	c.Fill(7, ticket, []byte("expiring"), expiry)
+	c.Fill(7, ticket, []Membership{{SegmentID: 1, Slug: "P", AddedAt: 1}, {SegmentID: 2, Slug: "Q", AddedAt: 1, ExpiresAt: expiry.UnixMicro()}})
 
-	clk.set(expiry.Add(-time.Nanosecond))
-	mustGet(t, c, 7, Hit)
+	clk.set(expiry.Add(-time.Microsecond))
+	if ms, _ := mustGet(t, c, 7, Hit); len(ms) != 2 || ms[1].ExpiresAt != expiry.UnixMicro() {
+		t.Fatalf("hit %+v", ms)
+	}
 	clk.set(expiry)
 	_, ticket = mustGet(t, c, 7, Expired)
 	// The expired entry is replaced by the next fill.
-	if !c.Fill(7, ticket, []byte("after"), time.Time{}) {
+	if !c.Fill(7, ticket, answer(8, 0)) {
 		t.Fatal("fill after expiry refused")
 	}
-	if body, _ := mustGet(t, c, 7, Hit); string(body) != "after" {
-		t.Fatalf("body %q", body)
+	if ms, _ := mustGet(t, c, 7, Hit); version(t, ms) != 8 {
+		t.Fatalf("hit %+v", ms)
 	}
 }
 
 func TestFillOfAnExpiredAnswerIsRefused(t *testing.T) {
 	c, clk, _ := newCache(t)
 	_, ticket := mustGet(t, c, 7, Miss)
-	if c.Fill(7, ticket, []byte("x"), clk.now()) {
+	if c.Fill(7, ticket, answer(1, clk.now().UnixMicro())) {
 		t.Fatal("stored an answer that expires now")
 	}
 	mustGet(t, c, 7, Miss)
@@ -113,7 +129,7 @@ func TestFillOvertakenByAnInvalidationIsRefused(t *testing.T) {
 			c, _, rec := newCache(t)
 			_, ticket := mustGet(t, c, 7, Miss)
 			tc.invalidate(c)
-			if c.Fill(7, ticket, []byte("old"), time.Time{}) {
+			if c.Fill(7, ticket, answer(1, 0)) {
 				t.Fatal("stale fill stored")
 			}
 			mustGet(t, c, 7, Miss)
@@ -127,10 +143,10 @@ func TestFillOvertakenByAnInvalidationIsRefused(t *testing.T) {
 func TestNotListeningServesNothing(t *testing.T) {
 	c, _, rec := newCache(t)
 	_, ticket := mustGet(t, c, 7, Miss)
-	c.Fill(7, ticket, []byte("seven"), time.Time{})
+	c.Fill(7, ticket, answer(7, 0))
 
 	c.Listening(false)
-	if _, ticket, st := c.Get(7); st != NotListening || ticket.valid {
+	if _, ticket, st := c.Get(7, nil); st != NotListening || ticket.valid {
 		t.Fatalf("Get while not listening = %v, ticket %v", st, ticket)
 	}
 	if rec.flushes["disconnect"] != 1 {
@@ -143,13 +159,13 @@ func TestNotListeningServesNothing(t *testing.T) {
 
 func TestNilCacheIsOff(t *testing.T) {
 	var c *Cache
-	if _, _, st := c.Get(1); st != Off {
+	if _, _, st := c.Get(1, nil); st != Off {
 		t.Fatalf("status %v", st)
 	}
 	c.Invalidate("local", 1)
 	c.InvalidateAll("local")
 	c.Listening(true)
-	if c.Fill(1, Ticket{}, nil, time.Time{}) || c.Serving() || c.Len() != 0 {
+	if n, _ := c.Size(); c.Fill(1, Ticket{}, nil) || c.Serving() || n != 0 || c.FlushOnce("x") {
 		t.Fatal("a nil cache did something")
 	}
 }
@@ -211,9 +227,9 @@ func TestNoHitOlderThanAnAnsweredWrite(t *testing.T) {
 				}
 				k := i % keys
 				answered := done[k].Load()
-				body, ticket, st := c.Get(int64(k))
+				ms, ticket, st := c.Get(int64(k), nil)
 				if st == Hit {
-					if v, _ := strconv.ParseInt(string(body), 10, 64); v < answered {
+					if ms[0].AddedAt < answered {
 						stale.Add(1)
 					}
 					continue
@@ -222,7 +238,7 @@ func TestNoHitOlderThanAnAnsweredWrite(t *testing.T) {
 				if i%3 == 0 {
 					time.Sleep(time.Microsecond) // a slow read
 				}
-				c.Fill(int64(k), ticket, []byte(strconv.FormatInt(v, 10)), time.Time{})
+				c.Fill(int64(k), ticket, answer(v, 0))
 			}
 		})
 	}

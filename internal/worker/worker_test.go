@@ -115,9 +115,9 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	}
 	// The API and the worker are built as the service builds them (app.New),
 	// the API without its read cache unless asked.
-	vars["CACHE_SIZE"] = "0"
+	vars["CACHE_MAX_BYTES"] = "0"
 	if o.cacheRelay > 0 {
-		vars["CACHE_SIZE"], vars["CACHE_RELAY_INTERVAL"] = "100000", o.cacheRelay.String()
+		vars["CACHE_MAX_BYTES"], vars["CACHE_RELAY_INTERVAL"] = "64MiB", o.cacheRelay.String()
 	}
 	cfg := apitest.Config(t, vars)
 	start := func(pool *pgxpool.Pool, roles app.Roles) *app.App {

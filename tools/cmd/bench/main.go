@@ -52,6 +52,8 @@ type options struct {
 	events bool
 	// token is the bearer token requests carry when auth is on.
 	token string
+	// cacheBytes is the cached API's CACHE_MAX_BYTES.
+	cacheBytes int64
 }
 
 // closedLoop is the load of the closed-loop phases: o.conns connections,
@@ -78,6 +80,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.IntVar(&o.users, "users", 100000, "registered users (up to 10,000,000)")
+	fs.Int64Var(&o.cacheBytes, "cache-bytes", 256<<20, "CACHE_MAX_BYTES of the API with the cache on (the default's)")
 	fs.IntVar(&o.segments, "segments", 20, "segments SEG_1..SEG_N")
 	fs.IntVar(&o.perUser, "per-user", 5, "segments each user holds")
 	fs.IntVar(&o.conns, "conns", 32, "connections of the closed-loop phases")

@@ -74,10 +74,10 @@ func startService(ctx context.Context, o options, dbURL, redisURL string, log fu
 	}
 	s := &service{base: fmt.Sprintf("http://127.0.0.1:%d", apiPort), uncached: fmt.Sprintf("http://127.0.0.1:%d", offPort), redisURL: redisURL}
 	// Room for every user: the cache library may evict before its bound.
-	if s.api, err = start("serve", apiPort, fmt.Sprintf("CACHE_SIZE=%d", 2*o.users)); err != nil {
+	if s.api, err = start("serve", apiPort, fmt.Sprintf("CACHE_MAX_BYTES=%d", o.cacheBytes)); err != nil {
 		return nil, err
 	}
-	if s.apiOff, err = start("serve", offPort, "CACHE_SIZE=0"); err != nil {
+	if s.apiOff, err = start("serve", offPort, "CACHE_MAX_BYTES=0"); err != nil {
 		s.stop()
 		return nil, err
 	}
