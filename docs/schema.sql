@@ -35,6 +35,32 @@ END
 $$;
 
 --
+-- Name: memberships_count_added(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_count_added() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM queue_member_count_change(ARRAY(SELECT segment_id FROM added), 1);
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: memberships_count_removed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_count_removed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM queue_member_count_change(ARRAY(SELECT segment_id FROM removed), -1);
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: memberships_forbid_rekey(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -142,6 +168,17 @@ CREATE FUNCTION public.queue_cache_invalidation(p_user_ids bigint[]) RETURNS voi
 $$;
 
 --
+-- Name: queue_member_count_change(bigint[], integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.queue_member_count_change(p_segment_ids bigint[], p_sign integer) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO member_count_deltas (segment_id, n)
+    SELECT id, p_sign * count(*) FROM unnest(p_segment_ids) AS t(id) GROUP BY id
+$$;
+
+--
 -- Name: segment_bucket(text, bigint); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -159,6 +196,19 @@ CREATE FUNCTION public.segment_hash(p_slug text, p_user_id bigint) RETURNS bigin
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
     SELECT ('x' || encode(substring(sha256((p_slug || ':' || p_user_id::text)::bytea) FROM 1 FOR 4), 'hex'))::bit(32)::bigint
+$$;
+
+--
+-- Name: segment_member_count(bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.segment_member_count(p_segment_id bigint) RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT coalesce((SELECT c.n FROM member_counts c WHERE c.segment_id = p_segment_id), 0)
+         + coalesce((SELECT sum(d.n) FROM member_count_deltas d WHERE d.segment_id = p_segment_id), 0)
+         - (SELECT count(*) FROM memberships m
+            WHERE m.segment_id = p_segment_id AND m.expires_at IS NOT NULL AND m.expires_at <= now())
 $$;
 
 --
@@ -198,6 +248,24 @@ CREATE TABLE public.idempotency_keys (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT idempotency_keys_fingerprint_check CHECK ((octet_length(fingerprint) = 32)),
     CONSTRAINT idempotency_keys_key_check CHECK (((octet_length(key) >= 1) AND (octet_length(key) <= 255)))
+);
+
+--
+-- Name: member_count_deltas; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.member_count_deltas (
+    segment_id bigint NOT NULL,
+    n bigint NOT NULL
+);
+
+--
+-- Name: member_counts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.member_counts (
+    segment_id bigint NOT NULL,
+    n bigint NOT NULL
 );
 
 --
@@ -377,6 +445,13 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
 
 --
+-- Name: member_counts member_counts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.member_counts
+    ADD CONSTRAINT member_counts_pkey PRIMARY KEY (segment_id);
+
+--
 -- Name: membership_expiry_changes membership_expiry_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -439,6 +514,12 @@ ALTER TABLE ONLY public.users
 CREATE INDEX idempotency_keys_created_at_idx ON public.idempotency_keys USING btree (created_at);
 
 --
+-- Name: member_count_deltas_segment_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX member_count_deltas_segment_idx ON public.member_count_deltas USING btree (segment_id);
+
+--
 -- Name: membership_history_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -457,6 +538,12 @@ CREATE INDEX membership_history_user_segment_idx ON public.membership_history US
 CREATE INDEX memberships_expiry_idx ON public.memberships USING btree (expires_at) WHERE (expires_at IS NOT NULL);
 
 --
+-- Name: memberships_segment_expiry_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX memberships_segment_expiry_idx ON public.memberships USING btree (segment_id, expires_at) WHERE (expires_at IS NOT NULL);
+
+--
 -- Name: memberships_segment_user_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -473,6 +560,18 @@ CREATE INDEX segments_delete_at_idx ON public.segments USING btree (delete_at) W
 --
 
 CREATE TRIGGER memberships_cache_update AFTER UPDATE ON public.memberships REFERENCING OLD TABLE AS before NEW TABLE AS updated FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_record_updated();
+
+--
+-- Name: memberships memberships_count_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_count_delete AFTER DELETE ON public.memberships REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_count_removed();
+
+--
+-- Name: memberships memberships_count_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_count_insert AFTER INSERT ON public.memberships REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_count_added();
 
 --
 -- Name: memberships memberships_history_delete; Type: TRIGGER; Schema: public; Owner: -
@@ -497,6 +596,13 @@ CREATE TRIGGER memberships_rekey BEFORE UPDATE OF user_id, segment_id ON public.
 --
 
 CREATE TRIGGER memberships_truncate BEFORE TRUNCATE ON public.memberships FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_forbid_truncate();
+
+--
+-- Name: member_counts member_counts_segment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.member_counts
+    ADD CONSTRAINT member_counts_segment_id_fkey FOREIGN KEY (segment_id) REFERENCES public.segments(id) ON DELETE CASCADE;
 
 --
 -- Name: rollout_batches rollout_batches_segment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

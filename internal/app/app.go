@@ -239,6 +239,7 @@ func (a *App) buildWorker() {
 		Expiry: a.Services.Expiry, Rollouts: a.Services.Rollouts,
 		IdempotencyKeys: a.Services.IdempotencyKeys, Deletions: a.Services.Deletions,
 	}, d.Metrics, d.Log)
+	a.loops = append(a.loops, postgres.MemberCountFolder(d.Pool, time.Second))
 	if !cfg.Events.Enabled {
 		d.Log.Warn("EVENTS_ENABLED=false: change events are not published; they wait in the database until it is on")
 		return

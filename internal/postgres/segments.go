@@ -24,13 +24,11 @@ func NewSegmentRepo(pool *pgxpool.Pool, rec Recorder) *SegmentRepo {
 	return &SegmentRepo{pool: pool, rec: rec}
 }
 
-// segmentColumns selects a segment with its count of active members (an
-// index-only scan of memberships_segment_idx); scanSegment reads them.
+// segmentColumns selects a segment with its count of active members
+// (segment_member_count: a few index probes, whatever the segment's size;
+// migration 14); scanSegment reads them.
 const segmentColumns = `
-	s.id, s.slug, s.description, s.created_at,
-	(SELECT count(*) FROM memberships m
-	  WHERE m.segment_id = s.id
-	    AND (m.expires_at IS NULL OR m.expires_at > now())) AS member_count,
+	s.id, s.slug, s.description, s.created_at, segment_member_count(s.id) AS member_count,
 	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0), s.delete_at,
 	coalesce(s.rollout_id, 0)`
 
