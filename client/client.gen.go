@@ -211,6 +211,15 @@ type ChangeSegmentsResponse struct {
 	UserId int64 `json:"user_id"`
 }
 
+// CreateLayerRequest defines model for CreateLayerRequest.
+type CreateLayerRequest struct {
+	// Description Example: Experiments on the checkout page
+	Description *string `json:"description,omitempty"`
+
+	// Slug Example: CHECKOUT_EXPERIMENTS
+	Slug string `json:"slug"`
+}
+
 // CreateSegmentRequest defines model for CreateSegmentRequest.
 type CreateSegmentRequest struct {
 	// AutoPercent AutoPercent makes a percent segment: this share of users (0 to 100,
@@ -227,6 +236,13 @@ type CreateSegmentRequest struct {
 
 	// Description Example: Voice messages in chat
 	Description *string `json:"description,omitempty"`
+
+	// Layer Layer, if set, puts the segment in that layer (for good): no user
+	// holds two segments of one layer. A percent segment of a layer owns
+	// auto_percent × 100 of its buckets, the lowest free.
+	//
+	// Example: CHECKOUT_EXPERIMENTS
+	Layer *string `json:"layer,omitempty"`
 
 	// Slug Example: AVITO_VOICE_MESSAGES
 	Slug string `json:"slug"`
@@ -266,6 +282,22 @@ type Explanation struct {
 	// oldest first.
 	Events *[]ExplainedEvent `json:"events,omitempty"`
 
+	// Layer Layer is the segment's layer, the user's bucket in it and the
+	// segment's buckets; null for a segment of no layer.
+	Layer *struct {
+		// Bucket Bucket is layer_bucket(layer, user_id), 0 to 9999.
+		//
+		// Example: 2711
+		Bucket *int64 `json:"bucket,omitempty"`
+
+		// Ranges Ranges are the buckets the segment owns ([from, to] pairs, to
+		// excluded); none for a manual segment.
+		Ranges *[][]int `json:"ranges,omitempty"`
+
+		// Slug Example: CHECKOUT_EXPERIMENTS
+		Slug *string `json:"slug,omitempty"`
+	} `json:"layer,omitempty"`
+
 	// Member Member says whether the user holds the segment now.
 	//
 	// Example: true
@@ -285,8 +317,9 @@ type Explanation struct {
 		Source *ExplanationMembershipSource `json:"source,omitempty"`
 	} `json:"membership,omitempty"`
 
-	// PercentRule PercentRule is bucket < auto_percent·100 for a percent segment; null
-	// for a manual one.
+	// PercentRule PercentRule is the percent rule's verdict for a percent segment:
+	// bucket < auto_percent·100, or in a layer the layer bucket in the
+	// segment's buckets; null for a manual one.
 	//
 	// Example: true
 	PercentRule *bool `json:"percent_rule,omitempty"`
@@ -330,6 +363,49 @@ type HistoryEventOperation string
 
 // HistoryEventReason Example: manual
 type HistoryEventReason string
+
+// Layer defines model for Layer.
+type Layer struct {
+	// CreatedAt Example: 2026-11-22T08:00:00Z
+	CreatedAt *time.Time `json:"created_at,omitempty"`
+
+	// Description Example: Experiments on the checkout page
+	Description *string         `json:"description,omitempty"`
+	Free        *[][]int        `json:"free,omitempty"`
+	Segments    *[]LayerSegment `json:"segments,omitempty"`
+
+	// Slug Example: CHECKOUT_EXPERIMENTS
+	Slug *string `json:"slug,omitempty"`
+}
+
+// LayerConflict defines model for LayerConflict.
+type LayerConflict struct {
+	// Held Example: CHECKOUT_A
+	Held *string `json:"held,omitempty"`
+
+	// Slug Example: CHECKOUT_B
+	Slug *string `json:"slug,omitempty"`
+}
+
+// LayerList defines model for LayerList.
+type LayerList struct {
+	Layers *[]Layer `json:"layers,omitempty"`
+
+	// NextAfter NextAfter is the after= cursor of the next page; null on the last.
+	//
+	// Example: CHECKOUT_EXPERIMENTS
+	NextAfter *string `json:"next_after,omitempty"`
+}
+
+// LayerSegment defines model for LayerSegment.
+type LayerSegment struct {
+	// AutoPercent Example: 30
+	AutoPercent *float64 `json:"auto_percent,omitempty"`
+	Ranges      *[][]int `json:"ranges,omitempty"`
+
+	// Slug Example: CHECKOUT_NEW_BUTTON
+	Slug *string `json:"slug,omitempty"`
+}
 
 // MemberList defines model for MemberList.
 type MemberList struct {
@@ -391,12 +467,22 @@ type PatchSegmentRequest struct {
 
 // Problem defines model for Problem.
 type Problem struct {
+	// Conflicts Conflicts lists, for layer-conflict problems, each segment asked for
+	// and the segment of the same layer the user holds (or also asked for).
+	Conflicts *[]LayerConflict `json:"conflicts,omitempty"`
+
 	// Detail Example: slug must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not "voice messages"
 	Detail *string `json:"detail,omitempty"`
 
 	// Errors Errors lists, for validation problems, each wrong field as a JSON
 	// pointer into the request body.
 	Errors *[]FieldProblem `json:"errors,omitempty"`
+
+	// FreeBuckets FreeBuckets is, for layer-full problems, how many buckets the layer
+	// has free.
+	//
+	// Example: 2500
+	FreeBuckets *int64 `json:"free_buckets,omitempty"`
 
 	// RequestId RequestID lets the operator find the request in the logs.
 	//
@@ -481,6 +567,11 @@ type Segment struct {
 	// Description Example: Voice messages in chat
 	Description string `json:"description"`
 
+	// Layer Layer is the slug of the segment's layer; null if it has none.
+	//
+	// Example: CHECKOUT_EXPERIMENTS
+	Layer *string `json:"layer"`
+
 	// MemberCount MemberCount counts active (unexpired) memberships.
 	//
 	// Example: 1200
@@ -551,6 +642,27 @@ type UserSegments struct {
 
 	// UserId Example: 1000
 	UserId int64 `json:"user_id"`
+}
+
+// ListLayersParams defines parameters for ListLayers.
+type ListLayersParams struct {
+	// Limit Page size (1 to 1000)
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// After Return layers whose slug sorts after this one
+	After *string `form:"after,omitempty" json:"after,omitempty"`
+}
+
+// CreateLayerParams defines parameters for CreateLayer.
+type CreateLayerParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
+// DeleteLayerParams defines parameters for DeleteLayer.
+type DeleteLayerParams struct {
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
 // CreateHistoryReportParams defines parameters for CreateHistoryReport.
@@ -633,6 +745,9 @@ type ChangeUserSegmentsParams struct {
 	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
+
+// CreateLayerJSONRequestBody defines body for CreateLayer for application/json ContentType.
+type CreateLayerJSONRequestBody = CreateLayerRequest
 
 // CreateHistoryReportJSONRequestBody defines body for CreateHistoryReport for application/json ContentType.
 type CreateHistoryReportJSONRequestBody = ReportRequest
@@ -728,6 +843,45 @@ func WithRequestEditorFn(fn RequestEditorFn) ClientOption {
 
 // The interface specification for the client above.
 type ClientInterface interface {
+
+	// ListLayers List layers
+	//
+	// Layers in byte order of slug, a page at a time, each with its segments and free buckets. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /layers (the `ListLayers` operationId).
+	ListLayers(ctx context.Context, params *ListLayersParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateLayerWithBody Create a layer
+	//
+	// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /layers (the `CreateLayer` operationId).
+	CreateLayerWithBody(ctx context.Context, params *CreateLayerParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateLayer Create a layer
+	//
+	// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /layers (the `CreateLayer` operationId).
+	CreateLayer(ctx context.Context, params *CreateLayerParams, body CreateLayerJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteLayer Delete a layer
+	//
+	// Deletes a layer that has no segments (delete them first). Needs a token with the scope segments:admin.
+	//
+	// Corresponds with DELETE /layers/{slug} (the `DeleteLayer` operationId).
+	DeleteLayer(ctx context.Context, slug string, params *DeleteLayerParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetLayer Get a layer
+	//
+	// The layer, its segments (sorted by slug) with the buckets each percent one owns, and its free buckets. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /layers/{slug} (the `GetLayer` operationId).
+	GetLayer(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateHistoryReportWithBody Get a link to a month's history as CSV
 	//
@@ -904,10 +1058,99 @@ type ClientInterface interface {
 
 	// ExplainMembership Why a user is or is not in a segment
 	//
-	// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+	// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100; in a layer: the user's layer bucket in the segment's buckets), the segment's layer (null if none), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
 	//
 	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 	ExplainMembership(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
+}
+
+// ListLayers List layers
+//
+// Layers in byte order of slug, a page at a time, each with its segments and free buckets. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /layers (the `ListLayers` operationId).
+func (c *Client) ListLayers(ctx context.Context, params *ListLayersParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListLayersRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateLayerWithBody Create a layer
+//
+// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /layers (the `CreateLayer` operationId).
+func (c *Client) CreateLayerWithBody(ctx context.Context, params *CreateLayerParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateLayerRequestWithBody(c.Server, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateLayer Create a layer
+//
+// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /layers (the `CreateLayer` operationId).
+func (c *Client) CreateLayer(ctx context.Context, params *CreateLayerParams, body CreateLayerJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateLayerRequest(c.Server, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteLayer Delete a layer
+//
+// Deletes a layer that has no segments (delete them first). Needs a token with the scope segments:admin.
+//
+// Corresponds with DELETE /layers/{slug} (the `DeleteLayer` operationId).
+func (c *Client) DeleteLayer(ctx context.Context, slug string, params *DeleteLayerParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteLayerRequest(c.Server, slug, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetLayer Get a layer
+//
+// The layer, its segments (sorted by slug) with the buckets each percent one owns, and its free buckets. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /layers/{slug} (the `GetLayer` operationId).
+func (c *Client) GetLayer(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetLayerRequest(c.Server, slug)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
 }
 
 // CreateHistoryReportWithBody Get a link to a month's history as CSV
@@ -1295,7 +1538,7 @@ func (c *Client) ChangeUserSegments(ctx context.Context, userId int64, params *C
 
 // ExplainMembership Why a user is or is not in a segment
 //
-// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100; in a layer: the user's layer bucket in the segment's buckets), the segment's layer (null if none), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
 //
 // Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 func (c *Client) ExplainMembership(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1308,6 +1551,210 @@ func (c *Client) ExplainMembership(ctx context.Context, userId int64, slug strin
 		return nil, err
 	}
 	return c.Client.Do(req)
+}
+
+// NewListLayersRequest constructs an http.Request for the ListLayers method
+func NewListLayersRequest(server string, params *ListLayersParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/layers")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateLayerRequest calls the generic CreateLayer builder with application/json body
+func NewCreateLayerRequest(server string, params *CreateLayerParams, body CreateLayerJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateLayerRequestWithBody(server, params, "application/json", bodyReader)
+}
+
+// NewCreateLayerRequestWithBody constructs an http.Request for the CreateLayer method, with any body, and a specified content type
+func NewCreateLayerRequestWithBody(server string, params *CreateLayerParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/layers")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewDeleteLayerRequest constructs an http.Request for the DeleteLayer method
+func NewDeleteLayerRequest(server string, slug string, params *DeleteLayerParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/layers/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewGetLayerRequest constructs an http.Request for the GetLayer method
+func NewGetLayerRequest(server string, slug string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/layers/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
 }
 
 // NewCreateHistoryReportRequest calls the generic CreateHistoryReport builder with application/json body
@@ -2198,6 +2645,51 @@ func WithBaseURL(baseURL string) ClientOption {
 // ClientWithResponsesInterface is the interface specification for the client with responses above.
 type ClientWithResponsesInterface interface {
 
+	// ListLayersWithResponse List layers
+	//
+	// Layers in byte order of slug, a page at a time, each with its segments and free buckets. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /layers (the `ListLayers` operationId).
+	ListLayersWithResponse(ctx context.Context, params *ListLayersParams, reqEditors ...RequestEditorFn) (*ListLayersReply, error)
+
+	// CreateLayerWithBodyWithResponse Create a layer
+	//
+	// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /layers (the `CreateLayer` operationId).
+	CreateLayerWithBodyWithResponse(ctx context.Context, params *CreateLayerParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateLayerReply, error)
+
+	// CreateLayerWithResponse Create a layer
+	//
+	// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /layers (the `CreateLayer` operationId).
+	CreateLayerWithResponse(ctx context.Context, params *CreateLayerParams, body CreateLayerJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateLayerReply, error)
+
+	// DeleteLayerWithResponse Delete a layer
+	//
+	// Deletes a layer that has no segments (delete them first). Needs a token with the scope segments:admin.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /layers/{slug} (the `DeleteLayer` operationId).
+	DeleteLayerWithResponse(ctx context.Context, slug string, params *DeleteLayerParams, reqEditors ...RequestEditorFn) (*DeleteLayerReply, error)
+
+	// GetLayerWithResponse Get a layer
+	//
+	// The layer, its segments (sorted by slug) with the buckets each percent one owns, and its free buckets. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /layers/{slug} (the `GetLayer` operationId).
+	GetLayerWithResponse(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*GetLayerReply, error)
+
 	// CreateHistoryReportWithBodyWithResponse Get a link to a month's history as CSV
 	//
 	// Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
@@ -2389,12 +2881,380 @@ type ClientWithResponsesInterface interface {
 
 	// ExplainMembershipWithResponse Why a user is or is not in a segment
 	//
-	// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+	// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100; in a layer: the user's layer bucket in the segment's buckets), the segment's layer (null if none), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 	ExplainMembershipWithResponse(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*ExplainMembershipReply, error)
+}
+
+type ListLayersReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *LayerList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListLayersReply) GetJSON200() *LayerList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListLayersReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListLayersReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ListLayersReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListLayersReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListLayersReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListLayersReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListLayersReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListLayersReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListLayersReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// CreateLayerReply201Headers the declared response headers of an HTTP 201 response for CreateLayer
+type CreateLayerReply201Headers struct {
+	IdempotentReplayed *string
+	Location           string
+}
+
+type CreateLayerReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Layer
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers201 the parsed response headers for an HTTP 201 response
+	Headers201 *CreateLayerReply201Headers
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateLayerReply) GetJSON201() *Layer {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON415() *Problem {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r CreateLayerReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateLayerReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateLayerReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateLayerReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateLayerReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// DeleteLayerReply204Headers the declared response headers of an HTTP 204 response for DeleteLayer
+type DeleteLayerReply204Headers struct {
+	IdempotentReplayed *string
+}
+
+type DeleteLayerReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *DeleteLayerReply204Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r DeleteLayerReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteLayerReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteLayerReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteLayerReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteLayerReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetLayerReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Layer
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetLayerReply) GetJSON200() *Layer {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetLayerReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetLayerReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetLayerReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetLayerReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r GetLayerReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r GetLayerReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetLayerReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetLayerReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetLayerReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetLayerReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
 }
 
 // CreateHistoryReportReply201Headers the declared response headers of an HTTP 201 response for CreateHistoryReport
@@ -3834,6 +4694,81 @@ func (r ExplainMembershipReply) ContentType() string {
 	return ""
 }
 
+// ListLayersWithResponse List layers
+//
+// Layers in byte order of slug, a page at a time, each with its segments and free buckets. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /layers (the `ListLayers` operationId).
+func (c *ClientWithResponses) ListLayersWithResponse(ctx context.Context, params *ListLayersParams, reqEditors ...RequestEditorFn) (*ListLayersReply, error) {
+	rsp, err := c.ListLayers(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListLayersReply(rsp)
+}
+
+// CreateLayerWithBodyWithResponse Create a layer
+//
+// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /layers (the `CreateLayer` operationId).
+func (c *ClientWithResponses) CreateLayerWithBodyWithResponse(ctx context.Context, params *CreateLayerParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateLayerReply, error) {
+	rsp, err := c.CreateLayerWithBody(ctx, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateLayerReply(rsp)
+}
+
+// CreateLayerWithResponse Create a layer
+//
+// A layer holds segments that exclude each other: no user ever holds two segments of one layer, whatever gave them. It has 10,000 buckets (layer_bucket of a user: the first 4 bytes of SHA-256 of "layer:<slug>:<user id>", × 10000 / 2^32); a percent segment of the layer owns auto_percent × 100 of them and goes to the users whose bucket it owns. A new layer has no segments and every bucket free. Layers have slugs of their own, apart from segments'. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /layers (the `CreateLayer` operationId).
+func (c *ClientWithResponses) CreateLayerWithResponse(ctx context.Context, params *CreateLayerParams, body CreateLayerJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateLayerReply, error) {
+	rsp, err := c.CreateLayer(ctx, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateLayerReply(rsp)
+}
+
+// DeleteLayerWithResponse Delete a layer
+//
+// Deletes a layer that has no segments (delete them first). Needs a token with the scope segments:admin.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /layers/{slug} (the `DeleteLayer` operationId).
+func (c *ClientWithResponses) DeleteLayerWithResponse(ctx context.Context, slug string, params *DeleteLayerParams, reqEditors ...RequestEditorFn) (*DeleteLayerReply, error) {
+	rsp, err := c.DeleteLayer(ctx, slug, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteLayerReply(rsp)
+}
+
+// GetLayerWithResponse Get a layer
+//
+// The layer, its segments (sorted by slug) with the buckets each percent one owns, and its free buckets. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /layers/{slug} (the `GetLayer` operationId).
+func (c *ClientWithResponses) GetLayerWithResponse(ctx context.Context, slug string, reqEditors ...RequestEditorFn) (*GetLayerReply, error) {
+	rsp, err := c.GetLayer(ctx, slug, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetLayerReply(rsp)
+}
+
 // CreateHistoryReportWithBodyWithResponse Get a link to a month's history as CSV
 //
 // Returns a signed link to the CSV history of one month (UTC), of one user or of all users. The link works on any replica until expires_at; nothing is stored. Needs a token with the scope segments:read.
@@ -4151,7 +5086,7 @@ func (c *ClientWithResponses) ChangeUserSegmentsWithResponse(ctx context.Context
 
 // ExplainMembershipWithResponse Why a user is or is not in a segment
 //
-// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
+// The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100; in a layer: the user's layer bucket in the segment's buckets), the segment's layer (null if none), and the user's last 100 events in the segment, oldest first. It does not register the user. Needs a token with the scope segments:read.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4162,6 +5097,335 @@ func (c *ClientWithResponses) ExplainMembershipWithResponse(ctx context.Context,
 		return nil, err
 	}
 	return ParseExplainMembershipReply(rsp)
+}
+
+// ParseListLayersReply parses an HTTP response from a ListLayersWithResponse call
+func ParseListLayersReply(rsp *http.Response) (*ListLayersReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListLayersReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest LayerList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateLayerReply parses an HTTP response from a CreateLayerWithResponse call
+func ParseCreateLayerReply(rsp *http.Response) (*CreateLayerReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateLayerReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Layer
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 201:
+		var headers CreateLayerReply201Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = value
+		}
+		response.Headers201 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDeleteLayerReply parses an HTTP response from a DeleteLayerWithResponse call
+func ParseDeleteLayerReply(rsp *http.Response) (*DeleteLayerReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteLayerReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers DeleteLayerReply204Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		response.Headers204 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetLayerReply parses an HTTP response from a GetLayerWithResponse call
+func ParseGetLayerReply(rsp *http.Response) (*GetLayerReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetLayerReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Layer
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
 }
 
 // ParseCreateHistoryReportReply parses an HTTP response from a CreateHistoryReportWithResponse call

@@ -35,6 +35,43 @@ END
 $$;
 
 --
+-- Name: layer_bucket(text, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.layer_bucket(p_slug text, p_user_id bigint) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT ((layer_hash(p_slug, p_user_id) * 10000) >> 32)::integer
+$$;
+
+--
+-- Name: layer_hash(text, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.layer_hash(p_slug text, p_user_id bigint) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT segment_hash('layer:' || p_slug, p_user_id)
+$$;
+
+--
+-- Name: memberships_check_layer(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.memberships_check_layer() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM added a JOIN segments s ON s.id = a.segment_id
+               WHERE a.layer_id IS DISTINCT FROM s.layer_id) THEN
+        RAISE EXCEPTION 'a membership''s layer_id must be its segment''s'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: memberships_count_added(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -251,6 +288,31 @@ CREATE TABLE public.idempotency_keys (
 );
 
 --
+-- Name: layers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.layers (
+    id bigint NOT NULL,
+    slug text NOT NULL COLLATE pg_catalog."C",
+    description text DEFAULT ''::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT layers_slug_format CHECK ((slug ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$'::text))
+);
+
+--
+-- Name: layers_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.layers ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.layers_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: member_count_deltas; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -333,6 +395,7 @@ CREATE TABLE public.memberships (
     source text DEFAULT 'manual'::text NOT NULL,
     added_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     expires_at timestamp with time zone,
+    layer_id bigint,
     CONSTRAINT memberships_not_born_expired CHECK (((expires_at IS NULL) OR (expires_at > added_at))),
     CONSTRAINT memberships_source_check CHECK ((source = ANY (ARRAY['manual'::text, 'auto'::text])))
 );
@@ -387,8 +450,11 @@ CREATE TABLE public.segments (
     rollout_threshold_user bigint,
     delete_at timestamp with time zone,
     rollout_id bigint,
+    layer_id bigint,
+    layer_buckets int4multirange,
     CONSTRAINT segments_auto_has_rollout CHECK (((auto_percent IS NULL) = (rollout_status IS NULL))),
     CONSTRAINT segments_auto_percent_check CHECK (((auto_percent >= (0)::numeric) AND (auto_percent <= (100)::numeric))),
+    CONSTRAINT segments_layer_buckets CHECK (((layer_buckets IS NULL) OR ((layer_id IS NOT NULL) AND (layer_buckets <@ int4multirange(int4range(0, 10000)))))),
     CONSTRAINT segments_rollout_status_check CHECK ((rollout_status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text]))),
     CONSTRAINT segments_slug_format CHECK ((slug ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$'::text))
 );
@@ -443,6 +509,20 @@ ALTER TABLE ONLY public.event_relay
 
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
+
+--
+-- Name: layers layers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.layers
+    ADD CONSTRAINT layers_pkey PRIMARY KEY (id);
+
+--
+-- Name: layers layers_slug_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.layers
+    ADD CONSTRAINT layers_slug_key UNIQUE (slug);
 
 --
 -- Name: member_counts member_counts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -538,6 +618,12 @@ CREATE INDEX membership_history_user_segment_idx ON public.membership_history US
 CREATE INDEX memberships_expiry_idx ON public.memberships USING btree (expires_at) WHERE (expires_at IS NOT NULL);
 
 --
+-- Name: memberships_one_per_layer; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX memberships_one_per_layer ON public.memberships USING btree (user_id, layer_id) WHERE (layer_id IS NOT NULL);
+
+--
 -- Name: memberships_segment_expiry_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -554,6 +640,12 @@ CREATE INDEX memberships_segment_user_idx ON public.memberships USING btree (seg
 --
 
 CREATE INDEX segments_delete_at_idx ON public.segments USING btree (delete_at) WHERE (delete_at IS NOT NULL);
+
+--
+-- Name: segments_layer_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX segments_layer_idx ON public.segments USING btree (layer_id) WHERE (layer_id IS NOT NULL);
 
 --
 -- Name: memberships memberships_cache_update; Type: TRIGGER; Schema: public; Owner: -
@@ -584,6 +676,18 @@ CREATE TRIGGER memberships_history_delete AFTER DELETE ON public.memberships REF
 --
 
 CREATE TRIGGER memberships_history_insert AFTER INSERT ON public.memberships REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_record_added();
+
+--
+-- Name: memberships memberships_layer_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_layer_insert AFTER INSERT ON public.memberships REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_check_layer();
+
+--
+-- Name: memberships memberships_layer_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER memberships_layer_update BEFORE UPDATE OF layer_id ON public.memberships FOR EACH ROW WHEN ((old.layer_id IS DISTINCT FROM new.layer_id)) EXECUTE FUNCTION public.memberships_forbid_rekey();
 
 --
 -- Name: memberships memberships_rekey; Type: TRIGGER; Schema: public; Owner: -
@@ -617,6 +721,13 @@ ALTER TABLE ONLY public.rollout_batches
 
 ALTER TABLE ONLY public.segment_opt_outs
     ADD CONSTRAINT segment_opt_outs_segment_id_fkey FOREIGN KEY (segment_id) REFERENCES public.segments(id) ON DELETE CASCADE;
+
+--
+-- Name: segments segments_layer_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.segments
+    ADD CONSTRAINT segments_layer_id_fkey FOREIGN KEY (layer_id) REFERENCES public.layers(id);
 
 --
 -- PostgreSQL database dump complete

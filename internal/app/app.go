@@ -45,6 +45,7 @@ var (
 	_ service.ExpiryStore         = (*postgres.ExpiryRepo)(nil)
 	_ service.HistoryStore        = (*postgres.HistoryRepo)(nil)
 	_ service.IdempotencyKeyStore = (*postgres.IdempotencyRepo)(nil)
+	_ service.LayerStore          = (*postgres.LayerRepo)(nil)
 	_ service.ExpiryScheduler     = (*worker.Client)(nil)
 	_ service.RolloutScheduler    = (*worker.Client)(nil)
 	_ service.RolloutQueue        = (*worker.Client)(nil)
@@ -73,6 +74,7 @@ type Deps struct {
 // Services are the service's use cases.
 type Services struct {
 	Segments *service.Segments
+	Layers   *service.Layers
 	Users    *service.Users
 	Reports  *service.Reports
 	Expiry   *service.Expiry
@@ -180,6 +182,7 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 	keys := postgres.NewIdempotencyRepo(d.Pool)
 	return &Services{
 		Segments:  service.NewSegments(segments, tasks, d.Now, log.Named("segments")),
+		Layers:    service.NewLayers(postgres.NewLayerRepo(d.Pool)),
 		Deletions: service.NewDeletions(segments, rec, log.Named("deletions")),
 		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, rec), tasks, d.Now, log.Named("users")),
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), rec,
@@ -201,7 +204,7 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 func (a *App) buildAPI(ctx context.Context) error {
 	cfg, d, svc := a.cfg, a.deps, a.Services
 	o := &a.router
-	o.Segments, o.Users, o.Reports = svc.Segments, svc.Users, svc.Reports
+	o.Segments, o.Layers, o.Users, o.Reports = svc.Segments, svc.Layers, svc.Users, svc.Reports
 	o.Idempotency, o.IdempotencyObserver = svc.Idempotency, d.Metrics
 	o.ReportTimeout, o.PublicURL = cfg.Reports.Timeout, cfg.Reports.PublicURL
 	o.ReadsRegister = cfg.Users.ReadsRegister

@@ -41,6 +41,11 @@ type Segment struct {
 	Rollout *Rollout
 	// DeleteAt is when the segment is to be deleted; nil if never.
 	DeleteAt *time.Time
+	// Layer is the slug of the segment's layer; "" if it has none.
+	Layer string
+	// Buckets are the buckets of its layer a percent segment of a layer
+	// owns.
+	Buckets BucketRanges
 }
 
 // NewSegment is what an analyst supplies to create a segment.
@@ -49,6 +54,8 @@ type NewSegment struct {
 	Description string
 	// AutoPercent, if set, makes a percent segment.
 	AutoPercent *Percent
+	// Layer, if set, names the layer the segment belongs to (for good).
+	Layer string
 	// DeleteAt, if set, schedules the segment's deletion.
 	DeleteAt *time.Time
 }
@@ -212,7 +219,19 @@ type Explanation struct {
 	Bucket int
 	// AutoPercent is the segment's share; nil for a manual segment.
 	AutoPercent *Percent
+	// Layer is the segment's layer, its bucket of the user and the
+	// segment's buckets; nil for a segment of no layer.
+	Layer *ExplainedLayer
 	// Events are the user's last (at most 100) history events in the
 	// segment, oldest first.
 	Events []HistoryEvent
+}
+
+// ExplainedLayer is what explain says of a segment's layer.
+type ExplainedLayer struct {
+	Slug string
+	// Bucket is LayerBucket(layer, user id).
+	Bucket int
+	// Ranges are the buckets the segment owns (none for a manual one).
+	Ranges BucketRanges
 }

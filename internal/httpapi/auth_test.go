@@ -185,7 +185,8 @@ func contractScope(method, route string) string {
 	switch {
 	case method == http.MethodGet && strings.HasPrefix(route, "/api/v1/reports/") && strings.HasSuffix(route, "/{token}"):
 		return ""
-	case strings.HasPrefix(route, "/api/v1/segments") && method != http.MethodGet:
+	case method != http.MethodGet && (strings.HasPrefix(route, "/api/v1/segments") ||
+		strings.HasPrefix(route, "/api/v1/layers") || strings.HasPrefix(route, "/api/v1/imports")):
 		return auth.ScopeAdmin
 	case method == http.MethodGet || strings.HasPrefix(route, "/api/v1/reports/"):
 		return auth.ScopeRead

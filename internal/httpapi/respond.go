@@ -37,8 +37,21 @@ type Problem struct {
 	// RequiredScope names, for insufficient-scope problems, the scope the
 	// route needs.
 	RequiredScope string `json:"required_scope,omitempty" example:"segments:admin"`
+	// FreeBuckets is, for layer-full problems, how many buckets the layer
+	// has free.
+	FreeBuckets *int `json:"free_buckets,omitempty" example:"2500"`
+	// Conflicts lists, for layer-conflict problems, each segment asked for
+	// and the segment of the same layer the user holds (or also asked for).
+	Conflicts []LayerConflict `json:"conflicts,omitempty"`
 	// RequestID lets the operator find the request in the logs.
 	RequestID string `json:"request_id,omitempty" example:"7f3c2a9e5b1d4c80"`
+}
+
+// LayerConflict is a segment asked for and the one of its layer that
+// stands in its way.
+type LayerConflict struct {
+	Slug string `json:"slug" example:"CHECKOUT_B"`
+	Held string `json:"held" example:"CHECKOUT_A"`
 }
 
 // FieldProblem is one wrong field of a request.
@@ -58,6 +71,9 @@ const (
 	typeForbidden       = "urn:segments:problem:forbidden"
 	typeUnavailable     = "urn:segments:problem:unavailable"
 	typeTooManyExports  = "urn:segments:problem:too-many-exports"
+	typeLayerFull       = "urn:segments:problem:layer-full"
+	typeLayerConflict   = "urn:segments:problem:layer-conflict"
+	typeLayerNotEmpty   = "urn:segments:problem:layer-not-empty"
 )
 
 // domainProblems maps domain error kinds to responses: the one table that
@@ -82,6 +98,26 @@ const retryAfterSeconds = "1"
 // message; anything else is logged once, with the request id, and the client
 // sees a generic 500.
 func respondError(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		full     *domain.LayerFullError
+		conflict *domain.LayerConflictError
+		notEmpty *domain.LayerNotEmptyError
+	)
+	switch {
+	case errors.As(err, &full):
+		writeProblem(w, r, Problem{Type: typeLayerFull, Title: "Layer full", Status: http.StatusConflict, Detail: full.Error(), FreeBuckets: &full.Free})
+		return
+	case errors.As(err, &conflict):
+		p := Problem{Type: typeLayerConflict, Title: "Layer conflict", Status: http.StatusConflict, Detail: conflict.Error()}
+		for _, c := range conflict.Conflicts {
+			p.Conflicts = append(p.Conflicts, LayerConflict{Slug: c.Slug, Held: c.Held})
+		}
+		writeProblem(w, r, p)
+		return
+	case errors.As(err, &notEmpty):
+		writeProblem(w, r, Problem{Type: typeLayerNotEmpty, Title: "Layer not empty", Status: http.StatusConflict, Detail: notEmpty.Error()})
+		return
+	}
 	var de *domain.Error
 	if errors.As(err, &de) {
 		for _, dp := range domainProblems {

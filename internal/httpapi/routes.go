@@ -10,6 +10,8 @@
 //	@produce			json
 //	@tag.name			segments
 //	@tag.description	Segments that analysts create
+//	@tag.name			layers
+//	@tag.description	Layers: segments that no user holds two of
 //	@tag.name			users
 //	@tag.description	Users and the segments they hold
 package httpapi
@@ -35,6 +37,7 @@ import (
 // Options are what the router needs.
 type Options struct {
 	Segments *service.Segments
+	Layers   *service.Layers
 	Users    *service.Users
 	Reports  *service.Reports
 	// Cache, if set, answers reads of users' segments from memory; the
@@ -101,6 +104,7 @@ const QueuesUIPath = "/admin/queues"
 
 type handler struct {
 	segments  *service.Segments
+	layers    *service.Layers
 	users     *service.Users
 	reports   *service.Reports
 	cache     *readcache.Cache
@@ -122,6 +126,7 @@ func NewRouter(o Options) http.Handler {
 	}
 	h := &handler{
 		segments:  o.Segments,
+		layers:    o.Layers,
 		users:     o.Users,
 		reports:   o.Reports,
 		cache:     o.Cache,
@@ -208,6 +213,11 @@ var apiRoutes = []apiRoute{
 	{method: http.MethodPatch, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).patchSegment},
 	{method: http.MethodDelete, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteSegment},
 	{method: http.MethodGet, pattern: "/segments/{slug}/members", scope: auth.ScopeRead, handle: (*handler).listMembers},
+
+	{method: http.MethodPost, pattern: "/layers", scope: auth.ScopeAdmin, handle: (*handler).createLayer},
+	{method: http.MethodGet, pattern: "/layers", scope: auth.ScopeRead, handle: (*handler).listLayers},
+	{method: http.MethodGet, pattern: "/layers/{slug}", scope: auth.ScopeRead, handle: (*handler).getLayer},
+	{method: http.MethodDelete, pattern: "/layers/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteLayer},
 
 	{method: http.MethodPost, pattern: "/users", scope: auth.ScopeWrite, handle: (*handler).registerUsers},
 	{method: http.MethodGet, pattern: "/users/{user_id}/segments", scope: auth.ScopeRead, handle: (*handler).userSegments},

@@ -27,6 +27,10 @@ type CreateSegmentRequest struct {
 	// DeleteAt, if set, schedules the segment's deletion (RFC 3339, in
 	// the future).
 	DeleteAt *rfc3339Time `json:"delete_at,omitempty" swaggertype:"string" format:"date-time" example:"2030-01-02T15:04:05Z"`
+	// Layer, if set, puts the segment in that layer (for good): no user
+	// holds two segments of one layer. A percent segment of a layer owns
+	// auto_percent × 100 of its buckets, the lowest free.
+	Layer string `json:"layer,omitempty" validate:"omitempty,slug" example:"CHECKOUT_EXPERIMENTS"`
 }
 
 // PatchSegmentRequest is the body of PATCH /segments/{slug}, a JSON merge
@@ -54,6 +58,8 @@ type Segment struct {
 	Rollout *Rollout `json:"rollout" extensions:"x-nullable"`
 	// DeleteAt is when the segment will be deleted; null if never.
 	DeleteAt *time.Time `json:"delete_at" format:"date-time" example:"2030-01-02T15:04:05Z" extensions:"x-nullable"`
+	// Layer is the slug of the segment's layer; null if it has none.
+	Layer *string `json:"layer" example:"CHECKOUT_EXPERIMENTS" extensions:"x-nullable"`
 }
 
 // Rollout is the progress of a percent segment's background assignment.
@@ -99,6 +105,9 @@ func segmentFrom(s domain.Segment) Segment {
 		t := s.DeleteAt.UTC()
 		out.DeleteAt = &t
 	}
+	if s.Layer != "" {
+		out.Layer = &s.Layer
+	}
 	return out
 }
 
@@ -114,17 +123,17 @@ func segmentFrom(s domain.Segment) Segment {
 //	@Success		201		{object}	Segment					"Created; Location names it"
 //	@Header			201		{string}	Location				"/api/v1/segments/{slug}"
 //	@Failure		400		{object}	Problem					"Malformed JSON"
-//	@Failure		409		{object}	Problem					"The slug is taken"
+//	@Failure		409		{object}	Problem					"The slug is taken, or the layer has too few free buckets (urn:segments:problem:layer-full, free_buckets)"
 //	@Failure		413		{object}	Problem					"Body over 1 MiB"
 //	@Failure		415		{object}	Problem					"Content-Type is not application/json"
-//	@Failure		422		{object}	Problem					"Invalid slug or description, or delete_at not in the future"
+//	@Failure		422		{object}	Problem					"Invalid slug or description, delete_at not in the future, or no such layer"
 //	@Router			/segments [post]
 func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 	var req CreateSegmentRequest
 	if !decode(w, r, h.validate, &req) {
 		return
 	}
-	ns := domain.NewSegment{Slug: req.Slug, Description: req.Description}
+	ns := domain.NewSegment{Slug: req.Slug, Description: req.Description, Layer: req.Layer}
 	if req.DeleteAt != nil {
 		ns.DeleteAt = &req.DeleteAt.Time
 	}
@@ -231,7 +240,8 @@ func (h *handler) deleteSegment(w http.ResponseWriter, r *http.Request) {
 //	@Failure		404		{object}	Problem	"No such segment"
 //	@Failure		413		{object}	Problem	"Body over 1 MiB"
 //	@Failure		415		{object}	Problem	"Content-Type is not application/merge-patch+json or application/json"
-//	@Failure		422		{object}	Problem	"A bad value, delete_at not in the future, auto_percent on a manual segment or null on a percent one"
+//	@Failure		409		{object}	Problem	"A raise in a layer with too few free buckets (urn:segments:problem:layer-full, free_buckets)"
+//	@Failure		422		{object}	Problem	"A bad value, delete_at not in the future, auto_percent on a manual segment or null on a percent one, layer (fixed at creation)"
 //	@Router			/segments/{slug} [patch]
 func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 	// A merge patch tells a null (clear) from a field left out (keep): the
@@ -240,11 +250,19 @@ func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 		Description json.RawMessage `json:"description"`
 		AutoPercent json.RawMessage `json:"auto_percent"`
 		DeleteAt    json.RawMessage `json:"delete_at"`
+		// Layer is named so that it is refused as a rule (422), not as an
+		// unknown field.
+		Layer json.RawMessage `json:"layer"`
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && mt == "application/merge-patch+json" {
 		r.Header.Set("Content-Type", "application/json")
 	}
 	if !decode(w, r, h.validate, &raw) {
+		return
+	}
+	if raw.Layer != nil {
+		respondError(w, r, domain.Invalid("a segment's layer is fixed when it is created",
+			domain.FieldError{Field: "/layer", Message: "cannot be changed"}))
 		return
 	}
 	var req PatchSegmentRequest

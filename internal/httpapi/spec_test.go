@@ -65,8 +65,10 @@ func TestSpecMatchesRoutes(t *testing.T) {
 	if diff := cmp.Diff(served, documented); diff != "" {
 		t.Errorf("routes served (-) versus documented in docs/openapi.json (+):\n%s", diff)
 	}
-	if len(served) != 15 {
-		t.Errorf("%d routes under /api/v1, the contract has 15: %v", len(served), served)
+	// The contract's first part has 9 routes, its second 6, its third
+	// (layers) 4.
+	if len(served) != 19 {
+		t.Errorf("%d routes under /api/v1, the contract has 19: %v", len(served), served)
 	}
 }
 
@@ -112,6 +114,7 @@ func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
 	})
 	bodies := map[string]string{
 		"createSegment":       `{"slug":"SPEC_NEW"}`,
+		"createLayer":         `{"slug":"SPEC_LAYER"}`,
 		"patchSegment":        `{"description":"patched"}`,
 		"registerUsers":       `{"user_ids":[1]}`,
 		"changeUserSegments":  `{"add":["SPEC"]}`,

@@ -20,12 +20,26 @@ type Explanation struct {
 	Bucket int `json:"bucket" example:"4483"`
 	// AutoPercent is the segment's share; null for a manual segment.
 	AutoPercent *float64 `json:"auto_percent" format:"double" example:"50" extensions:"x-nullable"`
-	// PercentRule is bucket < auto_percent·100 for a percent segment; null
-	// for a manual one.
+	// PercentRule is the percent rule's verdict for a percent segment:
+	// bucket < auto_percent·100, or in a layer the layer bucket in the
+	// segment's buckets; null for a manual one.
 	PercentRule *bool `json:"percent_rule" example:"true" extensions:"x-nullable"`
+	// Layer is the segment's layer, the user's bucket in it and the
+	// segment's buckets; null for a segment of no layer.
+	Layer *ExplainedLayer `json:"layer" extensions:"x-nullable"`
 	// Events are the user's last (at most 100) events in the segment,
 	// oldest first.
 	Events []ExplainedEvent `json:"events"`
+}
+
+// ExplainedLayer is a segment's layer as explain shows it.
+type ExplainedLayer struct {
+	Slug string `json:"slug" example:"CHECKOUT_EXPERIMENTS"`
+	// Bucket is layer_bucket(layer, user_id), 0 to 9999.
+	Bucket int `json:"bucket" example:"2711"`
+	// Ranges are the buckets the segment owns ([from, to] pairs, to
+	// excluded); none for a manual segment.
+	Ranges []BucketRange `json:"ranges" swaggertype:"array,array,integer"`
 }
 
 // ExplainedMembership is a user's active membership in one segment.
@@ -47,7 +61,7 @@ type ExplainedEvent struct {
 //
 //	@ID				explainMembership
 //	@Summary		Why a user is or is not in a segment
-//	@Description	The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100), and the user's last 100 events in the segment, oldest first. It does not register the user.
+//	@Description	The user's active membership (if any), the user's bucket for the segment and the percent rule's verdict (for a percent segment: bucket < auto_percent·100; in a layer: the user's layer bucket in the segment's buckets), the segment's layer (null if none), and the user's last 100 events in the segment, oldest first. It does not register the user.
 //	@Tags			users
 //	@Produce		json
 //	@Param			user_id	path		int		true	"User id (1 to 2^63-1)"	minimum(1)	format(int64)
@@ -78,7 +92,13 @@ func (h *handler) explainMembership(w http.ResponseWriter, r *http.Request) {
 	}
 	if e.AutoPercent != nil {
 		p, rule := e.AutoPercent.Float(), e.Bucket < int(*e.AutoPercent)
+		if e.Layer != nil {
+			rule = e.Layer.Ranges.Contains(e.Layer.Bucket)
+		}
 		out.AutoPercent, out.PercentRule = &p, &rule
+	}
+	if l := e.Layer; l != nil {
+		out.Layer = &ExplainedLayer{Slug: l.Slug, Bucket: l.Bucket, Ranges: rangesOut(l.Ranges)}
 	}
 	for _, ev := range e.Events {
 		out.Events = append(out.Events, ExplainedEvent{Operation: string(ev.Operation), Reason: string(ev.Reason), At: ev.At.UTC()})

@@ -211,6 +211,7 @@ func (h *handler) userSegmentsAt(w http.ResponseWriter, r *http.Request, id int6
 //	@Success		200		{object}	ChangeSegmentsResponse
 //	@Failure		400		{object}	Problem	"Bad user id or malformed JSON"
 //	@Failure		404		{object}	Problem	"Unknown segments, listed in unknown_slugs"
+//	@Failure		409		{object}	Problem	"A segment added shares a layer with one the user holds and keeps, or with another added (urn:segments:problem:layer-conflict, conflicts)"
 //	@Failure		413		{object}	Problem	"Body over 1 MiB"
 //	@Failure		415		{object}	Problem	"Content-Type is not application/json"
 //	@Failure		422		{object}	Problem	"Bad slug, slug in both lists, both expiry forms, expiry not in the future, nothing to change, more than 1,000 slugs"

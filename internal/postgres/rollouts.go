@@ -65,20 +65,23 @@ func (r *RolloutRepo) ClaimRollout(ctx context.Context, segmentID int64) (releas
 func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batchSize int) (domain.Rollout, error) {
 	var ro domain.Rollout
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		const lock = `
+		lock := `
 			SELECT slug, population_seq, rollout_status, rollout_assigned, coalesce(rollout_total, 0),
 			       (auto_percent * 100)::integer,
-			       EXISTS (SELECT FROM memberships m WHERE m.segment_id = s.id AND m.source = 'auto')
+			       EXISTS (SELECT FROM memberships m WHERE m.segment_id = s.id AND m.source = 'auto'),
+			       coalesce((SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ''), ` + rangesOf("s.layer_buckets") + `
 			FROM segments s
 			WHERE id = $1 AND auto_percent IS NOT NULL
 			FOR NO KEY UPDATE`
 		var (
-			slug       string
-			population int64
-			percent    domain.Percent
-			autoHeld   bool
+			slug, layer string
+			population  int64
+			percent     domain.Percent
+			autoHeld    bool
+			froms, tos  []int32
 		)
-		err := tx.QueryRow(ctx, lock, segmentID).Scan(&slug, &population, &ro.Status, &ro.Assigned, &ro.Total, &percent, &autoHeld)
+		err := tx.QueryRow(ctx, lock, segmentID).Scan(&slug, &population, &ro.Status, &ro.Assigned, &ro.Total, &percent, &autoHeld,
+			&layer, &froms, &tos)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return segmentGone(segmentID)
 		}
@@ -97,7 +100,8 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 		if ro.Status != domain.RolloutPending {
 			return nil
 		}
-		plan, err := planRollout(ctx, tx, segmentID, slug, population, percent, batchSize)
+		rule := rolloutRule{slug: slug, percent: percent, layer: layer, buckets: bucketRanges(froms, tos)}
+		plan, err := planRollout(ctx, tx, segmentID, rule, population, batchSize)
 		if err != nil {
 			return err
 		}
@@ -129,6 +133,17 @@ func (r *RolloutRepo) PrepareRollout(ctx context.Context, segmentID int64, batch
 	return ro, err
 }
 
+// rolloutRule is who a percent segment goes to. Outside layers, the
+// lowest round(N·p/100) (segment_hash, id) of the population; in a layer,
+// the users whose layer bucket is in the segment's buckets.
+type rolloutRule struct {
+	slug    string
+	percent domain.Percent
+	// layer is the segment's layer's slug; "" outside layers.
+	layer   string
+	buckets domain.BucketRanges
+}
+
 // rolloutPlan is what a rollout fixes when it starts.
 type rolloutPlan struct {
 	// chosen is how many users the rollout gives the segment: the users
@@ -146,8 +161,10 @@ type rolloutPlan struct {
 // against it by TestDatabaseHashMatchesGo) at a tenth of the CPU, and off
 // the database server, which the rollout's writes keep busy. The
 // population is read once for the count, the line and the batches.
-func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, slug string, population int64,
-	percent domain.Percent, batchSize int) (rolloutPlan, error) {
+//
+// In a layer the plan counts the users whose bucket is in the segment's
+// buckets; the batches choose them by the same rule, with no line.
+func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, rule rolloutRule, population int64, batchSize int) (rolloutPlan, error) {
 	const read = `
 		SELECT u.id, o.user_id IS NOT NULL
 		FROM users u
@@ -159,7 +176,8 @@ func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, slug string, p
 		ids    []int64
 		keys   []uint64 // hash<<32 | index into ids: sorted, (hash, id) order
 		n      int
-		hasher = domain.NewSegmentHasher(slug)
+		hasher = domain.NewSegmentHasher(rule.slug)
+		layer  = domain.NewLayerHasher(rule.layer)
 		id     int64
 		optOut bool
 	)
@@ -171,7 +189,13 @@ func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, slug string, p
 		}
 		plan.last[len(plan.last)-1] = id
 		n++
-		if !optOut {
+		switch {
+		case optOut:
+		case rule.layer != "":
+			if rule.buckets.Contains(domain.BucketOf(layer.Hash(id))) {
+				plan.chosen++
+			}
+		default:
 			keys = append(keys, uint64(hasher.Hash(id))<<32|uint64(len(ids)))
 			ids = append(ids, id)
 		}
@@ -180,11 +204,15 @@ func planRollout(ctx context.Context, tx pgx.Tx, segmentID int64, slug string, p
 	if err != nil {
 		return plan, fmt.Errorf("read population: %w", dbError(err))
 	}
+	if rule.layer != "" {
+		plan.lineHash, plan.lineUser = -1, -1
+		return plan, nil
+	}
 	if len(ids) >= 1<<32 {
 		return plan, fmt.Errorf("a population of %d users is more than a rollout can choose from", len(ids))
 	}
 	// round(N·p/100) with p in hundredths, half up, as the database's round.
-	plan.chosen = (2*int64(len(ids))*int64(percent) + int64(domain.MaxPercent)) / (2 * int64(domain.MaxPercent))
+	plan.chosen = (2*int64(len(ids))*int64(rule.percent) + int64(domain.MaxPercent)) / (2 * int64(domain.MaxPercent))
 	plan.lineHash, plan.lineUser = -1, -1
 	if plan.chosen > 0 {
 		slices.Sort(keys)
@@ -206,10 +234,12 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		// FOR KEY SHARE of the segment holds off its deletion until commit.
 		// The batch's population (its users registered up to
 		// population_seq) comes with the claim, read after the lock.
-		const claim = `
+		claim := `
 			WITH batch AS (
 				SELECT b.first_user, b.last_user, s.slug, s.population_seq,
-				       s.rollout_threshold_hash, s.rollout_threshold_user
+				       coalesce(s.rollout_threshold_hash, -1), coalesce(s.rollout_threshold_user, -1),
+				       s.layer_id, coalesce((SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ''),
+				       ` + rangesOf("s.layer_buckets") + `
 				FROM rollout_batches b
 				JOIN segments s ON s.id = b.segment_id
 				WHERE b.segment_id = $1 AND NOT b.done AND s.rollout_status = 'running'
@@ -224,10 +254,13 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 			FROM batch b`
 		var (
 			first, last, population, lineHash, lineUser int64
-			slug                                        string
+			slug, layer                                 string
+			layerID                                     *int64
+			froms, tos                                  []int32
 			users                                       []int64
 		)
-		err := tx.QueryRow(ctx, claim, segmentID).Scan(&first, &last, &slug, &population, &lineHash, &lineUser, &users)
+		err := tx.QueryRow(ctx, claim, segmentID).Scan(&first, &last, &slug, &population, &lineHash, &lineUser,
+			&layerID, &layer, &froms, &tos, &users)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -236,11 +269,18 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		}
 		claimed = true
 		// The chosen users, by the rule the line fixed: (hash, id) at most
-		// (lineHash, lineUser). Hashed here, as planRollout does.
+		// (lineHash, lineUser); in a layer, the bucket in the segment's
+		// buckets. Hashed here, as planRollout does.
 		hasher := domain.NewSegmentHasher(slug)
+		if layer != "" {
+			hasher = domain.NewLayerHasher(layer)
+		}
+		buckets := bucketRanges(froms, tos)
 		chosen := make([]int64, 0, len(users))
 		for _, id := range users {
-			if h := int64(hasher.Hash(id)); h < lineHash || (h == lineHash && id <= lineUser) {
+			h := hasher.Hash(id)
+			if layer != "" && buckets.Contains(domain.BucketOf(h)) ||
+				layer == "" && (int64(h) < lineHash || (int64(h) == lineHash && id <= lineUser)) {
 				chosen = append(chosen, id)
 			}
 		}
@@ -261,7 +301,11 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 		// scan) and are few unless the share was lowered, so the database
 		// checks their hash itself; joined to the population instead, the
 		// planner read every member of the segment for each batch, or
-		// looped over the population for each member. The INSERT fires
+		// looped over the population for each member. In a layer, a chosen
+		// user who holds another segment of the layer is skipped (the
+		// INSERT's conflict on the (user, layer) index), and a member by
+		// the rule loses the segment when its bucket left the segment's
+		// buckets. The INSERT fires
 		// memberships_history_insert and the DELETE
 		// memberships_history_delete: history (reason auto) and the users
 		// queued for the read caches (more than 20,000: every user).
@@ -270,9 +314,9 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 				SELECT c.id FROM unnest($8::bigint[]) AS c(id)
 				WHERE NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = c.id)
 			), given AS (
-				INSERT INTO memberships (user_id, segment_id, source)
-				SELECT id, $1, 'auto' FROM chosen ORDER BY id
-				ON CONFLICT (user_id, segment_id) DO NOTHING
+				INSERT INTO memberships (user_id, segment_id, layer_id, source)
+				SELECT id, $1, $9, 'auto' FROM chosen ORDER BY id
+				ON CONFLICT DO NOTHING
 				RETURNING 1
 			), taken AS (
 				DELETE FROM memberships m
@@ -280,14 +324,15 @@ func (r *RolloutRepo) RolloutBatch(ctx context.Context, segmentID int64) (claime
 				WHERE m.segment_id = $1 AND m.user_id BETWEEN $2 AND $3 AND m.source = 'auto'
 				  AND u.id = m.user_id AND u.seq <= $4
 				  AND NOT EXISTS (SELECT FROM segment_opt_outs o WHERE o.segment_id = $1 AND o.user_id = m.user_id)
-				  AND (segment_hash($5, m.user_id), m.user_id) > ($6::bigint, $7::bigint)
+				  AND CASE WHEN $9::bigint IS NULL THEN (segment_hash($5, m.user_id), m.user_id) > ($6::bigint, $7::bigint)
+				           ELSE NOT ((SELECT layer_buckets FROM segments WHERE id = $1) @> layer_bucket($10, m.user_id)) END
 				RETURNING 1
 			), progress AS (
 				UPDATE segments SET rollout_assigned = rollout_assigned + (SELECT count(*) FROM chosen)
 				WHERE id = $1
 			)
 			SELECT (SELECT count(*) FROM given), (SELECT count(*) FROM taken)`
-		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, lineHash, lineUser, chosen).Scan(&added, &removed); err != nil {
+		if err := tx.QueryRow(ctx, assign, segmentID, first, last, population, slug, lineHash, lineUser, chosen, layerID, layer).Scan(&added, &removed); err != nil {
 			return fmt.Errorf("assign users %d..%d: %w", first, last, dbError(err))
 		}
 		const done = `UPDATE rollout_batches SET done = true WHERE segment_id = $1 AND first_user = $2`

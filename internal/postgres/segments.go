@@ -27,19 +27,22 @@ func NewSegmentRepo(pool *pgxpool.Pool, rec Recorder) *SegmentRepo {
 // segmentColumns selects a segment with its count of active members
 // (segment_member_count: a few index probes, whatever the segment's size;
 // migration 14); scanSegment reads them.
-const segmentColumns = `
+var segmentColumns = `
 	s.id, s.slug, s.description, s.created_at, segment_member_count(s.id) AS member_count,
 	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0), s.delete_at,
-	coalesce(s.rollout_id, 0)`
+	coalesce(s.rollout_id, 0), coalesce((SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ''),
+	` + rangesOf("s.layer_buckets")
 
 func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 	var (
-		seg    domain.Segment
-		status *string
-		ro     domain.Rollout
+		seg        domain.Segment
+		status     *string
+		ro         domain.Rollout
+		froms, tos []int32
 	)
 	err := row.Scan(&seg.ID, &seg.Slug, &seg.Description, &seg.CreatedAt, &seg.MemberCount,
-		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt, &ro.ID)
+		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt, &ro.ID, &seg.Layer, &froms, &tos)
+	seg.Buckets = bucketRanges(froms, tos)
 	if status != nil {
 		ro.Status = domain.RolloutStatus(*status)
 		seg.Rollout = &ro
@@ -64,21 +67,46 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 				return fmt.Errorf("take the registry lock: %w", dbError(err))
 			}
 		}
-		const q = `
-			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq, delete_at, rollout_id)
+		// A segment of a layer: the layer is locked while its buckets are
+		// allocated; a percent one takes the lowest free.
+		var (
+			layerID *int64
+			buckets domain.BucketRanges
+		)
+		if ns.Layer != "" {
+			id, free, err := lockLayer(ctx, tx, ns.Layer)
+			if err != nil {
+				return err
+			}
+			layerID = &id
+			if ns.AutoPercent != nil {
+				if buckets, err = domain.Reshare(nil, free, int(*ns.AutoPercent)); err != nil {
+					return err
+				}
+			}
+		}
+		froms, tos := bucketArrays(buckets)
+		q := `
+			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq, delete_at, rollout_id,
+			                           layer_id, layer_buckets)
 			SELECT $1, $2, $3::numeric / 100, CASE WHEN $3::integer IS NOT NULL THEN 'pending' END,
 			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END, $4,
-			       CASE WHEN $3::integer IS NOT NULL THEN nextval('segment_rollout_ids') END
+			       CASE WHEN $3::integer IS NOT NULL THEN nextval('segment_rollout_ids') END,
+			       $5, CASE WHEN $5::bigint IS NOT NULL AND $3::integer IS NOT NULL THEN ` + multirangeSQL(6) + ` END
 			RETURNING ` + segmentColumns
-		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent, ns.DeleteAt)
+		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent, ns.DeleteAt, layerID, froms, tos)
 		var err error
 		seg, err = pgx.CollectExactlyOneRow(rows, scanSegment)
 		return err
 	})
-	if pgCode(err) == uniqueViolation {
+	var de *domain.Error
+	var full *domain.LayerFullError
+	switch {
+	case pgCode(err) == uniqueViolation:
 		return domain.Segment{}, domain.Conflictf("segment %q already exists", ns.Slug)
-	}
-	if err != nil {
+	case errors.As(err, &de), errors.As(err, &full):
+		return domain.Segment{}, err
+	case err != nil:
 		return domain.Segment{}, fmt.Errorf("insert segment %s: %w", ns.Slug, dbError(err))
 	}
 	return seg, nil
@@ -90,7 +118,7 @@ func (r *SegmentRepo) Segment(ctx context.Context, slug string) (domain.Segment,
 }
 
 func (r *SegmentRepo) segment(ctx context.Context, slug string) (domain.Segment, error) {
-	const q = `SELECT ` + segmentColumns + ` FROM segments s WHERE s.slug = $1`
+	q := `SELECT ` + segmentColumns + ` FROM segments s WHERE s.slug = $1`
 	rows, _ := on(ctx, r.pool).Query(ctx, q, slug)
 	seg, err := pgx.CollectExactlyOneRow(rows, scanSegment)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -109,7 +137,7 @@ func (r *SegmentRepo) Segments(ctx context.Context, after string, limit int) ([]
 }
 
 func (r *SegmentRepo) segments(ctx context.Context, after string, limit int) ([]domain.Segment, error) {
-	const q = `SELECT ` + segmentColumns + `
+	q := `SELECT ` + segmentColumns + `
 		FROM segments s
 		WHERE s.slug > $1
 		ORDER BY s.slug
@@ -241,12 +269,15 @@ func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.Se
 			}
 		}
 		// Whether the share changes is decided on the locked row.
-		const current = `SELECT id, (auto_percent * 100)::integer FROM segments WHERE slug = $1 FOR NO KEY UPDATE`
+		current := `SELECT id, (auto_percent * 100)::integer, (SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ` +
+			rangesOf("s.layer_buckets") + ` FROM segments s WHERE slug = $1 FOR NO KEY UPDATE`
 		var (
-			id  int64
-			cur *int
+			id         int64
+			cur        *int
+			layer      *string
+			froms, tos []int32
 		)
-		err := tx.QueryRow(ctx, current, slug).Scan(&id, &cur)
+		err := tx.QueryRow(ctx, current, slug).Scan(&id, &cur, &layer, &froms, &tos)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return domain.NotFoundf("segment %q does not exist", slug)
 		}
@@ -254,7 +285,24 @@ func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.Se
 			return fmt.Errorf("lock segment %s: %w", slug, dbError(err))
 		}
 		reshare := p.AutoPercent != nil && cur != nil && *cur != int(*p.AutoPercent)
-		const update = `
+		// In a layer, a new share takes buckets from the lowest free or
+		// gives back its highest, the layer locked meanwhile.
+		if reshare && layer != nil {
+			_, free, err := lockLayer(ctx, tx, *layer)
+			if err != nil {
+				return err
+			}
+			buckets, err := domain.Reshare(bucketRanges(froms, tos), free, int(*p.AutoPercent))
+			if err != nil {
+				return err
+			}
+			froms, tos = bucketArrays(buckets)
+			set := `UPDATE segments SET layer_buckets = ` + multirangeSQL(2) + ` WHERE id = $1`
+			if _, err := tx.Exec(ctx, set, id, froms, tos); err != nil {
+				return fmt.Errorf("move the buckets of %s: %w", slug, dbError(err))
+			}
+		}
+		update := `
 			UPDATE segments AS s
 			SET description = coalesce($2, s.description),
 			    delete_at = CASE WHEN $4 THEN NULL WHEN $3::timestamptz IS NOT NULL THEN $3 ELSE s.delete_at END,

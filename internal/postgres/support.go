@@ -20,9 +20,10 @@ const explainEvents = 100
 // events in it, in one round trip. It never registers the user. It
 // returns domain.ErrNotFound if there is no such segment.
 func (r *SegmentRepo) Explain(ctx context.Context, userID int64, slug string) (domain.Explanation, error) {
-	const segment = `
+	segment := `
 		SELECT (s.auto_percent * 100)::integer, segment_bucket(s.slug, $1),
-		       m.added_at, m.expires_at, m.source
+		       m.added_at, m.expires_at, m.source,
+		       (SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ` + rangesOf("s.layer_buckets") + `
 		FROM segments s
 		LEFT JOIN memberships m ON m.segment_id = s.id AND m.user_id = $1
 		                       AND (m.expires_at IS NULL OR m.expires_at > now())
@@ -45,12 +46,17 @@ func (r *SegmentRepo) Explain(ctx context.Context, userID int64, slug string) (d
 		for rows.Next() {
 			found = true
 			var (
-				m       domain.Membership
-				addedAt *time.Time
-				source  *string
+				m          domain.Membership
+				addedAt    *time.Time
+				source     *string
+				layer      *string
+				froms, tos []int32
 			)
-			if err := rows.Scan(&e.AutoPercent, &e.Bucket, &addedAt, &m.ExpiresAt, &source); err != nil {
+			if err := rows.Scan(&e.AutoPercent, &e.Bucket, &addedAt, &m.ExpiresAt, &source, &layer, &froms, &tos); err != nil {
 				return err
+			}
+			if layer != nil {
+				e.Layer = &domain.ExplainedLayer{Slug: *layer, Bucket: domain.LayerBucket(*layer, userID), Ranges: bucketRanges(froms, tos)}
 			}
 			if source != nil {
 				m.Slug, m.AddedAt, m.Source = slug, *addedAt, domain.Source(*source)

@@ -2,10 +2,13 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/segments-service/segments/internal/domain"
 )
@@ -90,8 +93,8 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 			USING segments s
 			WHERE o.user_id = $1 AND o.segment_id = s.id AND s.slug = ANY ($2::text[]) AND ` + accepted + `
 		)
-		INSERT INTO memberships AS m (user_id, segment_id, source, added_at, expires_at)
-		SELECT $1, s.id, 'manual', current_setting('segments.now')::timestamptz, $3
+		INSERT INTO memberships AS m (user_id, segment_id, layer_id, source, added_at, expires_at)
+		SELECT $1, s.id, s.layer_id, 'manual', current_setting('segments.now')::timestamptz, $3
 		FROM segments s
 		WHERE s.slug = ANY ($2::text[]) AND ` + accepted + `
 		ORDER BY s.id
@@ -99,6 +102,16 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		   SET expires_at = EXCLUDED.expires_at
 		 WHERE m.expires_at IS DISTINCT FROM EXCLUDED.expires_at
 		RETURNING (SELECT slug FROM segments WHERE id = m.segment_id), xmax = 0`
+	// The segments asked for that share a layer with one the user holds
+	// (and this change does not remove) or with another asked for refuse
+	// the change; the database's unique index on (user, layer) holds it
+	// whatever else runs.
+	const layers = `
+		SELECT coalesce(array_agg(c.slug ORDER BY c.slug, c.held), '{}'),
+		       coalesce(array_agg(c.held ORDER BY c.slug, c.held), '{}'),
+		       CASE WHEN count(*) > 0 THEN set_config('segments.change', 'refused', true) END
+		FROM (` + layerConflictsSQL + `) AS c
+		WHERE ` + accepted
 	const read = `
 		SELECT s.slug, m.added_at, m.expires_at, m.source
 		FROM memberships m
@@ -113,6 +126,7 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		passed                    bool
 		verdict                   string
 		granted, expired, created int64
+		conflictSlugs, conflictOf []string
 	)
 	slugs := slices.Concat(c.Add, c.Remove)
 	slices.Sort(slugs)
@@ -132,6 +146,9 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		err := row.Scan(&late, nil, nil, nil)
 		passed = passed || late
 		return err
+	})
+	b.Queue(layers, c.UserID, nonNil(c.Add), nonNil(c.Remove)).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&conflictSlugs, &conflictOf, nil)
 	})
 	b.Queue(remove, c.UserID, nonNil(c.Remove)).Query(func(rows pgx.Rows) error {
 		var slug string
@@ -163,17 +180,56 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 		res.Segments, err = pgx.CollectRows(rows, scanMembership)
 		return err
 	})
-	if err := on(ctx, r.pool).SendBatch(ctx, b).Close(); err != nil {
-		return res, false, fmt.Errorf("change segments of user %d: %w", c.UserID, dbError(err))
+	// refusal is why the change was refused, if it was: read from the
+	// batch's results.
+	refusal := func() error {
+		switch {
+		case len(known) < len(slugs):
+			unknown := slices.DeleteFunc(slices.Clone(slugs), func(s string) bool { return slices.Contains(known, s) })
+			return domain.UnknownSlugs(unknown)
+		case passed:
+			return domain.Invalid("the expiry has passed",
+				domain.FieldError{Field: "/expires_at", Message: "must be in the future"})
+		case len(conflictSlugs) > 0:
+			e := &domain.LayerConflictError{}
+			for i := range conflictSlugs {
+				e.Conflicts = append(e.Conflicts, domain.LayerConflict{Slug: conflictSlugs[i], Held: conflictOf[i]})
+			}
+			return e
+		}
+		return nil
 	}
+	var refused error
+	if !register {
+		// One implicit transaction: a refused change writes nothing.
+		if err = on(ctx, r.pool).SendBatch(ctx, b).Close(); err == nil {
+			refused = refusal()
+		}
+	} else {
+		// The registration in front commits only with the change: a
+		// refused change (a conflict with a percent segment the
+		// registration gave, an expiry passed meanwhile) rolls it back.
+		err = withTx(ctx, r.pool, func(tx pgx.Tx) error {
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return err
+			}
+			refused = refusal()
+			return refused
+		})
+		if refused != nil {
+			err = nil // the rollback was the refusal's
+		}
+	}
+	var pgErr *pgconn.PgError
 	switch {
-	case len(known) < len(slugs):
-		unknown := slices.DeleteFunc(slugs, func(s string) bool { return slices.Contains(known, s) })
-		return domain.ChangeResult{}, false, domain.UnknownSlugs(unknown)
-	case passed:
-		return domain.ChangeResult{}, false, domain.Invalid("the expiry has passed",
-			domain.FieldError{Field: "/expires_at", Message: "must be in the future"})
-	case verdict == "unregistered":
+	case errors.As(err, &pgErr) && pgErr.ConstraintName == "memberships_one_per_layer":
+		return domain.ChangeResult{}, false, r.layerConflictError(ctx, c)
+	case err != nil:
+		return res, false, fmt.Errorf("change segments of user %d: %w", c.UserID, dbError(err))
+	case refused != nil:
+		return domain.ChangeResult{}, false, refused
+	}
+	if verdict == "unregistered" {
 		return domain.ChangeResult{}, true, nil
 	}
 	slices.Sort(res.Added)
@@ -183,6 +239,38 @@ func (r *UserRepo) changeUserSegments(ctx context.Context, c domain.SegmentChang
 	recordAfterCommit(ctx, r.rec, domain.OperationAdd, domain.ReasonManual, created)
 	recordAfterCommit(ctx, r.rec, domain.OperationRemove, domain.ReasonManual, int64(len(res.Removed)))
 	return res, false, nil
+}
+
+// layerConflictsSQL lists (slug, held): each segment of $2 (the slugs a
+// change adds for user $1) that shares a layer with one the user holds at
+// the change's instant and does not remove ($3), or with another of $2.
+const layerConflictsSQL = `
+	WITH asked AS (
+		SELECT s.slug, s.layer_id FROM segments s WHERE s.slug = ANY ($2::text[]) AND s.layer_id IS NOT NULL
+	), held AS (
+		SELECT s.slug, m.layer_id
+		FROM memberships m JOIN segments s ON s.id = m.segment_id
+		WHERE m.user_id = $1 AND m.layer_id IS NOT NULL AND NOT (s.slug = ANY ($3::text[]))
+		  AND (m.expires_at IS NULL
+		       OR m.expires_at > coalesce(nullif(current_setting('segments.now', true), '')::timestamptz, now()))
+	)
+	SELECT a.slug, h.slug AS held FROM asked a JOIN held h ON h.layer_id = a.layer_id AND h.slug <> a.slug
+	UNION
+	SELECT a.slug, b.slug FROM asked a JOIN asked b ON b.layer_id = a.layer_id AND b.slug < a.slug`
+
+// layerConflictError reads what a change that the unique index on (user,
+// layer) refused conflicts with: a rollout or a registration gave the user
+// a segment of the layer between the change's check and its insert.
+func (r *UserRepo) layerConflictError(ctx context.Context, c domain.SegmentChange) error {
+	rows, _ := r.pool.Query(ctx, layerConflictsSQL, c.UserID, nonNil(c.Add), nonNil(c.Remove))
+	conflicts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.LayerConflict])
+	if err != nil {
+		return fmt.Errorf("conflicts of user %d: %w", c.UserID, dbError(err))
+	}
+	if len(conflicts) == 0 {
+		conflicts = []domain.LayerConflict{{Slug: strings.Join(c.Add, ", "), Held: "(a segment of the same layer, given meanwhile)"}}
+	}
+	return &domain.LayerConflictError{Conflicts: conflicts}
 }
 
 func nonNil(s []string) []string {

@@ -45,7 +45,9 @@ const (
 
 // queueRegistration queues, on b, the registration of the ids not yet
 // known: each new user gets the percent segments its buckets admit it to
-// (history reason auto). done receives how many users were new and how many
+// (history reason auto): outside layers, its segment bucket below the
+// share; in a layer, its layer bucket in the segment's buckets (the
+// buckets of a layer's segments are disjoint: one segment a layer at most). done receives how many users were new and how many
 // memberships they got. Ids are inserted in order so that concurrent
 // registrations with overlapping ids cannot deadlock.
 func queueRegistration(b *pgx.Batch, ids []int64, done func(registered, granted int64)) {
@@ -69,13 +71,15 @@ func queueRegistration(b *pgx.Batch, ids []int64, done func(registered, granted 
 			ON CONFLICT (id) DO NOTHING
 			RETURNING id
 		), granted AS (
-			INSERT INTO memberships (user_id, segment_id, source)
-			SELECT n.id, s.id, 'auto'
+			INSERT INTO memberships (user_id, segment_id, layer_id, source)
+			SELECT n.id, s.id, s.layer_id, 'auto'
 			FROM new n
-			CROSS JOIN (SELECT id, slug, auto_percent FROM segments
-			            WHERE auto_percent IS NOT NULL
-			            FOR KEY SHARE) AS s
-			WHERE segment_bucket(s.slug, n.id) < s.auto_percent * 100
+			CROSS JOIN (SELECT s.id, s.slug, s.auto_percent, s.layer_id, s.layer_buckets, l.slug AS layer_slug
+			            FROM segments s LEFT JOIN layers l ON l.id = s.layer_id
+			            WHERE s.auto_percent IS NOT NULL
+			            FOR KEY SHARE OF s) AS s
+			WHERE CASE WHEN s.layer_id IS NULL THEN segment_bucket(s.slug, n.id) < s.auto_percent * 100
+			           ELSE s.layer_buckets @> layer_bucket(s.layer_slug, n.id) END
 			ORDER BY n.id, s.id
 			RETURNING 1
 		)

@@ -82,9 +82,13 @@ var parameterExamples = map[string]any{
 	"at":      "2026-11-20T12:00:00Z",
 }
 
+// layerSlugExample is the slug of the layer the examples use.
+const layerSlugExample = "CHECKOUT_EXPERIMENTS"
+
 // afterExamples are the after= cursors, by operation.
 var afterExamples = map[string]any{
 	"listSegments":   "AVITO_DISCOUNT_50",
+	"listLayers":     "CHECKOUT_EXPERIMENTS",
 	"getUserHistory": "1764000000000000-1234",
 	"listMembers":    1000,
 }
@@ -188,6 +192,9 @@ func amend(doc *openapi3.T) error {
 				ex, ok := parameterExamples[p.Value.Name]
 				if p.Value.Name == "after" {
 					ex, ok = afterExamples[op.OperationID]
+				}
+				if p.Value.Name == "slug" && strings.HasPrefix(path, "/layers") {
+					ex = layerSlugExample
 				}
 				if !ok {
 					return fmt.Errorf("%s: no example for parameter %q", where, p.Value.Name)

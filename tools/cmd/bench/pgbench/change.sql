@@ -26,6 +26,23 @@ SELECT coalesce(NULL::timestamptz <= c.now, false),
        set_config('segments.change', CASE WHEN NULL::timestamptz <= c.now THEN 'refused'
                                           ELSE current_setting('segments.change') END, true)
 FROM (SELECT clock_timestamp() AS now) AS c;
+	SELECT coalesce(array_agg(c.slug ORDER BY c.slug, c.held), '{}'),
+	       coalesce(array_agg(c.held ORDER BY c.slug, c.held), '{}'),
+	       CASE WHEN count(*) > 0 THEN set_config('segments.change', 'refused', true) END
+	FROM (
+WITH asked AS (
+	SELECT s.slug, s.layer_id FROM segments s WHERE s.slug = ANY (ARRAY['SEG_' || (:a + 1), 'SEG_' || (:b + 1)]::text[]) AND s.layer_id IS NOT NULL
+), held AS (
+	SELECT s.slug, m.layer_id
+	FROM memberships m JOIN segments s ON s.id = m.segment_id
+	WHERE m.user_id = :uid AND m.layer_id IS NOT NULL AND NOT (s.slug = ANY (ARRAY['SEG_' || (:c + 1)]::text[]))
+	  AND (m.expires_at IS NULL
+	       OR m.expires_at > coalesce(nullif(current_setting('segments.now', true), '')::timestamptz, now()))
+)
+SELECT a.slug, h.slug AS held FROM asked a JOIN held h ON h.layer_id = a.layer_id AND h.slug <> a.slug
+UNION
+SELECT a.slug, b.slug FROM asked a JOIN asked b ON b.layer_id = a.layer_id AND b.slug < a.slug) AS c
+	WHERE current_setting('segments.change') = 'accepted';
 WITH removed AS (
 	DELETE FROM memberships m
 	USING segments s
@@ -44,8 +61,8 @@ WITH opted_in AS (
 	USING segments s
 	WHERE o.user_id = :uid AND o.segment_id = s.id AND s.slug = ANY (ARRAY['SEG_' || (:a + 1), 'SEG_' || (:b + 1)]::text[]) AND current_setting('segments.change') = 'accepted'
 )
-INSERT INTO memberships AS m (user_id, segment_id, source, added_at, expires_at)
-SELECT :uid, s.id, 'manual', current_setting('segments.now')::timestamptz, NULL
+INSERT INTO memberships AS m (user_id, segment_id, layer_id, source, added_at, expires_at)
+SELECT :uid, s.id, s.layer_id, 'manual', current_setting('segments.now')::timestamptz, NULL
 FROM segments s
 WHERE s.slug = ANY (ARRAY['SEG_' || (:a + 1), 'SEG_' || (:b + 1)]::text[]) AND current_setting('segments.change') = 'accepted'
 ORDER BY s.id

@@ -1,0 +1,10 @@
+DROP TRIGGER memberships_layer_update ON memberships;
+DROP TRIGGER memberships_layer_insert ON memberships;
+DROP FUNCTION memberships_check_layer();
+DROP FUNCTION layer_bucket(text, bigint);
+DROP FUNCTION layer_hash(text, bigint);
+DROP INDEX memberships_one_per_layer;
+ALTER TABLE memberships DROP COLUMN layer_id;
+DROP INDEX segments_layer_idx;
+ALTER TABLE segments DROP CONSTRAINT segments_layer_buckets, DROP COLUMN layer_buckets, DROP COLUMN layer_id;
+DROP TABLE layers;
