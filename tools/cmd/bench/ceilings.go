@@ -14,14 +14,15 @@ import (
 )
 
 // runPgbench runs a pgbench script (prepared statements, o.conns clients,
-// o.duration) against dbURL and returns its transactions per second.
+// o.duration) against dbURL and returns its transactions per second. The
+// script finds the population in the variable users (-D users=N).
 func runPgbench(ctx context.Context, o options, dbURL, script string) (float64, error) {
 	bin, err := localserver.FindBinary("pgbench")
 	if err != nil {
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "prepared", "-c", strconv.Itoa(o.conns), "-j", "2",
-		"-T", strconv.Itoa(o.seconds()), "-f", script, dbURL)
+		"-T", strconv.Itoa(o.seconds()), "-D", "users="+strconv.Itoa(o.users), "-f", script, dbURL)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("pgbench %s: %w\n%s", script, err, out)
@@ -42,20 +43,46 @@ type wrkResult struct {
 	p50, p99         time.Duration
 }
 
-// readLoad sends reads of random users 1..users to base for o.duration:
-// with wrk (tools/cmd/bench/wrk/user_segments.lua) if it is on PATH, else
-// with the Go load generator.
-func readLoad(ctx context.Context, o options, client *http.Client, cfg loadgen.Config, base string, users int64) (*wrkResult, loadgen.Result, error) {
+// distribution is how reads draw their users from 1..N, the same in
+// pgbench, wrk and the Go load generator.
+type distribution struct {
+	name string
+	// pgbench and wrk are the scripts that draw so.
+	pgbench, wrk string
+	// next is the Go load generator's source of such reads.
+	next func(base string, users int64) loadgen.Request
+}
+
+// zipfExponent is the skew of the zipf distribution, as the scripts have it.
+const zipfExponent = 1.1
+
+var (
+	// uniform reads every user as often.
+	uniform = distribution{name: "uniform",
+		pgbench: "tools/cmd/bench/pgbench/user_segments.sql", wrk: "tools/cmd/bench/wrk/user_segments.lua",
+		next: loadgen.UserSegments}
+	// zipf reads user k with probability proportional to k^-1.1.
+	zipf = distribution{name: "zipf",
+		pgbench: "tools/cmd/bench/pgbench/user_segments_zipf.sql", wrk: "tools/cmd/bench/wrk/user_segments_zipf.lua",
+		next: func(base string, users int64) loadgen.Request {
+			return loadgen.UserSegmentsZipf(base, users, zipfExponent)
+		}}
+)
+
+// readLoad sends reads of users 1..users, drawn as d says, to base for
+// o.duration: with wrk (d's script) if it is on PATH, else with the Go
+// load generator.
+func readLoad(ctx context.Context, o options, client *http.Client, cfg loadgen.Config, base string, users int64, d distribution) (*wrkResult, loadgen.Result, error) {
 	bin, err := exec.LookPath("wrk")
 	if err != nil {
-		res, err := loadgen.Run(ctx, client, cfg, loadgen.UserSegments(base, users))
+		res, err := loadgen.Run(ctx, client, cfg, d.next(base, users))
 		return nil, res, err
 	}
 	args := []string{"-t2", fmt.Sprintf("-c%d", o.conns), fmt.Sprintf("-d%ds", o.seconds()), "--latency"}
 	if o.auth {
 		args = append(args, "-H", "Authorization: Bearer "+o.token)
 	}
-	args = append(args, "-s", "tools/cmd/bench/wrk/user_segments.lua", base, "--", strconv.FormatInt(users, 10))
+	args = append(args, "-s", d.wrk, base, "--", strconv.FormatInt(users, 10))
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	if err != nil {
 		return nil, loadgen.Result{}, fmt.Errorf("wrk: %w\n%s", err, out)

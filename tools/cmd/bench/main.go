@@ -89,14 +89,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
 	fs.BoolVar(&o.auth, "auth", false, "turn authentication on (AUTH_JWT_SECRET); every request carries a bearer token")
 	fs.BoolVar(&o.keys, "idempotency-keys", false, "send every change with an Idempotency-Key of its own")
-	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV; "events": only a 50 % rollout and the publishing of its events; "exports": only the reads idle and during 8 slow report downloads and 40 HEADs in a loop`)
+	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV; "events": only a 50 % rollout and the publishing of its events; "exports": only the reads idle and during 8 slow report downloads and 40 HEADs in a loop; "population": only reads of uniform and Zipf-skewed users (cache on and off, against pgbench), the segment listing, and a 10 % rollout against an INSERT … SELECT of the same rows`)
 	fs.BoolVar(&o.events, "events", true, "publish change events (EVENTS_ENABLED); false to measure without")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute ||
-		!slices.Contains([]string{"", "changes", "percent", "members", "events", "exports"}, o.only) {
-		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent, members, events or exports")
+		!slices.Contains([]string{"", "changes", "percent", "members", "events", "exports", "population"}, o.only) {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent, members, events, exports or population")
 	}
 	if o.auth {
 		token, err := auth.Mint([]byte(benchJWTSecret), "bench", []string{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}, 24*time.Hour, "", "", time.Now())
@@ -129,7 +129,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := seed(ctx, pool, o); err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
-	log("seeded %d users × %d of %d segments in %s", o.users, o.perUser, o.segments, time.Since(start).Round(time.Millisecond))
+	seedWall := time.Since(start)
+	log("seeded %d users × %d of %d segments in %s", o.users, o.perUser, o.segments, seedWall.Round(time.Millisecond))
+	sizes, err := databaseSizes(ctx, pool)
+	if err != nil {
+		return err
+	}
+	rep := &report{opts: o}
+	rep.add(fmt.Sprintf("seeded %d users × %d of %d segments (COPY)", o.users, o.perUser, o.segments), loadgen.Result{}, seedWall, sizes)
 
 	svc, err := startService(ctx, o, dbURL, redisURL, log)
 	if err != nil {
@@ -141,7 +148,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if o.auth {
 		client.Transport = loadgen.BearerTransport{Token: o.token, Base: client.Transport}
 	}
-	b := &bench{o: o, svc: svc, pool: pool, dbURL: dbURL, client: client, rep: &report{opts: o}, log: log}
+	b := &bench{o: o, svc: svc, pool: pool, dbURL: dbURL, client: client, rep: rep, log: log}
 	if err := b.phases(ctx); err != nil {
 		return err
 	}

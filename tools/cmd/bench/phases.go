@@ -42,6 +42,8 @@ func (b *bench) phases(ctx context.Context) error {
 		return b.eventsPhase(ctx)
 	case "exports":
 		return b.exportsPhase(ctx)
+	case "population":
+		return b.populationPhase(ctx)
 	}
 	for _, phase := range []func(context.Context) error{b.readPhase, b.changePhase, b.rolloutPhase, b.reportPhase, b.exportsPhase} {
 		if err := phase(ctx); err != nil {
@@ -59,7 +61,7 @@ func (b *bench) phases(ctx context.Context) error {
 // round trip plus a database round trip cannot pass.
 func (b *bench) readPhase(ctx context.Context) error {
 	b.log("phase: pgbench, the read's SQL")
-	readCeiling, err := runPgbench(ctx, b.o, b.dbURL, "tools/cmd/bench/pgbench/user_segments.sql")
+	readCeiling, err := runPgbench(ctx, b.o, b.dbURL, uniform.pgbench)
 	if err != nil {
 		return err
 	}
@@ -74,30 +76,42 @@ func (b *bench) readPhase(ctx context.Context) error {
 		{"GET /users/{id}/segments, cache on, warm", b.svc.base},
 		{"GET /users/{id}/segments, cache off", b.svc.uncached},
 	} {
-		b.log("phase: %s (closed loop)", target.name)
-		before, err := cacheLookups(target.base)
+		r, err := b.closedReads(ctx, target.name, target.base, uniform, readCeiling)
 		if err != nil {
 			return err
 		}
-		w, res, err := readLoad(ctx, b.o, b.client, b.o.closedLoop(), target.base, int64(b.o.users))
-		if err != nil {
-			return err
-		}
-		after, err := cacheLookups(target.base)
-		if err != nil {
-			return err
-		}
-		rate := res.Throughput()
-		if w != nil {
-			rate = w.rate
-		}
-		detail := fmt.Sprintf("%.2f× pgbench", rate/readCeiling)
-		if hits, all := after.hits-before.hits, after.all-before.all; hits > 0 {
-			detail += fmt.Sprintf("; %.1f %% hits", 100*hits/all)
-		}
-		b.rep.rows = append(b.rep.rows, row{name: target.name, res: res, detail: detail, wrk: w})
+		b.rep.rows = append(b.rep.rows, r)
 	}
 	return nil
+}
+
+// closedReads sends reads of users drawn as d says to base, closed loop,
+// and returns them as a row named name: throughput and latency, the ratio
+// to ceiling (pgbench's tps on the same SQL) and, for the API with the
+// cache on, the share of reads it answered from memory.
+func (b *bench) closedReads(ctx context.Context, name, base string, d distribution, ceiling float64) (row, error) {
+	b.log("phase: %s (closed loop)", name)
+	before, err := cacheLookups(base)
+	if err != nil {
+		return row{}, err
+	}
+	w, res, err := readLoad(ctx, b.o, b.client, b.o.closedLoop(), base, int64(b.o.users), d)
+	if err != nil {
+		return row{}, err
+	}
+	after, err := cacheLookups(base)
+	if err != nil {
+		return row{}, err
+	}
+	rate := res.Throughput()
+	if w != nil {
+		rate = w.rate
+	}
+	detail := fmt.Sprintf("%.2f× pgbench", rate/ceiling)
+	if hits, all := after.hits-before.hits, after.all-before.all; base == b.svc.base && all > 0 {
+		detail += fmt.Sprintf("; %.1f %% hits", 100*hits/all)
+	}
+	return row{name: name, res: res, detail: detail, wrk: w}, nil
 }
 
 // changePhase runs pgbench on the change's SQL, then changes through the
@@ -127,10 +141,12 @@ func (b *bench) changePhase(ctx context.Context) error {
 	return nil
 }
 
-// lookups counts the read cache's lookups of one API process.
-type lookups struct{ hits, all float64 }
+// lookups counts the read cache's lookups of one API process, with the
+// cache's size when they were read.
+type lookups struct{ hits, all, entries, bytes float64 }
 
-// cacheLookups reads segments_cache_lookups_total from base's metrics.
+// cacheLookups reads segments_cache_lookups_total, segments_cache_entries
+// and segments_cache_bytes from base's metrics.
 func cacheLookups(base string) (lookups, error) {
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
@@ -140,6 +156,15 @@ func cacheLookups(base string) (lookups, error) {
 	var l lookups
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
+		if name, value, ok := strings.Cut(sc.Text(), " "); ok && (name == "segments_cache_entries" || name == "segments_cache_bytes") {
+			n, _ := strconv.ParseFloat(value, 64)
+			if name == "segments_cache_entries" {
+				l.entries = n
+			} else {
+				l.bytes = n
+			}
+			continue
+		}
 		rest, ok := strings.CutPrefix(sc.Text(), "segments_cache_lookups_total{")
 		if !ok {
 			continue

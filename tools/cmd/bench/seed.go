@@ -75,3 +75,24 @@ func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
 	_, err = pool.Exec(ctx, `VACUUM ANALYZE`)
 	return err
 }
+
+// databaseSizes describes the database's size and its main tables', each
+// with its indexes and TOAST.
+func databaseSizes(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+	const q = `SELECT pg_database_size(current_database()), pg_total_relation_size('memberships'),
+	                  pg_total_relation_size('membership_history'), pg_total_relation_size('users')`
+	var db, memberships, history, users int64
+	if err := pool.QueryRow(ctx, q).Scan(&db, &memberships, &history, &users); err != nil {
+		return "", fmt.Errorf("database size: %w", err)
+	}
+	return fmt.Sprintf("database %s; with indexes: memberships %s, membership_history %s, users %s",
+		sizeText(db), sizeText(memberships), sizeText(history), sizeText(users)), nil
+}
+
+// sizeText is n bytes in GB, or in MB below a tenth of a GB.
+func sizeText(n int64) string {
+	if n < 1e8 {
+		return fmt.Sprintf("%.0f MB", float64(n)/1e6)
+	}
+	return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+}

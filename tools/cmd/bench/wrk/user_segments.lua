@@ -1,6 +1,6 @@
--- GET /api/v1/users/{id}/segments over random seeded users 1..N, where N
--- is the first script argument (wrk ... -s user_segments.lua URL -- N),
--- 100000 by default.
+-- GET /api/v1/users/{id}/segments over seeded users 1..N drawn uniformly,
+-- where N is the first script argument (wrk ... -s user_segments.lua URL
+-- -- N), 100000 by default. user_segments_zipf.lua draws them skewed.
 local counter = 0
 local users = 100000
 function setup(thread)
