@@ -15,7 +15,10 @@ const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 // The contract (design.md's API table plus the history endpoint): a UI
 // that lacks one of these, or shows another, fails the test.
 const contract = [
+  'DELETE /layers/{slug}',
   'DELETE /segments/{slug}',
+  'GET /layers',
+  'GET /layers/{slug}',
   'GET /reports/history/{token}',
   'GET /reports/members/{token}',
   'GET /segments',
@@ -25,6 +28,7 @@ const contract = [
   'GET /users/{user_id}/segments',
   'GET /users/{user_id}/segments/{slug}',
   'PATCH /segments/{slug}',
+  'POST /layers',
   'POST /reports/history',
   'POST /reports/members',
   'POST /segments',

@@ -176,6 +176,9 @@ type SegmentStats struct {
 	// RolloutUsersLeft is how many users running rollouts have yet to
 	// reach.
 	RolloutUsersLeft int64
+	// LayerBuckets is how many buckets each layer's segments own, by
+	// layer slug.
+	LayerBuckets map[string]int64
 }
 
 // StoredResponse is the response to a request sent with an

@@ -335,7 +335,13 @@ func (m *Metrics) FiguresLoop(queue QueueSizes, stats func(context.Context) (dom
 		Namespace: namespace, Name: "rollout_users_left",
 		Help: "Users that unfinished rollouts have yet to reach (refreshed every 5 s).",
 	})
-	m.reg.MustRegister(segments, rollouts, left)
+	// Layers are few (analysts create them, a handful per product area):
+	// their slugs are the one label that names what users created.
+	buckets := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "layer", Name: "buckets_used",
+		Help: "Buckets of each layer (of 10,000) its percent segments own (refreshed every 5 s).",
+	}, []string{"layer"})
+	m.reg.MustRegister(segments, rollouts, left, buckets)
 	if queue != nil {
 		m.reg.MustRegister(queueTasks)
 	}
@@ -351,6 +357,10 @@ func (m *Metrics) FiguresLoop(queue QueueSizes, stats func(context.Context) (dom
 			rollouts.WithLabelValues(string(status)).Set(float64(s.Rollouts[status]))
 		}
 		left.Set(float64(s.RolloutUsersLeft))
+		buckets.Reset() // a deleted layer goes
+		for layer, n := range s.LayerBuckets {
+			buckets.WithLabelValues(layer).Set(float64(n))
+		}
 		if queue == nil {
 			return nil
 		}

@@ -60,7 +60,8 @@ func TestScrapesDoNotQueryTheDatabase(t *testing.T) {
 		return map[string]int{"pending": 3}, nil
 	}, func(context.Context) (domain.SegmentStats, error) {
 		statsCalls.Add(1)
-		return domain.SegmentStats{Segments: 7, Rollouts: map[domain.RolloutStatus]int64{domain.RolloutRunning: 1}, RolloutUsersLeft: 42}, nil
+		return domain.SegmentStats{Segments: 7, Rollouts: map[domain.RolloutStatus]int64{domain.RolloutRunning: 1}, RolloutUsersLeft: 42,
+			LayerBuckets: map[string]int64{"CHECKOUT": 3000}}, nil
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
@@ -83,6 +84,7 @@ func TestScrapesDoNotQueryTheDatabase(t *testing.T) {
 	for _, want := range []string{
 		"segments_segments 7", `segments_rollouts{status="running"} 1`, `segments_rollouts{status="done"} 0`,
 		"segments_rollout_users_left 42", `segments_task_queue_tasks{state="pending"} 3`,
+		`segments_layer_buckets_used{layer="CHECKOUT"} 3000`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %s", want)

@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -136,3 +137,30 @@ func TestMemberCountsAreExact(t *testing.T) {
 }
 
 func isNotFound(err error) bool { return errors.Is(err, domain.ErrNotFound) }
+
+// Stats counts the buckets each layer's percent segments own.
+func TestStatsCountLayerBuckets(t *testing.T) {
+	pool := env.NewPool(t)
+	segs := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
+	layers := postgres.NewLayerRepo(pool)
+	for _, l := range []string{"L", "EMPTY"} {
+		if _, err := layers.CreateLayer(context.Background(), domain.NewLayer{Slug: l}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for slug, p := range map[string]domain.Percent{"P1": 3000, "P2": 1250} {
+		if _, err := segs.CreateSegment(context.Background(), domain.NewSegment{Slug: slug, AutoPercent: &p, Layer: "L"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := segs.CreateSegment(context.Background(), domain.NewSegment{Slug: "M", Layer: "L"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := segs.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int64{"L": 4250, "EMPTY": 0}; !maps.Equal(s.LayerBuckets, want) {
+		t.Fatalf("layer buckets %v, want %v", s.LayerBuckets, want)
+	}
+}

@@ -361,5 +361,22 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 			s.Rollouts[*status] = n
 		}
 	}
-	return s, rows.Err()
+	if err := rows.Err(); err != nil {
+		return s, fmt.Errorf("segment stats: %w", dbError(err))
+	}
+	const layers = `
+		SELECT l.slug, coalesce(sum((SELECT sum(upper(r) - lower(r)) FROM unnest(s.layer_buckets) AS r)), 0)
+		FROM layers l LEFT JOIN segments s ON s.layer_id = l.id
+		GROUP BY l.slug`
+	rows, _ = on(ctx, r.pool).Query(ctx, layers)
+	s.LayerBuckets = map[string]int64{}
+	var (
+		slug string
+		used int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&slug, &used}, func() error { s.LayerBuckets[slug] = used; return nil })
+	if err != nil {
+		return s, fmt.Errorf("layer stats: %w", dbError(err))
+	}
+	return s, nil
 }

@@ -12,11 +12,11 @@ import (
 	"github.com/segments-service/segments/internal/domain"
 )
 
-// userSegmentsSQL reads a user's active memberships: one row per
+// UserSegmentsSQL reads a user's active memberships: one row per
 // membership, one row of NULLs for a registered user with none, no row for
 // an unknown user. (The read of one user, after a registration; the reads
 // of registered users go in batches, usersSegmentsSQL.)
-const userSegmentsSQL = `
+const UserSegmentsSQL = `
 	SELECT u.id, m.segment_id, s.slug, m.added_at, m.expires_at, m.source
 	FROM users u
 	LEFT JOIN (memberships m JOIN segments s ON s.id = m.segment_id)
@@ -24,7 +24,7 @@ const userSegmentsSQL = `
 	WHERE u.id = $1
 	ORDER BY s.slug`
 
-// usersSegmentsSQL is userSegmentsSQL for many users at once ($1, distinct
+// usersSegmentsSQL is UserSegmentsSQL for many users at once ($1, distinct
 // ids): rows of one user together, each user's by slug.
 const usersSegmentsSQL = `
 	SELECT u.id, m.segment_id, s.slug, m.added_at, m.expires_at, m.source
@@ -59,7 +59,7 @@ func (r *UserRepo) userSegments(ctx context.Context, userID int64, register bool
 		err   error
 	)
 	if inRequestTx(ctx) {
-		rows, _ := on(ctx, r.pool).Query(ctx, userSegmentsSQL, userID)
+		rows, _ := on(ctx, r.pool).Query(ctx, UserSegmentsSQL, userID)
 		ms, known, err = scanOneUser(rows)
 	} else {
 		ms, known, err = r.reads.read(ctx, userID)
@@ -74,7 +74,7 @@ func (r *UserRepo) userSegments(ctx context.Context, userID int64, register bool
 	var granted int64
 	b := &pgx.Batch{}
 	queueRegistration(b, []int64{userID}, func(_, g int64) { granted = g })
-	b.Queue(userSegmentsSQL, userID).Query(func(rows pgx.Rows) error {
+	b.Queue(UserSegmentsSQL, userID).Query(func(rows pgx.Rows) error {
 		ms, _, err = scanOneUser(rows)
 		return err
 	})
@@ -85,7 +85,7 @@ func (r *UserRepo) userSegments(ctx context.Context, userID int64, register bool
 	return ms, true, nil
 }
 
-// scanOneUser reads the rows of userSegmentsSQL, and whether the user is
+// scanOneUser reads the rows of UserSegmentsSQL, and whether the user is
 // registered.
 func scanOneUser(rows pgx.Rows) ([]domain.Membership, bool, error) {
 	ms := []domain.Membership{}
