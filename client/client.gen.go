@@ -38,6 +38,7 @@ func (e ExplainedEventOperation) Valid() bool {
 // Defines values for ExplainedEventReason.
 const (
 	ExplainedEventReasonAuto           ExplainedEventReason = "auto"
+	ExplainedEventReasonImport         ExplainedEventReason = "import"
 	ExplainedEventReasonManual         ExplainedEventReason = "manual"
 	ExplainedEventReasonSegmentDeleted ExplainedEventReason = "segment_deleted"
 	ExplainedEventReasonTtl            ExplainedEventReason = "ttl"
@@ -47,6 +48,8 @@ const (
 func (e ExplainedEventReason) Valid() bool {
 	switch e {
 	case ExplainedEventReasonAuto:
+		return true
+	case ExplainedEventReasonImport:
 		return true
 	case ExplainedEventReasonManual:
 		return true
@@ -98,6 +101,7 @@ func (e HistoryEventOperation) Valid() bool {
 // Defines values for HistoryEventReason.
 const (
 	HistoryEventReasonAuto           HistoryEventReason = "auto"
+	HistoryEventReasonImport         HistoryEventReason = "import"
 	HistoryEventReasonManual         HistoryEventReason = "manual"
 	HistoryEventReasonSegmentDeleted HistoryEventReason = "segment_deleted"
 	HistoryEventReasonTtl            HistoryEventReason = "ttl"
@@ -108,11 +112,58 @@ func (e HistoryEventReason) Valid() bool {
 	switch e {
 	case HistoryEventReasonAuto:
 		return true
+	case HistoryEventReasonImport:
+		return true
 	case HistoryEventReasonManual:
 		return true
 	case HistoryEventReasonSegmentDeleted:
 		return true
 	case HistoryEventReasonTtl:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImportMode.
+const (
+	ImportModeAdd     ImportMode = "add"
+	ImportModeRemove  ImportMode = "remove"
+	ImportModeReplace ImportMode = "replace"
+)
+
+// Valid indicates whether the value is a known member of the ImportMode enum.
+func (e ImportMode) Valid() bool {
+	switch e {
+	case ImportModeAdd:
+		return true
+	case ImportModeRemove:
+		return true
+	case ImportModeReplace:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImportStatus.
+const (
+	ImportStatusDone    ImportStatus = "done"
+	ImportStatusFailed  ImportStatus = "failed"
+	ImportStatusPending ImportStatus = "pending"
+	ImportStatusRunning ImportStatus = "running"
+)
+
+// Valid indicates whether the value is a known member of the ImportStatus enum.
+func (e ImportStatus) Valid() bool {
+	switch e {
+	case ImportStatusDone:
+		return true
+	case ImportStatusFailed:
+		return true
+	case ImportStatusPending:
+		return true
+	case ImportStatusRunning:
 		return true
 	default:
 		return false
@@ -139,22 +190,22 @@ func (e MembershipSource) Valid() bool {
 
 // Defines values for SegmentRolloutStatus.
 const (
-	Done    SegmentRolloutStatus = "done"
-	Failed  SegmentRolloutStatus = "failed"
-	Pending SegmentRolloutStatus = "pending"
-	Running SegmentRolloutStatus = "running"
+	SegmentRolloutStatusDone    SegmentRolloutStatus = "done"
+	SegmentRolloutStatusFailed  SegmentRolloutStatus = "failed"
+	SegmentRolloutStatusPending SegmentRolloutStatus = "pending"
+	SegmentRolloutStatusRunning SegmentRolloutStatus = "running"
 )
 
 // Valid indicates whether the value is a known member of the SegmentRolloutStatus enum.
 func (e SegmentRolloutStatus) Valid() bool {
 	switch e {
-	case Done:
+	case SegmentRolloutStatusDone:
 		return true
-	case Failed:
+	case SegmentRolloutStatusFailed:
 		return true
-	case Pending:
+	case SegmentRolloutStatusPending:
 		return true
-	case Running:
+	case SegmentRolloutStatusRunning:
 		return true
 	default:
 		return false
@@ -173,6 +224,27 @@ func (e SegmentMemberSource) Valid() bool {
 	case SegmentMemberSourceAuto:
 		return true
 	case SegmentMemberSourceManual:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CreateImportParamsMode.
+const (
+	CreateImportParamsModeAdd     CreateImportParamsMode = "add"
+	CreateImportParamsModeRemove  CreateImportParamsMode = "remove"
+	CreateImportParamsModeReplace CreateImportParamsMode = "replace"
+)
+
+// Valid indicates whether the value is a known member of the CreateImportParamsMode enum.
+func (e CreateImportParamsMode) Valid() bool {
+	switch e {
+	case CreateImportParamsModeAdd:
+		return true
+	case CreateImportParamsModeRemove:
+		return true
+	case CreateImportParamsModeReplace:
 		return true
 	default:
 		return false
@@ -364,6 +436,79 @@ type HistoryEventOperation string
 // HistoryEventReason Example: manual
 type HistoryEventReason string
 
+// Import defines model for Import.
+type Import struct {
+	// Added Added counts memberships that appeared or whose expiry changed,
+	// Removed those that disappeared, Unchanged the rest.
+	//
+	// Example: 119500
+	Added int64 `json:"added"`
+
+	// ConflictIds Example: [1017]
+	ConflictIds []int64 `json:"conflict_ids"`
+
+	// Conflicts Conflicts counts the ids skipped because the user holds another
+	// segment of the segment's layer; ConflictIDs lists the first 100.
+	//
+	// Example: 20
+	Conflicts int64 `json:"conflicts"`
+
+	// CreatedAt Example: 2026-12-01T09:00:00Z
+	CreatedAt time.Time `json:"created_at"`
+
+	// Error Error says why a failed import failed; null otherwise.
+	//
+	// Example: the segment was deleted
+	Error *string `json:"error"`
+
+	// ExpiresAt ExpiresAt is the expiry of the memberships it gives; null for
+	// permanent ones.
+	//
+	// Example: 2026-12-31T00:00:00Z
+	ExpiresAt *time.Time `json:"expires_at"`
+
+	// FinishedAt Example: 2026-12-01T09:00:04Z
+	FinishedAt *time.Time `json:"finished_at"`
+
+	// Id Example: 42
+	Id int64 `json:"id"`
+
+	// Listed Listed counts the ids as listed, repeats included. Received counts
+	// the distinct ones: null until the worker has sorted the list (the
+	// first seconds of the run). Processed counts those applied so far (it
+	// grows to Received).
+	//
+	// Example: 300012
+	Listed int64 `json:"listed"`
+
+	// Mode Example: add
+	Mode ImportMode `json:"mode"`
+
+	// Processed Example: 120000
+	Processed int64 `json:"processed"`
+
+	// Received Example: 300000
+	Received *int64 `json:"received"`
+
+	// Removed Example: 0
+	Removed int64 `json:"removed"`
+
+	// Segment Example: AVITO_PERFORMANCE_VAS
+	Segment string `json:"segment"`
+
+	// Status Example: running
+	Status ImportStatus `json:"status"`
+
+	// Unchanged Example: 480
+	Unchanged int64 `json:"unchanged"`
+}
+
+// ImportMode Example: add
+type ImportMode string
+
+// ImportStatus Example: running
+type ImportStatus string
+
 // Layer defines model for Layer.
 type Layer struct {
 	// CreatedAt Example: 2026-11-22T08:00:00Z
@@ -405,6 +550,44 @@ type LayerSegment struct {
 
 	// Slug Example: CHECKOUT_NEW_BUTTON
 	Slug *string `json:"slug,omitempty"`
+}
+
+// LineProblem defines model for LineProblem.
+type LineProblem struct {
+	// Detail Example: is not a user id (a whole number from 1 to 9223372036854775807)
+	Detail string `json:"detail"`
+
+	// Line Example: 3
+	Line int64 `json:"line"`
+
+	// Value Example: 12a
+	Value string `json:"value"`
+}
+
+// ListProblem defines model for ListProblem.
+type ListProblem struct {
+	// Detail Example: 1 bad line; line 3: "12a" is not a user id (a whole number from 1 to 9223372036854775807); nothing was stored
+	Detail string `json:"detail"`
+
+	// Errors Errors lists the first 100 bad lines.
+	Errors []LineProblem `json:"errors"`
+
+	// MoreErrors MoreErrors is set when there were more bad lines than listed.
+	//
+	// Example: false
+	MoreErrors bool `json:"more_errors"`
+
+	// RequestId Example: 7f3c2a9e5b1d4c80
+	RequestId *string `json:"request_id,omitempty"`
+
+	// Status Example: 422
+	Status int64 `json:"status"`
+
+	// Title Example: List has bad lines
+	Title string `json:"title"`
+
+	// Type Example: urn:segments:problem:invalid-list
+	Type string `json:"type"`
 }
 
 // MemberList defines model for MemberList.
@@ -704,6 +887,32 @@ type PatchSegmentParams struct {
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
+// CreateImportTextBody defines parameters for CreateImport.
+type CreateImportTextBody = string
+
+// CreateImportParams defines parameters for CreateImport.
+type CreateImportParams struct {
+	// Mode What to do with the list
+	Mode CreateImportParamsMode `form:"mode" json:"mode"`
+
+	// TtlSeconds add, replace: the memberships expire this many seconds from now
+	TtlSeconds *int `form:"ttl_seconds,omitempty" json:"ttl_seconds,omitempty"`
+
+	// ExpiresAt add, replace: the memberships expire at this RFC 3339 time
+	ExpiresAt *time.Time `form:"expires_at,omitempty" json:"expires_at,omitempty"`
+
+	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
+	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
+// CreateImportParamsMode defines parameters for CreateImport.
+type CreateImportParamsMode string
+
+// CreateImport422ApplicationProblemPlusJSONResponseBody defines parameters for CreateImport.
+type CreateImport422ApplicationProblemPlusJSONResponseBody struct {
+	union json.RawMessage
+}
+
 // ListMembersParams defines parameters for ListMembers.
 type ListMembersParams struct {
 	// Limit Page size (1 to 1000)
@@ -764,11 +973,76 @@ type PatchSegmentJSONRequestBody = PatchSegmentRequest
 // PatchSegmentApplicationMergePatchPlusJSONRequestBody defines body for PatchSegment for application/merge-patch+json ContentType.
 type PatchSegmentApplicationMergePatchPlusJSONRequestBody = PatchSegmentRequest
 
+// CreateImportTextRequestBody defines body for CreateImport for text/plain ContentType.
+type CreateImportTextRequestBody = CreateImportTextBody
+
 // RegisterUsersJSONRequestBody defines body for RegisterUsers for application/json ContentType.
 type RegisterUsersJSONRequestBody = RegisterUsersRequest
 
 // ChangeUserSegmentsJSONRequestBody defines body for ChangeUserSegments for application/json ContentType.
 type ChangeUserSegmentsJSONRequestBody = ChangeSegmentsRequest
+
+// AsListProblem returns the union data inside the CreateImport422ApplicationProblemPlusJSONResponseBody as a ListProblem
+func (t CreateImport422ApplicationProblemPlusJSONResponseBody) AsListProblem() (ListProblem, error) {
+	var body ListProblem
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromListProblem overwrites any union data inside the CreateImport422ApplicationProblemPlusJSONResponseBody as the provided ListProblem
+func (t *CreateImport422ApplicationProblemPlusJSONResponseBody) FromListProblem(v ListProblem) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeListProblem performs a merge with any union data inside the CreateImport422ApplicationProblemPlusJSONResponseBody, using the provided ListProblem
+func (t *CreateImport422ApplicationProblemPlusJSONResponseBody) MergeListProblem(v ListProblem) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsProblem returns the union data inside the CreateImport422ApplicationProblemPlusJSONResponseBody as a Problem
+func (t CreateImport422ApplicationProblemPlusJSONResponseBody) AsProblem() (Problem, error) {
+	var body Problem
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromProblem overwrites any union data inside the CreateImport422ApplicationProblemPlusJSONResponseBody as the provided Problem
+func (t *CreateImport422ApplicationProblemPlusJSONResponseBody) FromProblem(v Problem) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeProblem performs a merge with any union data inside the CreateImport422ApplicationProblemPlusJSONResponseBody, using the provided Problem
+func (t *CreateImport422ApplicationProblemPlusJSONResponseBody) MergeProblem(v Problem) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+func (t CreateImport422ApplicationProblemPlusJSONResponseBody) MarshalJSON() ([]byte, error) {
+	b, err := t.union.MarshalJSON()
+	return b, err
+}
+
+func (t *CreateImport422ApplicationProblemPlusJSONResponseBody) UnmarshalJSON(b []byte) error {
+	err := t.union.UnmarshalJSON(b)
+	return err
+}
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -843,6 +1117,13 @@ func WithRequestEditorFn(fn RequestEditorFn) ClientOption {
 
 // The interface specification for the client above.
 type ClientInterface interface {
+
+	// GetImport Get an import and its progress
+	//
+	// processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /imports/{id} (the `GetImport` operationId).
+	GetImport(ctx context.Context, id int, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListLayers List layers
 	//
@@ -999,6 +1280,24 @@ type ClientInterface interface {
 	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
 	PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// CreateImportWithBody Import a list of users into or out of a segment
+	//
+	// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+	CreateImportWithBody(ctx context.Context, slug string, params *CreateImportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateImportWithTextBody Import a list of users into or out of a segment
+	//
+	// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `text/plain` content type.
+	//
+	// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+	CreateImportWithTextBody(ctx context.Context, slug string, params *CreateImportParams, body CreateImportTextRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListMembers List a segment's members
 	//
 	// Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
@@ -1062,6 +1361,23 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 	ExplainMembership(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
+}
+
+// GetImport Get an import and its progress
+//
+// processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /imports/{id} (the `GetImport` operationId).
+func (c *Client) GetImport(ctx context.Context, id int, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetImportRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
 }
 
 // ListLayers List layers
@@ -1409,6 +1725,44 @@ func (c *Client) PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.C
 	return c.Client.Do(req)
 }
 
+// CreateImportWithBody Import a list of users into or out of a segment
+//
+// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+func (c *Client) CreateImportWithBody(ctx context.Context, slug string, params *CreateImportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateImportRequestWithBody(c.Server, slug, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateImportWithTextBody Import a list of users into or out of a segment
+//
+// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `text/plain` content type.
+//
+// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+func (c *Client) CreateImportWithTextBody(ctx context.Context, slug string, params *CreateImportParams, body CreateImportTextRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateImportRequestWithTextBody(c.Server, slug, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListMembers List a segment's members
 //
 // Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
@@ -1551,6 +1905,40 @@ func (c *Client) ExplainMembership(ctx context.Context, userId int64, slug strin
 		return nil, err
 	}
 	return c.Client.Do(req)
+}
+
+// NewGetImportRequest constructs an http.Request for the GetImport method
+func NewGetImportRequest(server string, id int) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/imports/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
 }
 
 // NewListLayersRequest constructs an http.Request for the ListLayers method
@@ -2212,6 +2600,115 @@ func NewPatchSegmentRequestWithBody(server string, slug string, params *PatchSeg
 	return req, nil
 }
 
+// NewCreateImportRequestWithTextBody calls the generic CreateImport builder with text/plain body
+func NewCreateImportRequestWithTextBody(server string, slug string, params *CreateImportParams, body CreateImportTextRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	if stringer, ok := interface{}(body).(fmt.Stringer); ok {
+		bodyReader = strings.NewReader(stringer.String())
+	} else {
+		bodyReader = strings.NewReader(fmt.Sprint(body))
+	}
+	return NewCreateImportRequestWithBody(server, slug, params, "text/plain", bodyReader)
+}
+
+// NewCreateImportRequestWithBody constructs an http.Request for the CreateImport method, with any body, and a specified content type
+func NewCreateImportRequestWithBody(server string, slug string, params *CreateImportParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/segments/%s/imports", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "mode", params.Mode, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.TtlSeconds != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "ttl_seconds", *params.TtlSeconds, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ExpiresAt != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "expires_at", *params.ExpiresAt, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewListMembersRequest constructs an http.Request for the ListMembers method
 func NewListMembersRequest(server string, slug string, params *ListMembersParams) (*http.Request, error) {
 	var err error
@@ -2645,6 +3142,15 @@ func WithBaseURL(baseURL string) ClientOption {
 // ClientWithResponsesInterface is the interface specification for the client with responses above.
 type ClientWithResponsesInterface interface {
 
+	// GetImportWithResponse Get an import and its progress
+	//
+	// processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /imports/{id} (the `GetImport` operationId).
+	GetImportWithResponse(ctx context.Context, id int, reqEditors ...RequestEditorFn) (*GetImportReply, error)
+
 	// ListLayersWithResponse List layers
 	//
 	// Layers in byte order of slug, a page at a time, each with its segments and free buckets. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
@@ -2816,6 +3322,24 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
 	PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error)
 
+	// CreateImportWithBodyWithResponse Import a list of users into or out of a segment
+	//
+	// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+	CreateImportWithBodyWithResponse(ctx context.Context, slug string, params *CreateImportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateImportReply, error)
+
+	// CreateImportWithTextBodyWithResponse Import a list of users into or out of a segment
+	//
+	// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+	//
+	// Takes a body of the `text/plain` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+	CreateImportWithTextBodyWithResponse(ctx context.Context, slug string, params *CreateImportParams, body CreateImportTextRequestBody, reqEditors ...RequestEditorFn) (*CreateImportReply, error)
+
 	// ListMembersWithResponse List a segment's members
 	//
 	// Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
@@ -2887,6 +3411,89 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 	ExplainMembershipWithResponse(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*ExplainMembershipReply, error)
+}
+
+type GetImportReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Import
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetImportReply) GetJSON200() *Import {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetImportReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetImportReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetImportReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetImportReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r GetImportReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r GetImportReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetImportReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetImportReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetImportReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetImportReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
 }
 
 type ListLayersReply struct {
@@ -4133,6 +4740,125 @@ func (r PatchSegmentReply) ContentType() string {
 	return ""
 }
 
+// CreateImportReply202Headers the declared response headers of an HTTP 202 response for CreateImport
+type CreateImportReply202Headers struct {
+	IdempotentReplayed *string
+	Location           string
+}
+
+type CreateImportReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Import
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *CreateImport422ApplicationProblemPlusJSONResponseBody
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *CreateImportReply202Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CreateImportReply) GetJSON202() *Import {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON415() *Problem {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON422() *CreateImport422ApplicationProblemPlusJSONResponseBody {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r CreateImportReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateImportReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateImportReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateImportReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateImportReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ListMembersReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4694,6 +5420,21 @@ func (r ExplainMembershipReply) ContentType() string {
 	return ""
 }
 
+// GetImportWithResponse Get an import and its progress
+//
+// processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /imports/{id} (the `GetImport` operationId).
+func (c *ClientWithResponses) GetImportWithResponse(ctx context.Context, id int, reqEditors ...RequestEditorFn) (*GetImportReply, error) {
+	rsp, err := c.GetImport(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetImportReply(rsp)
+}
+
 // ListLayersWithResponse List layers
 //
 // Layers in byte order of slug, a page at a time, each with its segments and free buckets. Pass the previous page's next_after as after. Needs a token with the scope segments:read.
@@ -4979,6 +5720,36 @@ func (c *ClientWithResponses) PatchSegmentWithApplicationMergePatchPlusJSONBodyW
 	return ParsePatchSegmentReply(rsp)
 }
 
+// CreateImportWithBodyWithResponse Import a list of users into or out of a segment
+//
+// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+func (c *ClientWithResponses) CreateImportWithBodyWithResponse(ctx context.Context, slug string, params *CreateImportParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateImportReply, error) {
+	rsp, err := c.CreateImportWithBody(ctx, slug, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateImportReply(rsp)
+}
+
+// CreateImportWithTextBodyWithResponse Import a list of users into or out of a segment
+//
+// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
+//
+// Takes a body of the `text/plain` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /segments/{slug}/imports (the `CreateImport` operationId).
+func (c *ClientWithResponses) CreateImportWithTextBodyWithResponse(ctx context.Context, slug string, params *CreateImportParams, body CreateImportTextRequestBody, reqEditors ...RequestEditorFn) (*CreateImportReply, error) {
+	rsp, err := c.CreateImportWithTextBody(ctx, slug, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateImportReply(rsp)
+}
+
 // ListMembersWithResponse List a segment's members
 //
 // Active members in user id order, a page at a time. Pass the previous page's next_after as after: every user who stays a member while the pages are read appears exactly once. Needs a token with the scope segments:read.
@@ -5097,6 +5868,74 @@ func (c *ClientWithResponses) ExplainMembershipWithResponse(ctx context.Context,
 		return nil, err
 	}
 	return ParseExplainMembershipReply(rsp)
+}
+
+// ParseGetImportReply parses an HTTP response from a GetImportWithResponse call
+func ParseGetImportReply(rsp *http.Response) (*GetImportReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetImportReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Import
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
 }
 
 // ParseListLayersReply parses an HTTP response from a ListLayersWithResponse call
@@ -6227,6 +7066,122 @@ func ParsePatchSegmentReply(rsp *http.Response) (*PatchSegmentReply, error) {
 			headers.IdempotentReplayed = &value
 		}
 		response.Headers200 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseCreateImportReply parses an HTTP response from a CreateImportWithResponse call
+func ParseCreateImportReply(rsp *http.Response) (*CreateImportReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateImportReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Import
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest CreateImport422ApplicationProblemPlusJSONResponseBody
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 202:
+		var headers CreateImportReply202Headers
+		if values := rsp.Header.Values("Idempotent-Replayed"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Idempotent-Replayed", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.IdempotentReplayed = &value
+		}
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = value
+		}
+		response.Headers202 = &headers
 	}
 
 	return response, nil

@@ -288,6 +288,66 @@ CREATE TABLE public.idempotency_keys (
 );
 
 --
+-- Name: import_chunks; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.import_chunks (
+    import_id bigint NOT NULL,
+    last_id bigint NOT NULL,
+    ids bigint[] NOT NULL
+);
+
+--
+-- Name: import_uploads; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.import_uploads (
+    import_id bigint NOT NULL,
+    seq integer NOT NULL,
+    ids bigint[] NOT NULL
+);
+
+--
+-- Name: imports; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.imports (
+    id bigint NOT NULL,
+    segment_id bigint,
+    segment_slug text NOT NULL COLLATE pg_catalog."C",
+    mode text NOT NULL,
+    expires_at timestamp with time zone,
+    status text DEFAULT 'pending'::text NOT NULL,
+    listed bigint NOT NULL,
+    received bigint,
+    processed bigint DEFAULT 0 NOT NULL,
+    added bigint DEFAULT 0 NOT NULL,
+    removed bigint DEFAULT 0 NOT NULL,
+    unchanged bigint DEFAULT 0 NOT NULL,
+    conflicts bigint DEFAULT 0 NOT NULL,
+    conflict_ids bigint[] DEFAULT '{}'::bigint[] NOT NULL,
+    cursor bigint DEFAULT 0 NOT NULL,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT imports_mode_check CHECK ((mode = ANY (ARRAY['add'::text, 'remove'::text, 'replace'::text]))),
+    CONSTRAINT imports_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text])))
+);
+
+--
+-- Name: imports_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.imports ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.imports_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: layers; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -369,7 +429,7 @@ CREATE TABLE public.membership_history (
     at timestamp with time zone NOT NULL,
     expires_at timestamp with time zone,
     CONSTRAINT membership_history_operation_check CHECK ((operation = ANY (ARRAY['add'::text, 'remove'::text]))),
-    CONSTRAINT membership_history_reason_check CHECK ((reason = ANY (ARRAY['manual'::text, 'ttl'::text, 'auto'::text, 'segment_deleted'::text])))
+    CONSTRAINT membership_history_reason_check CHECK ((reason = ANY (ARRAY['manual'::text, 'ttl'::text, 'auto'::text, 'segment_deleted'::text, 'import'::text])))
 );
 
 --
@@ -511,6 +571,27 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, key);
 
 --
+-- Name: import_chunks import_chunks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.import_chunks
+    ADD CONSTRAINT import_chunks_pkey PRIMARY KEY (import_id, last_id);
+
+--
+-- Name: import_uploads import_uploads_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.import_uploads
+    ADD CONSTRAINT import_uploads_pkey PRIMARY KEY (import_id, seq);
+
+--
+-- Name: imports imports_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.imports
+    ADD CONSTRAINT imports_pkey PRIMARY KEY (id);
+
+--
 -- Name: layers layers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -592,6 +673,12 @@ ALTER TABLE ONLY public.users
 --
 
 CREATE INDEX idempotency_keys_created_at_idx ON public.idempotency_keys USING btree (created_at);
+
+--
+-- Name: imports_segment_unfinished_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX imports_segment_unfinished_idx ON public.imports USING btree (segment_id, id) WHERE (status = ANY (ARRAY['pending'::text, 'running'::text]));
 
 --
 -- Name: member_count_deltas_segment_idx; Type: INDEX; Schema: public; Owner: -
@@ -700,6 +787,27 @@ CREATE TRIGGER memberships_rekey BEFORE UPDATE OF user_id, segment_id ON public.
 --
 
 CREATE TRIGGER memberships_truncate BEFORE TRUNCATE ON public.memberships FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_forbid_truncate();
+
+--
+-- Name: import_chunks import_chunks_import_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.import_chunks
+    ADD CONSTRAINT import_chunks_import_id_fkey FOREIGN KEY (import_id) REFERENCES public.imports(id) ON DELETE CASCADE;
+
+--
+-- Name: import_uploads import_uploads_import_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.import_uploads
+    ADD CONSTRAINT import_uploads_import_id_fkey FOREIGN KEY (import_id) REFERENCES public.imports(id) ON DELETE CASCADE;
+
+--
+-- Name: imports imports_segment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.imports
+    ADD CONSTRAINT imports_segment_id_fkey FOREIGN KEY (segment_id) REFERENCES public.segments(id) ON DELETE SET NULL;
 
 --
 -- Name: member_counts member_counts_segment_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

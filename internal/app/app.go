@@ -46,6 +46,8 @@ var (
 	_ service.HistoryStore        = (*postgres.HistoryRepo)(nil)
 	_ service.IdempotencyKeyStore = (*postgres.IdempotencyRepo)(nil)
 	_ service.LayerStore          = (*postgres.LayerRepo)(nil)
+	_ service.ImportStore         = (*postgres.ImportRepo)(nil)
+	_ service.ImportScheduler     = (*worker.Client)(nil)
 	_ service.ExpiryScheduler     = (*worker.Client)(nil)
 	_ service.RolloutScheduler    = (*worker.Client)(nil)
 	_ service.RolloutQueue        = (*worker.Client)(nil)
@@ -81,6 +83,8 @@ type Services struct {
 	Rollouts *service.Rollouts
 	// Deletions deletes segments at the time set for them.
 	Deletions *service.Deletions
+	// Imports applies lists of users to segments.
+	Imports *service.Imports
 	// IdempotencyKeys sweeps old Idempotency-Keys.
 	IdempotencyKeys *service.IdempotencyKeys
 	// Idempotency runs requests sent with an Idempotency-Key.
@@ -191,6 +195,8 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, rec), tasks, service.RolloutSettings{
 			Workers: cfg.Worker.RolloutWorkers, Batch: cfg.Worker.RolloutBatch, Rate: cfg.Worker.RolloutRate,
 		}, log.Named("rollouts")),
+		Imports: service.NewImports(postgres.NewImportRepo(d.Pool, rec, cfg.Worker.ImportUploadTimeout), tasks, rec,
+			service.ImportSettings{Batch: cfg.Worker.ImportBatch, Rate: cfg.Worker.ImportRate}, d.Now, log.Named("imports")),
 		IdempotencyKeys: service.NewIdempotencyKeys(keys, cfg.IdempotencyTTL, d.Now),
 		Idempotency:     keys,
 		Tasks:           tasks,
@@ -204,7 +210,8 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 func (a *App) buildAPI(ctx context.Context) error {
 	cfg, d, svc := a.cfg, a.deps, a.Services
 	o := &a.router
-	o.Segments, o.Layers, o.Users, o.Reports = svc.Segments, svc.Layers, svc.Users, svc.Reports
+	o.Segments, o.Layers, o.Users, o.Reports, o.Imports = svc.Segments, svc.Layers, svc.Users, svc.Reports, svc.Imports
+	o.UploadTimeout = cfg.Worker.ImportUploadTimeout
 	o.Idempotency, o.IdempotencyObserver = svc.Idempotency, d.Metrics
 	o.ReportTimeout, o.PublicURL = cfg.Reports.Timeout, cfg.Reports.PublicURL
 	o.ReadsRegister = cfg.Users.ReadsRegister
@@ -240,7 +247,7 @@ func (a *App) buildWorker() {
 		SweepBatch:      cfg.Worker.SweepBatch,
 	}, worker.Services{
 		Expiry: a.Services.Expiry, Rollouts: a.Services.Rollouts,
-		IdempotencyKeys: a.Services.IdempotencyKeys, Deletions: a.Services.Deletions,
+		IdempotencyKeys: a.Services.IdempotencyKeys, Deletions: a.Services.Deletions, Imports: a.Services.Imports,
 	}, d.Metrics, d.Log)
 	a.loops = append(a.loops, postgres.MemberCountFolder(d.Pool, time.Second))
 	if !cfg.Events.Enabled {

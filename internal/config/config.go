@@ -81,6 +81,14 @@ type Worker struct {
 	// (backing off from 1 s to 1 min) before its rollout is marked failed;
 	// the periodic resume takes failed rollouts up again.
 	RolloutMaxRetry int
+	// ImportBatch is how many listed users one import transaction applies.
+	ImportBatch int
+	// ImportRate bounds the listed users per second this process's
+	// imports apply; 0 sets no bound.
+	ImportRate int
+	// ImportUploadTimeout bounds an import's upload: receiving, checking
+	// and storing its list.
+	ImportUploadTimeout time.Duration
 }
 
 // Reports configures history report links.
@@ -210,6 +218,10 @@ func Load(getenv func(string) string) (Config, error) {
 			RolloutWorkers:  p.intRange("ROLLOUT_WORKERS", 2, 1, 64),
 			RolloutRate:     p.intRange("ROLLOUT_RATE", 0, 0, 1000000000),
 			RolloutMaxRetry: p.intRange("ROLLOUT_MAX_RETRY", 8, 0, 100),
+
+			ImportBatch:         p.intRange("IMPORT_BATCH", 1000, 1, 10000),
+			ImportRate:          p.intRange("IMPORT_RATE", 0, 0, 1000000000),
+			ImportUploadTimeout: p.durationRange("IMPORT_UPLOAD_TIMEOUT", 10*time.Minute, time.Second, 24*time.Hour),
 		},
 		Reports: Reports{
 			Secret:      p.secret("REPORT_SECRET", 32),

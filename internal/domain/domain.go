@@ -179,6 +179,8 @@ type SegmentStats struct {
 	// LayerBuckets is how many buckets each layer's segments own, by
 	// layer slug.
 	LayerBuckets map[string]int64
+	// Imports counts imports by status.
+	Imports map[ImportStatus]int64
 }
 
 // StoredResponse is the response to a request sent with an

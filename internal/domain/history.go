@@ -45,6 +45,8 @@ var Changes = []struct {
 	{OperationRemove, ReasonAuto},
 	{OperationRemove, ReasonTTL},
 	{OperationRemove, ReasonSegmentDeleted},
+	{OperationAdd, ReasonImport},
+	{OperationRemove, ReasonImport},
 }
 
 // Period is a calendar month in UTC.

@@ -53,9 +53,13 @@ const (
 // successes are stored: a request refused with a 4xx changed nothing, and
 // runs again when retried. Requests without the header run as they are.
 //
+// With stream set the body is not read ahead (an import's list may be
+// 256 MiB): it is hashed as the handler reads it, and what the handler
+// leaves unread when a fingerprint is needed.
+//
 // onUnknownOutcome runs when a commit fails in a way that leaves its
 // outcome unknown (the service drops its cached reads then).
-func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcome func()) func(http.Handler) http.Handler {
+func idempotent(store IdempotencyStore, obs IdempotencyObserver, stream bool, onUnknownOutcome func()) func(http.Handler) http.Handler {
 	count := func(outcome string) {
 		if obs != nil {
 			obs.IdempotentRequest(outcome)
@@ -84,13 +88,19 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 				return
 			}
 			key := keys[0]
-			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-			if err != nil {
-				bodyReadProblem(w, r, err)
-				return
+			var fingerprint func() []byte
+			if stream {
+				fingerprint = hashAsRead(r)
+			} else {
+				body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+				if err != nil {
+					bodyReadProblem(w, r, err)
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(body))
+				sum := requestFingerprint(r, body)
+				fingerprint = func() []byte { return sum }
 			}
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			fingerprint := requestFingerprint(r, body)
 
 			caller := callerFrom(r.Context())
 			ctx, attempt, err := store.Begin(r.Context(), caller, key)
@@ -118,7 +128,7 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 			var stored *domain.StoredResponse
 			if rec.status >= 200 && rec.status < 300 {
 				err := attempt.Commit(ctx, domain.StoredResponse{
-					Fingerprint: fingerprint, Method: r.Method, Path: r.URL.RequestURI(),
+					Fingerprint: fingerprint(), Method: r.Method, Path: r.URL.RequestURI(),
 					Status: rec.status, Header: rec.header, Body: append([]byte{}, rec.body.Bytes()...),
 				})
 				switch {
@@ -150,7 +160,7 @@ func idempotent(store IdempotencyStore, obs IdempotencyObserver, onUnknownOutcom
 			case stored == nil:
 				count("not_stored")
 				writeRecorded(w, rec)
-			case !bytes.Equal(stored.Fingerprint, fingerprint):
+			case !bytes.Equal(stored.Fingerprint, fingerprint()):
 				count("reused")
 				writeProblem(w, r, Problem{Type: typeKeyReused, Title: "Idempotency-Key reused", Status: http.StatusUnprocessableEntity,
 					Detail: fmt.Sprintf("this Idempotency-Key was used at %s for %s %s with another request; use a new key for a new request",
@@ -204,6 +214,27 @@ func requestFingerprint(r *http.Request, body []byte) []byte {
 	fmt.Fprintf(h, "%s %s\n", r.Method, r.URL.RequestURI())
 	h.Write(body)
 	return h.Sum(nil)
+}
+
+// hashAsRead replaces r's body with one that hashes what is read of it,
+// and returns the function that reads the rest (up to maxImportBytes) and
+// returns requestFingerprint of the whole.
+func hashAsRead(r *http.Request) func() []byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s %s\n", r.Method, r.URL.RequestURI())
+	body := io.TeeReader(r.Body, h)
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{body, r.Body}
+	var sum []byte
+	return func() []byte {
+		if sum == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(body, maxImportBytes))
+			sum = h.Sum(nil)
+		}
+		return sum
+	}
 }
 
 // recordedResponse holds a keyed request's response until its

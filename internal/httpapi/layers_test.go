@@ -62,7 +62,9 @@ func TestLayerBucketsStepByStep(t *testing.T) {
 		percent map[string]float64
 	}
 	patch := func(slug string, p float64) func() {
-		return func() { a.mustDo(http.StatusOK, "PATCH", "/api/v1/segments/"+slug, map[string]any{"auto_percent": p}, nil) }
+		return func() {
+			a.mustDo(http.StatusOK, "PATCH", "/api/v1/segments/"+slug, map[string]any{"auto_percent": p}, nil)
+		}
 	}
 	for _, s := range []step{
 		{"created 30 and 40", func() {}, ranges([2]int{0, 3000}), ranges([2]int{3000, 7000}), ranges([2]int{7000, 10000}), map[string]float64{"A": 30, "B": 40}},

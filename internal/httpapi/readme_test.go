@@ -16,6 +16,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/segments-service/segments/internal/app"
 	"github.com/segments-service/segments/tools/apitest"
 )
 
@@ -61,8 +65,12 @@ func runExamples(t *testing.T, file string) {
 	if len(blocks) < 5 {
 		t.Fatalf("found only %d shell examples in %s", len(blocks), file)
 	}
-	a := newAPI(t)
-	srv := httptest.NewServer(a.h)
+	// The API and a worker of the session's own, as make run starts them.
+	queue := fmt.Sprintf("examples-%d", time.Now().UnixNano())
+	proc := apitest.Process(t, env.NewPool(t), env.RedisURL,
+		map[string]string{"WORKER_QUEUE": queue, "REPORT_SECRET": testSecret, "SWEEP_INTERVAL": "1h", "EVENTS_ENABLED": "false"},
+		time.Now, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), app.Roles{API: true, Worker: true})
+	srv := httptest.NewServer(proc.Handler())
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
@@ -219,7 +227,7 @@ func checkHTTP(t *testing.T, b readmeBlock, got string) {
 
 // volatile fields differ on every run; a shown value and an actual value
 // match if both are present (or both null).
-var volatile = map[string]bool{"created_at": true, "added_at": true, "expires_at": true, "at": true, "request_id": true}
+var volatile = map[string]bool{"created_at": true, "added_at": true, "expires_at": true, "finished_at": true, "at": true, "request_id": true}
 
 // historyCursor is the shape of a history page's next_after, which holds a
 // time and varies too.

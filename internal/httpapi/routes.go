@@ -12,6 +12,8 @@
 //	@tag.description	Segments that analysts create
 //	@tag.name			layers
 //	@tag.description	Layers: segments that no user holds two of
+//	@tag.name			imports
+//	@tag.description	Lists of users imported into or out of a segment
 //	@tag.name			users
 //	@tag.description	Users and the segments they hold
 package httpapi
@@ -40,6 +42,7 @@ type Options struct {
 	Layers   *service.Layers
 	Users    *service.Users
 	Reports  *service.Reports
+	Imports  *service.Imports
 	// Cache, if set, answers reads of users' segments from memory; the
 	// handlers that change memberships invalidate it before they answer.
 	Cache *readcache.Cache
@@ -54,6 +57,9 @@ type Options struct {
 	RequestTimeout time.Duration
 	// ReportTimeout bounds a report download instead.
 	ReportTimeout time.Duration
+	// UploadTimeout bounds an import's upload instead (it also moves the
+	// connection's read deadline).
+	UploadTimeout time.Duration
 	// PublicURL is the scheme and host report links start with; empty
 	// makes links relative (never taken from the request's Host).
 	PublicURL string
@@ -107,12 +113,15 @@ type handler struct {
 	layers    *service.Layers
 	users     *service.Users
 	reports   *service.Reports
+	imports   *service.Imports
 	cache     *readcache.Cache
 	checks    []Check
 	validate  *validator.Validate
 	publicURL string
 	// reportTimeout is how long a report download may take.
 	reportTimeout time.Duration
+	// uploadTimeout is how long an import's upload may take.
+	uploadTimeout time.Duration
 	// readsRegister is Options.ReadsRegister.
 	readsRegister string
 }
@@ -129,12 +138,14 @@ func NewRouter(o Options) http.Handler {
 		layers:    o.Layers,
 		users:     o.Users,
 		reports:   o.Reports,
+		imports:   o.Imports,
 		cache:     o.Cache,
 		checks:    o.Checks,
 		validate:  newValidator(),
 		publicURL: strings.TrimSuffix(o.PublicURL, "/"),
 
 		reportTimeout: o.ReportTimeout,
+		uploadTimeout: o.UploadTimeout,
 		readsRegister: o.ReadsRegister,
 	}
 
@@ -174,12 +185,15 @@ func NewRouter(o Options) http.Handler {
 	r.Route("/api/v1", func(r chi.Router) {
 		for _, rt := range apiRoutes {
 			timeout := o.RequestTimeout
-			if rt.download {
+			switch {
+			case rt.download:
 				timeout = o.ReportTimeout // a download streams for as long as the report takes
+			case rt.upload:
+				timeout = o.UploadTimeout
 			}
 			mw := []func(http.Handler) http.Handler{deadline(timeout), authenticate(o.Auth, rt.scope, o.AuthObserver)}
 			if rt.method != http.MethodGet {
-				mw = append(mw, idempotent(o.Idempotency, o.IdempotencyObserver, func() { h.cache.InvalidateAll("local") }))
+				mw = append(mw, idempotent(o.Idempotency, o.IdempotencyObserver, rt.upload, func() { h.cache.InvalidateAll("local") }))
 			}
 			r.With(mw...).Method(rt.method, rt.pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { rt.handle(h, w, r) }))
 		}
@@ -197,6 +211,9 @@ type apiRoute struct {
 	// download marks a route bounded by the report timeout rather than
 	// the request timeout.
 	download bool
+	// upload marks a route whose body is a list streamed to the database
+	// (up to maxImportBytes, bounded by the upload timeout).
+	upload bool
 }
 
 // scopeOpen marks a route that needs no token: a report download, whose
@@ -205,7 +222,7 @@ const scopeOpen = ""
 
 // apiRoutes is every route under /api/v1, with who may call it: reading
 // and report links need segments:read, changing users segments:write,
-// changing segments segments:admin. HEAD goes with GET.
+// changing segments, layers and imports segments:admin. HEAD goes with GET.
 var apiRoutes = []apiRoute{
 	{method: http.MethodPost, pattern: "/segments", scope: auth.ScopeAdmin, handle: (*handler).createSegment},
 	{method: http.MethodGet, pattern: "/segments", scope: auth.ScopeRead, handle: (*handler).listSegments},
@@ -213,6 +230,8 @@ var apiRoutes = []apiRoute{
 	{method: http.MethodPatch, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).patchSegment},
 	{method: http.MethodDelete, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteSegment},
 	{method: http.MethodGet, pattern: "/segments/{slug}/members", scope: auth.ScopeRead, handle: (*handler).listMembers},
+	{method: http.MethodPost, pattern: "/segments/{slug}/imports", scope: auth.ScopeAdmin, handle: (*handler).createImport, upload: true},
+	{method: http.MethodGet, pattern: "/imports/{id}", scope: auth.ScopeRead, handle: (*handler).getImport},
 
 	{method: http.MethodPost, pattern: "/layers", scope: auth.ScopeAdmin, handle: (*handler).createLayer},
 	{method: http.MethodGet, pattern: "/layers", scope: auth.ScopeRead, handle: (*handler).listLayers},

@@ -66,9 +66,9 @@ func TestSpecMatchesRoutes(t *testing.T) {
 		t.Errorf("routes served (-) versus documented in docs/openapi.json (+):\n%s", diff)
 	}
 	// The contract's first part has 9 routes, its second 6, its third
-	// (layers) 4.
-	if len(served) != 19 {
-		t.Errorf("%d routes under /api/v1, the contract has 19: %v", len(served), served)
+	// 4 (layers) and 2 (imports).
+	if len(served) != 21 {
+		t.Errorf("%d routes under /api/v1, the contract has 21: %v", len(served), served)
 	}
 }
 
@@ -110,7 +110,7 @@ func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
 			t.Fatal(err)
 		}
 		svc := broken.Services
-		o.Segments, o.Users, o.Reports, o.Cache = svc.Segments, svc.Users, svc.Reports, nil
+		o.Segments, o.Users, o.Reports, o.Imports, o.Cache = svc.Segments, svc.Users, svc.Reports, svc.Imports, nil
 	})
 	bodies := map[string]string{
 		"createSegment":       `{"slug":"SPEC_NEW"}`,
@@ -120,8 +120,9 @@ func TestSpecDeclaresTheStatusesTheServiceProduces(t *testing.T) {
 		"changeUserSegments":  `{"add":["SPEC"]}`,
 		"createHistoryReport": `{"period":"2026-11"}`,
 		"createMembersReport": `{"slug":"SPEC"}`,
+		"createImport":        "1\n2\n",
 	}
-	fill := strings.NewReplacer("{user_id}", "1000", "{slug}", "SPEC", "{token}", "not-a-token")
+	fill := strings.NewReplacer("{user_id}", "1000", "{slug}", "SPEC", "{token}", "not-a-token", "{id}", "1")
 	for path, ops := range spec.Paths {
 		for method, op := range ops {
 			url := "/api/v1" + fill.Replace(path)

@@ -53,7 +53,7 @@ type ExplainedMembership struct {
 // ExplainedEvent is one history event of a user in a segment.
 type ExplainedEvent struct {
 	Operation string    `json:"operation" enums:"add,remove" example:"add"`
-	Reason    string    `json:"reason" enums:"manual,ttl,auto,segment_deleted" example:"manual"`
+	Reason    string    `json:"reason" enums:"manual,ttl,auto,segment_deleted,import" example:"manual"`
 	At        time.Time `json:"at" format:"date-time" example:"2026-11-22T08:00:00Z"`
 }
 

@@ -253,7 +253,7 @@ func (h *handler) changeUserSegments(w http.ResponseWriter, r *http.Request) {
 type HistoryEvent struct {
 	Segment   string    `json:"segment" example:"AVITO_VOICE_MESSAGES"`
 	Operation string    `json:"operation" enums:"add,remove" example:"add"`
-	Reason    string    `json:"reason" enums:"manual,ttl,auto,segment_deleted" example:"manual"`
+	Reason    string    `json:"reason" enums:"manual,ttl,auto,segment_deleted,import" example:"manual"`
 	At        time.Time `json:"at" format:"date-time" example:"2023-08-01T12:00:00Z"`
 }
 

@@ -40,6 +40,7 @@ type Metrics struct {
 	keyed              *prometheus.CounterVec
 	scheduledDeletions *prometheus.CounterVec
 	loopRestarts       *prometheus.CounterVec
+	importIDs          prometheus.Counter
 
 	cacheLookups      [readcache.Off + 1]prometheus.Counter
 	cacheInvalidated  *prometheus.CounterVec
@@ -98,6 +99,10 @@ func New() *Metrics {
 			Namespace: namespace, Subsystem: "background", Name: "restarts_total",
 			Help: "Restarts of a background loop after it failed (a lost connection, say), by loop.",
 		}, []string{"loop"}),
+		importIDs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "import", Name: "ids_applied_total",
+			Help: "Listed user ids that imports applied.",
+		}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "auth", Name: "refused_total",
 			Help: "Requests refused for their bearer token (401) or its scopes (403), by reason.",
@@ -106,7 +111,7 @@ func New() *Metrics {
 	m.registerCache()
 	m.registerEvents()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions, m.loopRestarts)
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions, m.loopRestarts, m.importIDs)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
 	for _, c := range domain.Changes {
@@ -208,6 +213,9 @@ func (m *Metrics) MembershipsChanged(op domain.Operation, reason domain.Reason, 
 		m.memberships.WithLabelValues(string(op), string(reason)).Add(float64(n))
 	}
 }
+
+// ImportIDsApplied counts n listed ids an import applied.
+func (m *Metrics) ImportIDsApplied(n int64) { m.importIDs.Add(float64(n)) }
 
 // ReportDownloaded counts a report download.
 func (m *Metrics) ReportDownloaded(allUsers, ok bool) {
@@ -341,7 +349,10 @@ func (m *Metrics) FiguresLoop(queue QueueSizes, stats func(context.Context) (dom
 		Namespace: namespace, Subsystem: "layer", Name: "buckets_used",
 		Help: "Buckets of each layer (of 10,000) its percent segments own (refreshed every 5 s).",
 	}, []string{"layer"})
-	m.reg.MustRegister(segments, rollouts, left, buckets)
+	imports := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "imports", Help: "Imports by status (refreshed every 5 s).",
+	}, []string{"status"})
+	m.reg.MustRegister(segments, rollouts, left, buckets, imports)
 	if queue != nil {
 		m.reg.MustRegister(queueTasks)
 	}
@@ -357,6 +368,9 @@ func (m *Metrics) FiguresLoop(queue QueueSizes, stats func(context.Context) (dom
 			rollouts.WithLabelValues(string(status)).Set(float64(s.Rollouts[status]))
 		}
 		left.Set(float64(s.RolloutUsersLeft))
+		for _, status := range []domain.ImportStatus{domain.ImportPending, domain.ImportRunning, domain.ImportDone, domain.ImportFailed} {
+			imports.WithLabelValues(string(status)).Set(float64(s.Imports[status]))
+		}
 		buckets.Reset() // a deleted layer goes
 		for layer, n := range s.LayerBuckets {
 			buckets.WithLabelValues(layer).Set(float64(n))

@@ -237,6 +237,14 @@ func (r *SegmentRepo) deleteSegment(ctx context.Context, slug, lock string, args
 			return fmt.Errorf("delete members of %s: %w", slug, dbError(err))
 		}
 		deleted = tag.RowsAffected()
+		// Its unfinished imports end as failed (an import batch holds the
+		// segment FOR KEY SHARE: none is half-applied here).
+		const failImports = `
+			UPDATE imports SET status = 'failed', error = 'the segment was deleted', finished_at = now()
+			WHERE segment_id = $1 AND status IN ('pending', 'running')`
+		if _, err := tx.Exec(ctx, failImports, id); err != nil {
+			return fmt.Errorf("end the imports of %s: %w", slug, dbError(err))
+		}
 		const delSegment = `DELETE FROM segments WHERE id = $1`
 		if _, err := tx.Exec(ctx, delSegment, id); err != nil {
 			return fmt.Errorf("delete segment %s: %w", slug, dbError(err))
@@ -377,6 +385,17 @@ func (r *SegmentRepo) Stats(ctx context.Context) (domain.SegmentStats, error) {
 	_, err = pgx.ForEachRow(rows, []any{&slug, &used}, func() error { s.LayerBuckets[slug] = used; return nil })
 	if err != nil {
 		return s, fmt.Errorf("layer stats: %w", dbError(err))
+	}
+	// Imports are few (analysts upload them): a count every 5 s.
+	rows, _ = on(ctx, r.pool).Query(ctx, `SELECT status, count(*) FROM imports GROUP BY status`)
+	s.Imports = map[domain.ImportStatus]int64{}
+	var (
+		status domain.ImportStatus
+		n      int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&status, &n}, func() error { s.Imports[status] = n; return nil })
+	if err != nil {
+		return s, fmt.Errorf("import stats: %w", dbError(err))
 	}
 	return s, nil
 }

@@ -33,8 +33,8 @@ func (s *stack) published() bool { return s.unpublished() == 0 }
 // TestEveryChangeIsPublishedOnceInOrder runs a random workload that gives
 // every reason history knows — changes by hand with and without TTL from
 // four goroutines, expiries removed by their tasks and by the sweep, a
-// rollout, two percent changes, percent segments given at registration, a
-// segment deletion — then reads the whole stream: every history event is
+// rollout, two percent changes, percent segments given at registration,
+// imports in and out, a segment deletion — then reads the whole stream: every history event is
 // in it once, with the same fields, and each user's events come in the
 // order of their at.
 func TestEveryChangeIsPublishedOnceInOrder(t *testing.T) {
@@ -85,12 +85,17 @@ func TestEveryChangeIsPublishedOnceInOrder(t *testing.T) {
 			}
 		})
 	}
+	// Imports in and out, under the same changes.
+	in := s.upload("A", "mode=add", ids(150, 260))
+	out := s.upload("B", "mode=remove", ids(1, 150))
 	for _, percent := range []float64{60, 20} {
 		time.Sleep(200 * time.Millisecond)
 		s.patchPercent("PCT", percent)
 		s.waitRollout("PCT")
 	}
 	wg.Wait()
+	s.waitImport(in.ID)
+	s.waitImport(out.ID)
 	s.mustDo("DELETE", "/api/v1/segments/GONE", nil, nil)
 	testenv.Eventually(t, 20*time.Second, "memberships with an expiry are left", func() bool {
 		return s.scalar(`SELECT count(*) FROM memberships WHERE expires_at IS NOT NULL`) == 0

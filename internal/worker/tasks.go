@@ -31,7 +31,39 @@ const (
 	TypeDeleteSegment = "segment:delete"
 	// TypeSweepDeletions deletes every segment whose deletion is due.
 	TypeSweepDeletions = "segment:sweep-deletions"
+	// TypeImport applies an import of a list of users.
+	TypeImport = "segment:import"
+	// TypeResumeImports runs every unfinished import.
+	TypeResumeImports = "segment:resume-imports"
 )
+
+// importPayload is the payload of TypeImport.
+type importPayload struct {
+	ImportID int64 `json:"import_id"`
+}
+
+// NewImportTask returns the task that applies an import; its id is unique
+// per import.
+func NewImportTask(importID int64) (*asynq.Task, []asynq.Option, error) {
+	payload, err := json.Marshal(importPayload{ImportID: importID})
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode import: %w", err)
+	}
+	id := "import:" + strconv.FormatInt(importID, 10)
+	return asynq.NewTask(TypeImport, payload), []asynq.Option{asynq.TaskID(id), asynq.Timeout(time.Hour), asynq.MaxRetry(8)}, nil
+}
+
+func parseImport(t *asynq.Task) (int64, error) {
+	var p importPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil || p.ImportID <= 0 {
+		return 0, fmt.Errorf("bad %s payload %q: %w", t.Type(), t.Payload(), asynq.SkipRetry)
+	}
+	return p.ImportID, nil
+}
+
+// NewResumeImportsTask returns the periodic task that runs unfinished
+// imports.
+func NewResumeImportsTask() *asynq.Task { return asynq.NewTask(TypeResumeImports, nil) }
 
 // rolloutPayload is the payload of TypeRollout.
 type rolloutPayload struct {
@@ -176,6 +208,28 @@ func (c *Client) ScheduleRollout(ctx context.Context, segmentID int64) error {
 		return nil // another worker queued it meanwhile
 	}
 	return err
+}
+
+// ScheduleImport enqueues the run of an import. Scheduling one that is
+// queued, running or archived is not an error (the periodic resume runs
+// any unfinished import).
+func (c *Client) ScheduleImport(ctx context.Context, importID int64) error {
+	if err := c.enqueue(ctx)(NewImportTask(importID)); !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	return nil
+}
+
+// ScheduleSweep enqueues a sweep of expired memberships at at (one per
+// second of at: a sweep removes every membership expired by then).
+func (c *Client) ScheduleSweep(ctx context.Context, at time.Time) error {
+	at = at.Truncate(time.Second).Add(time.Second)
+	id := "sweep:" + strconv.FormatInt(at.Unix(), 10)
+	err := c.enqueue(ctx)(NewSweepTask(), []asynq.Option{asynq.TaskID(id), asynq.ProcessAt(at), asynq.MaxRetry(3), asynq.Timeout(10 * time.Minute)}, nil)
+	if !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	return nil
 }
 
 // RolloutQueued reports whether the segment's rollout task is waiting to

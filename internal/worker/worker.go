@@ -37,6 +37,7 @@ type Services struct {
 	Rollouts        *service.Rollouts
 	IdempotencyKeys *service.IdempotencyKeys
 	Deletions       *service.Deletions
+	Imports         *service.Imports
 }
 
 // TaskObserver records finished tasks, for monitoring; outcome is an
@@ -152,6 +153,8 @@ func NewServer(redisOpt asynq.RedisConnOpt, cfg Config, svc Services, obs TaskOb
 	s.mux.HandleFunc(TypeSweepIdempotencyKeys, s.handleSweepIdempotencyKeys)
 	s.mux.HandleFunc(TypeDeleteSegment, s.handleDeleteSegment)
 	s.mux.HandleFunc(TypeSweepDeletions, s.handleSweepDeletions)
+	s.mux.HandleFunc(TypeImport, s.handleImport)
+	s.mux.HandleFunc(TypeResumeImports, s.handleResumeImports)
 	return s
 }
 
@@ -184,7 +187,7 @@ func (s *Server) Start() error {
 	// One of each per interval across all workers: a duplicate within the
 	// interval is refused by Unique.
 	every := fmt.Sprintf("@every %s", s.cfg.SweepInterval)
-	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask(), NewSweepDeletionsTask()} {
+	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask(), NewSweepDeletionsTask(), NewResumeImportsTask()} {
 		_, err := s.sched.Register(every, t, asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval),
 			asynq.MaxRetry(0), asynq.Timeout(10*time.Minute))
 		if err != nil {
@@ -198,12 +201,13 @@ func (s *Server) Start() error {
 		s.srv.Shutdown()
 		return fmt.Errorf("start asynq scheduler: %w", err)
 	}
-	// Take up at once what a killed worker left: its rollout task stays
-	// "active" in asynq until its lease lapses and asynq's recoverer looks
-	// (one to two minutes), but its claim died with it.
-	if _, err := s.client.Enqueue(NewResumeRolloutsTask(), asynq.Queue(s.cfg.Queue), asynq.MaxRetry(0),
-		asynq.Timeout(10*time.Minute)); err != nil {
-		s.log.Warn("could not queue the resumption of unfinished rollouts; the periodic one will do it", zap.Error(err))
+	// Take up at once what a killed worker left: its rollout or import
+	// task stays "active" in asynq until its lease lapses and asynq's
+	// recoverer looks (one to two minutes), but its claim died with it.
+	for _, t := range []*asynq.Task{NewResumeRolloutsTask(), NewResumeImportsTask()} {
+		if _, err := s.client.Enqueue(t, asynq.Queue(s.cfg.Queue), asynq.MaxRetry(0), asynq.Timeout(time.Hour)); err != nil {
+			s.log.Warn("could not queue a resumption of unfinished work; the periodic one will do it", zap.String("type", t.Type()), zap.Error(err))
+		}
 	}
 	return nil
 }
@@ -242,6 +246,18 @@ func (s *Server) handleRollout(ctx context.Context, t *asynq.Task) error {
 
 func (s *Server) handleResumeRollouts(ctx context.Context, _ *asynq.Task) error {
 	return s.svc.Rollouts.Resume(ctx)
+}
+
+func (s *Server) handleImport(ctx context.Context, t *asynq.Task) error {
+	id, err := parseImport(t)
+	if err != nil {
+		return err
+	}
+	return s.svc.Imports.Run(ctx, id)
+}
+
+func (s *Server) handleResumeImports(ctx context.Context, _ *asynq.Task) error {
+	return s.svc.Imports.Resume(ctx)
 }
 
 func (s *Server) handleDeleteSegment(ctx context.Context, t *asynq.Task) error {

@@ -62,6 +62,9 @@ type stackOptions struct {
 	// cacheRelay, if set, turns the API's read cache on, its invalidations
 	// relayed this often.
 	cacheRelay time.Duration
+	// importBatch and importRate are IMPORT_BATCH and IMPORT_RATE; zero
+	// keeps the default.
+	importBatch, importRate int
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -104,6 +107,12 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	}
 	if o.rolloutRate != 0 {
 		vars["ROLLOUT_RATE"] = fmt.Sprint(o.rolloutRate)
+	}
+	if o.importBatch != 0 {
+		vars["IMPORT_BATCH"] = fmt.Sprint(o.importBatch)
+	}
+	if o.importRate != 0 {
+		vars["IMPORT_RATE"] = fmt.Sprint(o.importRate)
 	}
 	vars["EVENTS_ENABLED"] = "false"
 	if o.eventsStream != "" {

@@ -146,6 +146,13 @@ func RouterOptions(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[s
 // Redis at redisURL (see RouterOptions) and starts it.
 func App(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]string, now func() time.Time, log *zap.Logger) *app.App {
 	tb.Helper()
+	return Process(tb, pool, redisURL, env, now, log, app.Roles{API: true})
+}
+
+// Process is App with the given roles: with Worker, the asynq worker runs
+// the tasks of env's WORKER_QUEUE (a queue of the test's own) on pool.
+func Process(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]string, now func() time.Time, log *zap.Logger, roles app.Roles) *app.App {
+	tb.Helper()
 	opt, err := redis.ParseURL(redisURL)
 	if err != nil {
 		tb.Fatal(err)
@@ -154,7 +161,7 @@ func App(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]stri
 	tb.Cleanup(func() { rdb.Close() })
 	vars := map[string]string{"CACHE_RELAY_INTERVAL": "5ms"}
 	maps.Copy(vars, env)
-	a, err := app.New(context.Background(), Config(tb, vars), app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now}, app.Roles{API: true})
+	a, err := app.New(context.Background(), Config(tb, vars), app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now}, roles)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -80,6 +80,11 @@ var parameterExamples = map[string]any{
 	"from":    "2026-11-01T00:00:00Z",
 	"to":      "2026-12-01T00:00:00Z",
 	"at":      "2026-11-20T12:00:00Z",
+	// An import's.
+	"id":          42,
+	"mode":        "add",
+	"ttl_seconds": 2592000,
+	"expires_at":  "2026-12-31T00:00:00Z",
 }
 
 // layerSlugExample is the slug of the layer the examples use.
@@ -122,7 +127,7 @@ var problemTypes = map[int]string{
 // responseSchemas are sent whole: every property is present (null where
 // nullable). Problem has its own list.
 var responseSchemas = []string{
-	"ChangeSegmentsResponse", "FieldProblem", "HistoryEvent", "Membership", "RegisterUsersResponse",
+	"ChangeSegmentsResponse", "FieldProblem", "HistoryEvent", "Import", "LineProblem", "Membership", "RegisterUsersResponse",
 	"ReportLink", "Rollout", "Segment", "SegmentList", "UserHistory", "UserSegments",
 }
 
@@ -234,10 +239,49 @@ func amend(doc *openapi3.T) error {
 		json.Example = map[string]any{"description": "Voice messages in chat and calls", "delete_at": "2030-01-02T15:04:05Z"}
 		op.RequestBody.Value.Content["application/merge-patch+json"] = json
 	}
+	if op := doc.Paths.Value("/segments/{slug}/imports").Post; op != nil {
+		if err := importList(doc, op, problem); err != nil {
+			return err
+		}
+	}
 	if op := doc.Paths.Value("/users/{user_id}/segments").Post; op != nil {
 		op.RequestBody.Value.Content["application/json"].Example = map[string]any{
 			"add": []string{"AVITO_VOICE_MESSAGES", "AVITO_DISCOUNT_30"}, "remove": []string{"AVITO_PERFORMANCE_VAS"}, "ttl_seconds": 172800,
 		}
+	}
+	return nil
+}
+
+// importList gives the import upload its list's example and its 422 both
+// problems: a list with bad lines (ListProblem), or a bad mode or expiry
+// (Problem).
+func importList(doc *openapi3.T, op *openapi3.Operation, problem *openapi3.SchemaRef) error {
+	list, ok := doc.Components.Schemas["ListProblem"]
+	if !ok {
+		return fmt.Errorf("no ListProblem schema")
+	}
+	list.Value.Required = []string{"detail", "errors", "more_errors", "status", "title", "type"}
+	for _, mt := range []string{textCSV, "text/plain"} {
+		c, ok := op.RequestBody.Value.Content[mt]
+		if !ok {
+			return fmt.Errorf("POST /segments/{slug}/imports takes no %s", mt)
+		}
+		c.Example = "user_id\n1000\n1001\n1002\n"
+	}
+	r := op.Responses.Value("422")
+	if r == nil {
+		return fmt.Errorf("POST /segments/{slug}/imports has no 422")
+	}
+	mt := r.Value.Content[problemJSON]
+	mt.Schema = openapi3.NewSchemaRef("", &openapi3.Schema{OneOf: openapi3.SchemaRefs{
+		openapi3.NewSchemaRef("#/components/schemas/ListProblem", list.Value),
+		openapi3.NewSchemaRef("#/components/schemas/Problem", problem.Value),
+	}})
+	mt.Example = map[string]any{
+		"type": "urn:segments:problem:invalid-list", "title": "List has bad lines", "status": 422,
+		"detail":      "1 bad line; line 3: \"12a\" is not a user id (a whole number from 1 to 9223372036854775807); nothing was stored",
+		"errors":      []any{map[string]any{"line": 3, "value": "12a", "detail": "is not a user id (a whole number from 1 to 9223372036854775807)"}},
+		"more_errors": false, "request_id": "7f3c2a9e5b1d4c80",
 	}
 	return nil
 }
