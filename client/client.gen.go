@@ -457,17 +457,13 @@ type Import struct {
 	CreatedAt time.Time `json:"created_at"`
 
 	// Error Error says why a failed import failed; null otherwise.
-	//
-	// Example: the segment was deleted
 	Error *string `json:"error"`
 
 	// ExpiresAt ExpiresAt is the expiry of the memberships it gives; null for
 	// permanent ones.
 	//
 	// Example: 2026-12-31T00:00:00Z
-	ExpiresAt *time.Time `json:"expires_at"`
-
-	// FinishedAt Example: 2026-12-01T09:00:04Z
+	ExpiresAt  *time.Time `json:"expires_at"`
 	FinishedAt *time.Time `json:"finished_at"`
 
 	// Id Example: 42
@@ -658,7 +654,8 @@ type Problem struct {
 	Detail *string `json:"detail,omitempty"`
 
 	// Errors Errors lists, for validation problems, each wrong field as a JSON
-	// pointer into the request body.
+	// pointer into the request body (or, for a query parameter, its name:
+	// #/mode).
 	Errors *[]FieldProblem `json:"errors,omitempty"`
 
 	// FreeBuckets FreeBuckets is, for layer-full problems, how many buckets the layer

@@ -18,6 +18,7 @@ const contract = [
   'DELETE /layers/{slug}',
   'DELETE /segments/{slug}',
   'GET /layers',
+  'GET /imports/{id}',
   'GET /layers/{slug}',
   'GET /reports/history/{token}',
   'GET /reports/members/{token}',
@@ -32,6 +33,7 @@ const contract = [
   'POST /reports/history',
   'POST /reports/members',
   'POST /segments',
+  'POST /segments/{slug}/imports',
   'POST /users',
   'POST /users/{user_id}/segments',
 ];

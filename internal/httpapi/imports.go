@@ -50,9 +50,9 @@ type Import struct {
 	Conflicts   int64   `json:"conflicts" example:"20"`
 	ConflictIDs []int64 `json:"conflict_ids" example:"1017"`
 	// Error says why a failed import failed; null otherwise.
-	Error      *string    `json:"error" extensions:"x-nullable" example:"the segment was deleted"`
+	Error      *string    `json:"error" extensions:"x-nullable"`
 	CreatedAt  time.Time  `json:"created_at" format:"date-time" example:"2026-12-01T09:00:00Z"`
-	FinishedAt *time.Time `json:"finished_at" format:"date-time" extensions:"x-nullable" example:"2026-12-01T09:00:04Z"`
+	FinishedAt *time.Time `json:"finished_at" format:"date-time" extensions:"x-nullable"`
 }
 
 func importFrom(imp domain.Import) Import {

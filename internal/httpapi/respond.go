@@ -29,7 +29,8 @@ type Problem struct {
 	Status int    `json:"status" example:"422"`
 	Detail string `json:"detail,omitempty" example:"slug must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, not \"voice messages\""`
 	// Errors lists, for validation problems, each wrong field as a JSON
-	// pointer into the request body.
+	// pointer into the request body (or, for a query parameter, its name:
+	// #/mode).
 	Errors []FieldProblem `json:"errors,omitempty"`
 	// UnknownSlugs lists, for unknown-segments problems, every slug in the
 	// request that names no segment.
