@@ -219,7 +219,7 @@ func Load(getenv func(string) string) (Config, error) {
 			RolloutRate:     p.intRange("ROLLOUT_RATE", 0, 0, 1000000000),
 			RolloutMaxRetry: p.intRange("ROLLOUT_MAX_RETRY", 8, 0, 100),
 
-			ImportBatch:         p.intRange("IMPORT_BATCH", 1000, 1, 10000),
+			ImportBatch:         p.intRange("IMPORT_BATCH", 10000, 1, 10000),
 			ImportRate:          p.intRange("IMPORT_RATE", 0, 0, 1000000000),
 			ImportUploadTimeout: p.durationRange("IMPORT_UPLOAD_TIMEOUT", 10*time.Minute, time.Second, 24*time.Hour),
 		},

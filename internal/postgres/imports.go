@@ -307,6 +307,33 @@ func (r *ImportRepo) NextImport(ctx context.Context, segmentID int64) (*domain.I
 	return &imp, nil
 }
 
+// ClaimImports makes the caller the one runner of the imports of segment
+// segmentID until release, unless another runner holds them (ok false):
+// a session advisory lock (key −2^62 − segmentID, apart from the rollouts'
+// −segmentID) on a connection kept until release. A claim dies with its
+// runner's connection.
+func (r *ImportRepo) ClaimImports(ctx context.Context, segmentID int64) (release func(), ok bool, err error) {
+	key := -(int64(1) << 62) - segmentID
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim the imports of segment %d: %w", segmentID, dbError(err))
+	}
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil || !ok {
+		conn.Release()
+		if err != nil {
+			err = fmt.Errorf("claim the imports of segment %d: %w", segmentID, dbError(err))
+		}
+		return nil, false, err
+	}
+	return func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key); err != nil {
+			// The lock must not outlive the claim on a pooled connection.
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		}
+		conn.Release()
+	}, true, nil
+}
+
 // UnfinishedImports returns the ids of the pending and running imports,
 // oldest first.
 func (r *ImportRepo) UnfinishedImports(ctx context.Context) ([]int64, error) {
@@ -379,37 +406,13 @@ func (r *ImportRepo) ApplyImportBatch(ctx context.Context, importID int64, batch
 		if imp.Received == nil {
 			return errImportUnsorted
 		}
-		// The batch: the next listed ids, and for replace the members
-		// among them, up to batchSize of each, bounded by hi. The listed
-		// ids past the cursor are in the one or two chunks that end past
-		// it (a chunk holds importChunk ids, no fewer than a batch).
-		const bound = `
-			SELECT max(user_id) FROM (
-				SELECT u AS user_id
-				FROM (SELECT ids FROM import_chunks WHERE import_id = $1 AND last_id > $2 ORDER BY last_id LIMIT 2) c,
-				     unnest(c.ids) AS u
-				WHERE u > $2
-				UNION
-				SELECT user_id FROM memberships WHERE $4 AND segment_id = $5 AND user_id > $2
-				ORDER BY user_id LIMIT $3
-			) AS next`
-		var hi *int64
-		replace := imp.Mode == domain.ImportReplace
-		if err := tx.QueryRow(ctx, bound, importID, cursor, batchSize, replace, imp.SegmentID).Scan(&hi); err != nil {
-			return fmt.Errorf("bound the batch: %w", err)
+		ids, hi, err := nextBatch(ctx, tx, imp, cursor, batchSize)
+		if err != nil {
+			return err
 		}
-		if hi == nil {
+		if hi == 0 {
 			step.Ended = true
 			return r.finish(ctx, tx, imp, domain.ImportDone, "")
-		}
-		const listed = `
-			SELECT coalesce(array_agg(u ORDER BY u), '{}')
-			FROM (SELECT ids FROM import_chunks WHERE import_id = $1 AND last_id > $2 ORDER BY last_id LIMIT 2) c,
-			     unnest(c.ids) AS u
-			WHERE u > $2 AND u <= $3`
-		var ids []int64
-		if err := tx.QueryRow(ctx, listed, importID, cursor, *hi).Scan(&ids); err != nil {
-			return fmt.Errorf("read the batch: %w", err)
 		}
 		if imp.Status == domain.ImportPending {
 			imp.Status = domain.ImportRunning
@@ -429,19 +432,26 @@ func (r *ImportRepo) ApplyImportBatch(ctx context.Context, importID int64, batch
 			) SELECT count(*) FROM gone`, ids).QueryRow(func(row pgx.Row) error { return row.Scan(&expired) })
 		switch imp.Mode {
 		case domain.ImportAdd, domain.ImportReplace:
-			// Users who hold another segment of the layer are skipped.
+			// Users who hold another segment of the layer are skipped; an
+			// opt-out of a percent segment is cleared. Outside layers and
+			// on a manual segment those parts are left out: the insert is
+			// most of a batch's time.
+			skipped := `SELECT NULL::bigint AS user_id WHERE false`
+			if layerID != nil {
+				skipped = `SELECT DISTINCT m.user_id FROM memberships m
+				           WHERE m.layer_id = $2 AND m.segment_id <> $3 AND m.user_id = ANY ($1::bigint[])`
+			}
+			cleared := ""
+			if percent {
+				cleared = `cleared AS (DELETE FROM segment_opt_outs WHERE segment_id = $3 AND user_id = ANY ($1::bigint[])),`
+			}
 			b.Queue(`
-				WITH skipped AS (
-					SELECT DISTINCT m.user_id FROM memberships m
-					WHERE $2::bigint IS NOT NULL AND m.layer_id = $2 AND m.segment_id <> $3 AND m.user_id = ANY ($1::bigint[])
-				), cleared AS (
-					DELETE FROM segment_opt_outs WHERE segment_id = $3 AND user_id = ANY ($1::bigint[])
-				), given AS (
+				WITH skipped AS (`+skipped+`), `+cleared+`
+				given AS (
 					INSERT INTO memberships AS m (user_id, segment_id, layer_id, source, added_at, expires_at)
 					SELECT u, $3, $2, 'manual', current_setting('segments.now')::timestamptz, $4
 					FROM unnest($1::bigint[]) AS u
 					WHERE NOT EXISTS (SELECT FROM skipped WHERE skipped.user_id = u)
-					ORDER BY u
 					ON CONFLICT (user_id, segment_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
 					 WHERE m.expires_at IS DISTINCT FROM EXCLUDED.expires_at
 					RETURNING xmax = 0 AS inserted
@@ -478,10 +488,10 @@ func (r *ImportRepo) ApplyImportBatch(ctx context.Context, importID int64, batch
 					WHERE m.segment_id = $2 AND m.user_id > $3 AND m.user_id <= $4 AND NOT (m.user_id = ANY ($1::bigint[]))
 					RETURNING coalesce(m.expires_at > current_setting('segments.now')::timestamptz, true) AS active
 				)
-				SELECT count(*) FILTER (WHERE active) FROM taken`, ids, imp.SegmentID, cursor, *hi).QueryRow(func(row pgx.Row) error { return row.Scan(&removed) })
+				SELECT count(*) FILTER (WHERE active) FROM taken`, ids, imp.SegmentID, cursor, hi).QueryRow(func(row pgx.Row) error { return row.Scan(&removed) })
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("apply users %d..%d: %w", cursor+1, *hi, err)
+			return fmt.Errorf("apply users %d..%d: %w", cursor+1, hi, err)
 		}
 		n := int64(len(ids))
 		step.Applied = n
@@ -501,7 +511,7 @@ func (r *ImportRepo) ApplyImportBatch(ctx context.Context, importID int64, batch
 			       conflict_ids = $8, cursor = $9
 			WHERE id = $1`
 		_, err = tx.Exec(ctx, progress, importID, imp.Status, imp.Processed, imp.Added, imp.Removed, imp.Unchanged,
-			imp.Conflicts, imp.ConflictIDs, *hi)
+			imp.Conflicts, imp.ConflictIDs, hi)
 		return err
 	})
 	var de *domain.Error
@@ -516,6 +526,47 @@ func (r *ImportRepo) ApplyImportBatch(ctx context.Context, importID int64, batch
 	r.rec.MembershipsChanged(domain.OperationAdd, domain.ReasonImport, inserted)
 	r.rec.MembershipsChanged(domain.OperationRemove, domain.ReasonImport, removed)
 	return step, nil
+}
+
+// nextBatch returns the batch after cursor: the next batchSize listed ids,
+// and for replace the segment's next batchSize members with them, up to
+// hi, the batchSize-th of both together (or the last); hi is 0 when
+// nothing is left. The listed ids past the cursor are in the one or two
+// chunks that end past it (a chunk holds importChunk ids, no fewer than a
+// batch).
+func nextBatch(ctx context.Context, tx pgx.Tx, imp *domain.Import, cursor int64, batchSize int) (ids []int64, hi int64, err error) {
+	const chunks = `SELECT ids FROM import_chunks WHERE import_id = $1 AND last_id > $2 ORDER BY last_id LIMIT 2`
+	rows, _ := tx.Query(ctx, chunks, imp.ID, cursor)
+	var chunk []int64
+	_, err = pgx.ForEachRow(rows, []any{&chunk}, func() error {
+		for _, id := range chunk {
+			if id > cursor && len(ids) < batchSize {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the batch: %w", err)
+	}
+	next := ids
+	if imp.Mode == domain.ImportReplace {
+		const members = `SELECT user_id FROM memberships WHERE segment_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3`
+		rows, _ := tx.Query(ctx, members, imp.SegmentID, cursor, batchSize)
+		held, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return nil, 0, fmt.Errorf("read the members: %w", err)
+		}
+		next = slices.Compact(slices.Sorted(slices.Values(append(slices.Clip(ids), held...))))
+	}
+	if len(next) == 0 {
+		return nil, 0, nil
+	}
+	hi = next[min(len(next), batchSize)-1]
+	end, _ := slices.BinarySearch(ids, hi+1)
+	// Never nil: a nil slice is sent as NULL, and x = ANY (NULL) is never
+	// false.
+	return append([]int64{}, ids[:end]...), hi, nil
 }
 
 // errImportUnsorted says a batch was asked of an import whose list is not

@@ -67,6 +67,7 @@ func queueRegistration(b *pgx.Batch, ids []int64, done func(registered, granted 
 			INSERT INTO users (id)
 			SELECT DISTINCT n.id FROM unnest($1::bigint[]) AS n(id)
 			WHERE NOT (` + refused + `)
+			  AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = n.id) -- known users cost no insert attempt
 			ORDER BY n.id
 			ON CONFLICT (id) DO NOTHING
 			RETURNING id

@@ -23,6 +23,10 @@ type ImportStore interface {
 	CreateImport(ctx context.Context, ni domain.NewImport, list io.Reader) (domain.Import, error)
 	// Import returns an import, or domain.ErrNotFound.
 	Import(ctx context.Context, id int64) (domain.Import, error)
+	// ClaimImports makes the caller the one runner of a segment's imports
+	// until release, unless another runner holds them (ok false). A claim
+	// dies with its runner.
+	ClaimImports(ctx context.Context, segmentID int64) (release func(), ok bool, err error)
 	// NextImport returns the oldest unfinished import of a segment, or nil.
 	NextImport(ctx context.Context, segmentID int64) (*domain.Import, error)
 	// SortImport sorts and dedupes an uploaded list (counting received),
@@ -128,35 +132,43 @@ func (i *Imports) Get(ctx context.Context, id int64) (domain.Import, error) {
 	return i.store.Import(ctx, id)
 }
 
-// Run applies import id to its end. The imports of one segment apply in
-// the order they were created: an older unfinished one is applied first.
-// It is safe to run twice, at once or after a crash: each batch commits
-// with its done mark. An import whose segment is deleted ends failed
-// (without error here).
+// ErrImportBusy means another run holds the imports of the segment; it
+// applies this import too (it goes on until the segment has none left),
+// and this run should look again later in case it had just finished.
+var ErrImportBusy = errors.New("another run applies the imports of this segment")
+
+// Run applies import id to its end, and every other unfinished import of
+// its segment, oldest first: one runner a segment (ClaimImports), so a
+// segment's imports apply in the order they were created. It is safe to
+// run twice, at once or after a crash: each batch commits with its done
+// mark, and a second run finds the segment claimed (ErrImportBusy). An
+// import whose segment is deleted ends failed (without error here).
 func (i *Imports) Run(ctx context.Context, id int64) error {
+	imp, err := i.store.Import(ctx, id)
+	if errors.Is(err, domain.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if imp.Status == domain.ImportDone || imp.Status == domain.ImportFailed {
+		return nil
+	}
+	release, ok, err := i.store.ClaimImports(ctx, imp.SegmentID)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("import %d of segment %s: %w", id, imp.Segment, ErrImportBusy)
+	}
+	defer release()
 	for {
-		imp, err := i.store.Import(ctx, id)
-		if errors.Is(err, domain.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
+		next, err := i.store.NextImport(ctx, imp.SegmentID)
+		if err != nil || next == nil {
 			return err
 		}
-		if imp.Status == domain.ImportDone || imp.Status == domain.ImportFailed {
-			return nil
-		}
-		target := imp
-		if imp.SegmentID != 0 {
-			older, err := i.store.NextImport(ctx, imp.SegmentID)
-			if err != nil {
-				return err
-			}
-			if older != nil {
-				target = *older
-			}
-		}
-		if target.Received == nil {
-			if err := i.store.SortImport(ctx, target.ID); err != nil && !errors.Is(err, domain.ErrNotFound) {
+		if next.Received == nil {
+			if err := i.store.SortImport(ctx, next.ID); err != nil && !errors.Is(err, domain.ErrNotFound) {
 				return err
 			}
 			continue
@@ -166,7 +178,7 @@ func (i *Imports) Run(ctx context.Context, id int64) error {
 				return err
 			}
 		}
-		step, err := i.store.ApplyImportBatch(ctx, target.ID, i.batchSize)
+		step, err := i.store.ApplyImportBatch(ctx, next.ID, i.batchSize)
 		if err != nil {
 			return err
 		}
@@ -200,9 +212,8 @@ func (i *Imports) ended(ctx context.Context, imp domain.Import) {
 }
 
 // Resume runs every unfinished import, oldest first: one whose task was
-// lost or ran out of retries, or whose worker was killed. Two runs of one
-// import take turns batch by batch, so one whose task is still queued is
-// safe to run too.
+// lost or ran out of retries, or whose worker was killed (its claim died
+// with it). A segment whose imports another run holds is left to it.
 func (i *Imports) Resume(ctx context.Context) error {
 	ids, err := i.store.UnfinishedImports(ctx)
 	if err != nil {
@@ -210,7 +221,7 @@ func (i *Imports) Resume(ctx context.Context) error {
 	}
 	var errs []error
 	for _, id := range ids {
-		if err := i.Run(ctx, id); err != nil {
+		if err := i.Run(ctx, id); err != nil && !errors.Is(err, ErrImportBusy) {
 			errs = append(errs, fmt.Errorf("import %d: %w", id, err))
 		}
 	}

@@ -53,7 +53,8 @@ type Outcome string
 const (
 	Success Outcome = "success"
 	// Deferred: retried later by design (an expiry task that ran early, a
-	// rollout whose batches another run holds); not a failure.
+	// rollout whose batches another run holds, an import whose segment
+	// another run holds); not a failure.
 	Deferred Outcome = "deferred"
 	Failure  Outcome = "failure"
 )
@@ -74,6 +75,8 @@ func classify(err error) (out Outcome, wait time.Duration) {
 		return Deferred, notDue.Wait + 50*time.Millisecond
 	case errors.Is(err, service.ErrRolloutIncomplete):
 		return Deferred, 5 * time.Second
+	case errors.Is(err, service.ErrImportBusy):
+		return Deferred, 2 * time.Second
 	}
 	return Failure, 0
 }

@@ -64,9 +64,11 @@ func (b *bench) bigUpload(ctx context.Context) error {
 }
 
 // importApply adds every seeded user (up to 1,000,000, in a shuffled list)
-// to a new manual segment and times it from the upload to done, with reads
-// at o.rate going on; then writes the same rows raw, as the population
-// phase does for a rollout.
+// to a new manual segment, timed from the upload to done, with reads at
+// o.rate going on (their latency against idle and one core busy); then
+// again without the reads, into another segment, and writes that one's
+// rows raw, as the population phase does for a rollout: the two rates'
+// ratio.
 func (b *bench) importApply(ctx context.Context) error {
 	n := min(b.o.users, 1_000_000)
 	b.log("phase: reads at %.0f/s, idle (imports)", b.o.rate)
@@ -84,43 +86,21 @@ func (b *bench) importApply(ctx context.Context) error {
 		fmt.Sprintf("p99 %.2f× idle", busy.Percentile(99).Seconds()/idle.Percentile(99).Seconds()))
 
 	stamp := time.Now().Unix()
-	slug, rawSlug := fmt.Sprintf("IMPORT_ADD_%d", stamp), fmt.Sprintf("IMPORT_RAW_%d", stamp)
-	for _, s := range []string{slug, rawSlug} {
-		if err := callAPI(ctx, http.MethodPost, b.svc.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q}`, s), nil); err != nil {
-			return err
-		}
-	}
-	if err := b.settle(ctx); err != nil {
-		return err
-	}
-	b.log("phase: import (add) %d users, with reads at %.0f/s", n, b.o.rate)
-	stopReads := b.backgroundReads(ctx, b.o.openLoop())
-	defer stopReads()
-	t0 := time.Now()
-	imp, err := upload(ctx, b.svc.base, slug, "add", newIDList(n))
+	during, _, err := b.timedImport(ctx, fmt.Sprintf("IMPORT_READS_%d", stamp), n, true)
 	if err != nil {
 		return err
 	}
-	var end importState
-	err = waitUntil(ctx, 30*time.Minute, 100*time.Millisecond, func() (bool, error) {
-		var err error
-		end, err = getImport(ctx, b.svc.base, imp.ID)
-		return end.Status == "done" || end.Status == "failed", err
-	})
-	wall := time.Since(t0)
-	during := stopReads()
-	if err != nil {
-		return err
-	}
-	if end.Status != "done" || end.Added != int64(n) {
-		return fmt.Errorf("the import ended %s with %d added, want done with %d", end.Status, end.Added, n)
-	}
-	rate := float64(n) / wall.Seconds()
-	b.rep.add(fmt.Sprintf("import, add %d users (upload to done)", n), loadgen.Result{}, wall, fmt.Sprintf("%.0f ids/s", rate))
 	b.rep.add(fmt.Sprintf("GET at %.0f/s, during the import", b.o.rate), during, 0,
 		fmt.Sprintf("p99 %.2f× idle, %.2f× one core busy", during.Percentile(99).Seconds()/idle.Percentile(99).Seconds(),
 			during.Percentile(99).Seconds()/busy.Percentile(99).Seconds()))
-
+	slug, rawSlug := fmt.Sprintf("IMPORT_ADD_%d", stamp), fmt.Sprintf("IMPORT_RAW_%d", stamp)
+	_, rate, err := b.timedImport(ctx, slug, n, false)
+	if err != nil {
+		return err
+	}
+	if err := callAPI(ctx, http.MethodPost, b.svc.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q}`, rawSlug), nil); err != nil {
+		return err
+	}
 	b.log("phase: the same %d rows in one INSERT … SELECT", n)
 	if err := b.settle(ctx); err != nil {
 		return err
@@ -146,6 +126,48 @@ func (b *bench) importApply(ctx context.Context) error {
 	b.rep.add(fmt.Sprintf("the same rows, one INSERT … SELECT (%d rows)", written), loadgen.Result{}, rawWall,
 		fmt.Sprintf("%.0f rows/s; the import's rate is %.2f× this", rawRate, rate/rawRate))
 	return nil
+}
+
+// timedImport adds users 1..n (a shuffled list) to a new manual segment
+// slug and times it from the upload to done, after a settle; with reads,
+// reads at o.rate go on all the while, and are returned.
+func (b *bench) timedImport(ctx context.Context, slug string, n int, reads bool) (loadgen.Result, float64, error) {
+	if err := callAPI(ctx, http.MethodPost, b.svc.base+"/api/v1/segments", fmt.Sprintf(`{"slug":%q}`, slug), nil); err != nil {
+		return loadgen.Result{}, 0, err
+	}
+	if err := b.settle(ctx); err != nil {
+		return loadgen.Result{}, 0, err
+	}
+	name := fmt.Sprintf("import, add %d users (upload to done)", n)
+	stopReads := func() loadgen.Result { return loadgen.Result{} }
+	if reads {
+		name += fmt.Sprintf(", reads at %.0f/s", b.o.rate)
+		stopReads = b.backgroundReads(ctx, b.o.openLoop())
+	}
+	defer stopReads()
+	b.log("phase: %s", name)
+	t0 := time.Now()
+	imp, err := upload(ctx, b.svc.base, slug, "add", newIDList(n))
+	if err != nil {
+		return loadgen.Result{}, 0, err
+	}
+	var end importState
+	err = waitUntil(ctx, 30*time.Minute, 100*time.Millisecond, func() (bool, error) {
+		var err error
+		end, err = getImport(ctx, b.svc.base, imp.ID)
+		return end.Status == "done" || end.Status == "failed", err
+	})
+	wall := time.Since(t0)
+	during := stopReads()
+	if err != nil {
+		return during, 0, err
+	}
+	if end.Status != "done" || end.Added != int64(n) {
+		return during, 0, fmt.Errorf("the import ended %s with %d added, want done with %d", end.Status, end.Added, n)
+	}
+	rate := float64(n) / wall.Seconds()
+	b.rep.add(name, loadgen.Result{}, wall, fmt.Sprintf("%.0f ids/s", rate))
+	return during, rate, nil
 }
 
 // importState is what the bench reads of an import.

@@ -89,14 +89,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.out, "out", "build/bench", "directory for the binary and the service's logs")
 	fs.BoolVar(&o.auth, "auth", false, "turn authentication on (AUTH_JWT_SECRET); every request carries a bearer token")
 	fs.BoolVar(&o.keys, "idempotency-keys", false, "send every change with an Idempotency-Key of its own")
-	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV; "events": only a 50 % rollout and the publishing of its events; "exports": only the reads idle and during 8 slow report downloads and 40 HEADs in a loop; "population": only reads of uniform and Zipf-skewed users (cache on and off, against pgbench), the segment listing, and a 10 % rollout against an INSERT … SELECT of the same rows; "imports": only a 10,000,000-id list's upload and sort, and an import adding every user (up to 1,000,000) against an INSERT … SELECT of the same rows, with reads idle, with one core busy and during it`)
+	fs.StringVar(&o.only, "only", "", `"changes": run only the change phase (and pgbench on its SQL); "percent": only a percent segment's change from 10 to 50 %, with reads; "members": only a 100 % segment's member list as CSV; "events": only a 50 % rollout and the publishing of its events; "exports": only the reads idle and during 8 slow report downloads and 40 HEADs in a loop; "population": only reads of uniform and Zipf-skewed users (cache on and off, against pgbench), the segment listing, and a 10 % rollout against an INSERT … SELECT of the same rows; "imports": only a 10,000,000-id list's upload and sort, and an import adding every user (up to 1,000,000) against an INSERT … SELECT of the same rows, with reads idle, with one core busy and during it; "layers": only 50 % rollouts outside layers and in a layer, interleaved`)
 	fs.BoolVar(&o.events, "events", true, "publish change events (EVENTS_ENABLED); false to measure without")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.users < 1 || o.users > 10_000_000 || o.perUser > o.segments || o.segments < 3 || o.duration <= 0 || o.duration > 2*time.Minute ||
-		!slices.Contains([]string{"", "changes", "percent", "members", "events", "exports", "population", "imports"}, o.only) {
-		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent, members, events, exports, population or imports")
+		!slices.Contains([]string{"", "changes", "percent", "members", "events", "exports", "population", "imports", "layers"}, o.only) {
+		return errors.New("want 1 ≤ users ≤ 10,000,000, 3 ≤ segments, per-user ≤ segments, 0 < duration ≤ 2m, -only empty, changes, percent, members, events, exports, population, imports or layers")
 	}
 	if o.auth {
 		token, err := auth.Mint([]byte(benchJWTSecret), "bench", []string{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}, 24*time.Hour, "", "", time.Now())

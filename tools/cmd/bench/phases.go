@@ -46,6 +46,8 @@ func (b *bench) phases(ctx context.Context) error {
 		return b.populationPhase(ctx)
 	case "imports":
 		return b.importsPhase(ctx)
+	case "layers":
+		return b.layersPhase(ctx)
 	}
 	for _, phase := range []func(context.Context) error{b.readPhase, b.changePhase, b.rolloutPhase, b.reportPhase, b.exportsPhase} {
 		if err := phase(ctx); err != nil {
