@@ -17,6 +17,48 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for AuditEntryAction.
+const (
+	Create AuditEntryAction = "create"
+	Delete AuditEntryAction = "delete"
+	Update AuditEntryAction = "update"
+)
+
+// Valid indicates whether the value is a known member of the AuditEntryAction enum.
+func (e AuditEntryAction) Valid() bool {
+	switch e {
+	case Create:
+		return true
+	case Delete:
+		return true
+	case Update:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AuditTargetKind.
+const (
+	AuditTargetKindImport  AuditTargetKind = "import"
+	AuditTargetKindLayer   AuditTargetKind = "layer"
+	AuditTargetKindSegment AuditTargetKind = "segment"
+)
+
+// Valid indicates whether the value is a known member of the AuditTargetKind enum.
+func (e AuditTargetKind) Valid() bool {
+	switch e {
+	case AuditTargetKindImport:
+		return true
+	case AuditTargetKindLayer:
+		return true
+	case AuditTargetKindSegment:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ExplainedEventOperation.
 const (
 	ExplainedEventOperationAdd    ExplainedEventOperation = "add"
@@ -251,6 +293,77 @@ func (e CreateImportParamsMode) Valid() bool {
 	}
 }
 
+// AuditChange Example: {"from":10,"to":50}
+type AuditChange struct {
+	// From The field's value, as the API shows it; null before a creation or when unset
+	From interface{} `json:"from"`
+
+	// To The field's value, as the API shows it; null before a creation or when unset
+	To interface{} `json:"to"`
+}
+
+// AuditEntry defines model for AuditEntry.
+type AuditEntry struct {
+	// Action Example: update
+	Action *AuditEntryAction `json:"action,omitempty"`
+
+	// Actor Actor is the token's sub; "schedule" for what the service did at a
+	// scheduled time; null when authentication is off.
+	//
+	// Example: analyst-7
+	Actor *string `json:"actor,omitempty"`
+
+	// At Example: 2026-11-22T08:00:00Z
+	At *time.Time `json:"at,omitempty"`
+
+	// Changes Changes maps each field that changed to {from, to}; {} for a
+	// deletion.
+	Changes *map[string]AuditChange `json:"changes,omitempty"`
+
+	// Error Error is the problem type of a scheduled step that could not apply,
+	// or an import's error; null otherwise.
+	//
+	// Example: urn:segments:problem:layer-full
+	Error *string `json:"error,omitempty"`
+
+	// Id Example: 42
+	Id *int64 `json:"id,omitempty"`
+
+	// RequestId RequestID is the X-Request-Id of the request that made the change;
+	// null for scheduled work.
+	//
+	// Example: 5f1c2d3e4b5a6978
+	RequestId *string      `json:"request_id,omitempty"`
+	Target    *AuditTarget `json:"target,omitempty"`
+}
+
+// AuditEntryAction Example: update
+type AuditEntryAction string
+
+// AuditList defines model for AuditList.
+type AuditList struct {
+	Entries *[]AuditEntry `json:"entries,omitempty"`
+
+	// NextAfter NextAfter is the after= cursor of the next page; null on the last.
+	//
+	// Example: 41
+	NextAfter *string `json:"next_after,omitempty"`
+}
+
+// AuditTarget defines model for AuditTarget.
+type AuditTarget struct {
+	// Kind Example: segment
+	Kind *AuditTargetKind `json:"kind,omitempty"`
+
+	// Slug Slug is the segment's or the layer's slug; an import's segment's.
+	//
+	// Example: AVITO_DISCOUNT_30
+	Slug *string `json:"slug,omitempty"`
+}
+
+// AuditTargetKind Example: segment
+type AuditTargetKind string
+
 // ChangeSegmentsRequest defines model for ChangeSegmentsRequest.
 type ChangeSegmentsRequest struct {
 	// Add Example: ["AVITO_VOICE_MESSAGES","AVITO_DISCOUNT_30"]
@@ -299,6 +412,11 @@ type CreateSegmentRequest struct {
 	//
 	// Example: 30
 	AutoPercent *float64 `json:"auto_percent,omitempty"`
+
+	// AutoPercentSchedule AutoPercentSchedule, on a percent segment, changes its share at
+	// future times, each as a PATCH of auto_percent would (at most 20
+	// steps, at strictly increasing and in the future).
+	AutoPercentSchedule *[]ScheduleStepRequest `json:"auto_percent_schedule,omitempty"`
 
 	// DeleteAt DeleteAt, if set, schedules the segment's deletion (RFC 3339, in
 	// the future).
@@ -632,6 +750,10 @@ type PatchSegmentRequest struct {
 	// decimals); not allowed on a manual segment, nor null on a percent one.
 	AutoPercent *float64 `json:"auto_percent,omitempty"`
 
+	// AutoPercentSchedule AutoPercentSchedule replaces a percent segment's plan; null or []
+	// clears it.
+	AutoPercentSchedule *[]ScheduleStepRequest `json:"auto_percent_schedule,omitempty"`
+
 	// DeleteAt DeleteAt schedules or moves the deletion (RFC 3339, in the
 	// future); null cancels it.
 	//
@@ -732,9 +854,31 @@ type ReportRequest struct {
 	UserId *int64 `json:"user_id,omitempty"`
 }
 
+// ScheduleStep defines model for ScheduleStep.
+type ScheduleStep struct {
+	// At Example: 2030-01-05T09:00:00Z
+	At *time.Time `json:"at,omitempty"`
+
+	// AutoPercent Example: 50
+	AutoPercent *float64 `json:"auto_percent,omitempty"`
+}
+
+// ScheduleStepRequest defines model for ScheduleStepRequest.
+type ScheduleStepRequest struct {
+	// At Example: 2030-01-05T09:00:00Z
+	At time.Time `json:"at"`
+
+	// AutoPercent Example: 50
+	AutoPercent float64 `json:"auto_percent"`
+}
+
 // Segment defines model for Segment.
 type Segment struct {
 	AutoPercent *float64 `json:"auto_percent"`
+
+	// AutoPercentSchedule AutoPercentSchedule is a percent segment's plan: the steps still to
+	// come, in order of time ([] when none).
+	AutoPercentSchedule []ScheduleStep `json:"auto_percent_schedule"`
 
 	// CreatedAt Example: 2026-11-22T08:00:00Z
 	CreatedAt time.Time `json:"created_at"`
@@ -824,6 +968,15 @@ type UserSegments struct {
 	UserId int64 `json:"user_id"`
 }
 
+// ListAuditParams defines parameters for ListAudit.
+type ListAuditParams struct {
+	// Limit Page size (1 to 1000)
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// After The previous page's next_after
+	After *string `form:"after,omitempty" json:"after,omitempty"`
+}
+
 // ListLayersParams defines parameters for ListLayers.
 type ListLayersParams struct {
 	// Limit Page size (1 to 1000)
@@ -882,6 +1035,15 @@ type DeleteSegmentParams struct {
 type PatchSegmentParams struct {
 	// IdempotencyKey Makes the request safe to retry: a retry with the same key gets the first response again (Idempotent-Replayed: true) and changes nothing. 1 to 255 printable ASCII characters, new for each request.
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
+}
+
+// ListSegmentAuditParams defines parameters for ListSegmentAudit.
+type ListSegmentAuditParams struct {
+	// Limit Page size (1 to 1000)
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// After The previous page's next_after
+	After *string `form:"after,omitempty" json:"after,omitempty"`
 }
 
 // CreateImportTextBody defines parameters for CreateImport.
@@ -1115,6 +1277,13 @@ func WithRequestEditorFn(fn RequestEditorFn) ClientOption {
 // The interface specification for the client above.
 type ClientInterface interface {
 
+	// ListAudit The audit log
+	//
+	// Every administrative change, newest first: segments created, changed and deleted (by a request or at their delete_at), layers created and deleted, imports started and ended, steps of percent schedules. Each is written in the transaction of its change. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /audit (the `ListAudit` operationId).
+	ListAudit(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetImport Get an import and its progress
 	//
 	// processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
@@ -1277,6 +1446,13 @@ type ClientInterface interface {
 	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
 	PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ListSegmentAudit A segment's audit log
+	//
+	// The entries of every segment that has had this slug (it may have been deleted and created again) and of their imports, newest first. An unknown slug has none. Needs a token with the scope segments:read.
+	//
+	// Corresponds with GET /segments/{slug}/audit (the `ListSegmentAudit` operationId).
+	ListSegmentAudit(ctx context.Context, slug string, params *ListSegmentAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// CreateImportWithBody Import a list of users into or out of a segment
 	//
 	// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
@@ -1358,6 +1534,23 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 	ExplainMembership(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*http.Response, error)
+}
+
+// ListAudit The audit log
+//
+// Every administrative change, newest first: segments created, changed and deleted (by a request or at their delete_at), layers created and deleted, imports started and ended, steps of percent schedules. Each is written in the transaction of its change. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /audit (the `ListAudit` operationId).
+func (c *Client) ListAudit(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListAuditRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
 }
 
 // GetImport Get an import and its progress
@@ -1722,6 +1915,23 @@ func (c *Client) PatchSegmentWithApplicationMergePatchPlusJSONBody(ctx context.C
 	return c.Client.Do(req)
 }
 
+// ListSegmentAudit A segment's audit log
+//
+// The entries of every segment that has had this slug (it may have been deleted and created again) and of their imports, newest first. An unknown slug has none. Needs a token with the scope segments:read.
+//
+// Corresponds with GET /segments/{slug}/audit (the `ListSegmentAudit` operationId).
+func (c *Client) ListSegmentAudit(ctx context.Context, slug string, params *ListSegmentAuditParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListSegmentAuditRequest(c.Server, slug, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // CreateImportWithBody Import a list of users into or out of a segment
 //
 // The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
@@ -1902,6 +2112,72 @@ func (c *Client) ExplainMembership(ctx context.Context, userId int64, slug strin
 		return nil, err
 	}
 	return c.Client.Do(req)
+}
+
+// NewListAuditRequest constructs an http.Request for the ListAudit method
+func NewListAuditRequest(server string, params *ListAuditParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/audit")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
 }
 
 // NewGetImportRequest constructs an http.Request for the GetImport method
@@ -2597,6 +2873,79 @@ func NewPatchSegmentRequestWithBody(server string, slug string, params *PatchSeg
 	return req, nil
 }
 
+// NewListSegmentAuditRequest constructs an http.Request for the ListSegmentAudit method
+func NewListSegmentAuditRequest(server string, slug string, params *ListSegmentAuditParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "slug", slug, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/segments/%s/audit", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewCreateImportRequestWithTextBody calls the generic CreateImport builder with text/plain body
 func NewCreateImportRequestWithTextBody(server string, slug string, params *CreateImportParams, body CreateImportTextRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -3139,6 +3488,15 @@ func WithBaseURL(baseURL string) ClientOption {
 // ClientWithResponsesInterface is the interface specification for the client with responses above.
 type ClientWithResponsesInterface interface {
 
+	// ListAuditWithResponse The audit log
+	//
+	// Every administrative change, newest first: segments created, changed and deleted (by a request or at their delete_at), layers created and deleted, imports started and ended, steps of percent schedules. Each is written in the transaction of its change. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /audit (the `ListAudit` operationId).
+	ListAuditWithResponse(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*ListAuditReply, error)
+
 	// GetImportWithResponse Get an import and its progress
 	//
 	// processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
@@ -3319,6 +3677,15 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /segments/{slug} (the `PatchSegment` operationId).
 	PatchSegmentWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, slug string, params *PatchSegmentParams, body PatchSegmentApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*PatchSegmentReply, error)
 
+	// ListSegmentAuditWithResponse A segment's audit log
+	//
+	// The entries of every segment that has had this slug (it may have been deleted and created again) and of their imports, newest first. An unknown slug has none. Needs a token with the scope segments:read.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /segments/{slug}/audit (the `ListSegmentAudit` operationId).
+	ListSegmentAuditWithResponse(ctx context.Context, slug string, params *ListSegmentAuditParams, reqEditors ...RequestEditorFn) (*ListSegmentAuditReply, error)
+
 	// CreateImportWithBodyWithResponse Import a list of users into or out of a segment
 	//
 	// The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
@@ -3408,6 +3775,82 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /users/{user_id}/segments/{slug} (the `ExplainMembership` operationId).
 	ExplainMembershipWithResponse(ctx context.Context, userId int64, slug string, reqEditors ...RequestEditorFn) (*ExplainMembershipReply, error)
+}
+
+type ListAuditReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AuditList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListAuditReply) GetJSON200() *AuditList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListAuditReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListAuditReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ListAuditReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListAuditReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListAuditReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListAuditReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListAuditReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListAuditReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListAuditReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
 }
 
 type GetImportReply struct {
@@ -4737,6 +5180,82 @@ func (r PatchSegmentReply) ContentType() string {
 	return ""
 }
 
+type ListSegmentAuditReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AuditList
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Problem
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListSegmentAuditReply) GetJSON200() *AuditList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ListSegmentAuditReply) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListSegmentAuditReply) GetApplicationproblemJSON401() *Problem {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ListSegmentAuditReply) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ListSegmentAuditReply) GetApplicationproblemJSON500() *Problem {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListSegmentAuditReply) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListSegmentAuditReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListSegmentAuditReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListSegmentAuditReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListSegmentAuditReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // CreateImportReply202Headers the declared response headers of an HTTP 202 response for CreateImport
 type CreateImportReply202Headers struct {
 	IdempotentReplayed *string
@@ -5417,6 +5936,21 @@ func (r ExplainMembershipReply) ContentType() string {
 	return ""
 }
 
+// ListAuditWithResponse The audit log
+//
+// Every administrative change, newest first: segments created, changed and deleted (by a request or at their delete_at), layers created and deleted, imports started and ended, steps of percent schedules. Each is written in the transaction of its change. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /audit (the `ListAudit` operationId).
+func (c *ClientWithResponses) ListAuditWithResponse(ctx context.Context, params *ListAuditParams, reqEditors ...RequestEditorFn) (*ListAuditReply, error) {
+	rsp, err := c.ListAudit(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListAuditReply(rsp)
+}
+
 // GetImportWithResponse Get an import and its progress
 //
 // processed grows to received as the import applies; status turns done (or failed, with error, if its segment was deleted) at the end. Needs a token with the scope segments:read.
@@ -5717,6 +6251,21 @@ func (c *ClientWithResponses) PatchSegmentWithApplicationMergePatchPlusJSONBodyW
 	return ParsePatchSegmentReply(rsp)
 }
 
+// ListSegmentAuditWithResponse A segment's audit log
+//
+// The entries of every segment that has had this slug (it may have been deleted and created again) and of their imports, newest first. An unknown slug has none. Needs a token with the scope segments:read.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /segments/{slug}/audit (the `ListSegmentAudit` operationId).
+func (c *ClientWithResponses) ListSegmentAuditWithResponse(ctx context.Context, slug string, params *ListSegmentAuditParams, reqEditors ...RequestEditorFn) (*ListSegmentAuditReply, error) {
+	rsp, err := c.ListSegmentAudit(ctx, slug, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListSegmentAuditReply(rsp)
+}
+
 // CreateImportWithBodyWithResponse Import a list of users into or out of a segment
 //
 // The body is one user id per line (decimal, 1 to 2^63−1), an optional first line "user_id", blank lines ignored, "\r\n" accepted, an id listed twice counts once; up to 10,000,000 ids (256 MiB). It is checked and stored while it is received; any bad line refuses the whole list (422, the first 100 bad lines) and nothing is stored. The import then applies in the background, in batches, exactly once, after the segment's earlier imports: add gives every listed user the segment as POST /users/{user_id}/segments would (unknown users are registered; ttl_seconds or expires_at sets the expiry, held memberships get it too); remove takes it from every listed user who holds it (an explicit removal: it sticks against the percent rule); replace leaves exactly the listed users holding it (not on a percent segment). A user who holds another segment of the segment's layer is skipped and counted in conflicts. History records reason import. Follow it at the Location. Needs a token with the scope segments:admin.
@@ -5865,6 +6414,67 @@ func (c *ClientWithResponses) ExplainMembershipWithResponse(ctx context.Context,
 		return nil, err
 	}
 	return ParseExplainMembershipReply(rsp)
+}
+
+// ParseListAuditReply parses an HTTP response from a ListAuditWithResponse call
+func ParseListAuditReply(rsp *http.Response) (*ListAuditReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListAuditReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AuditList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	return response, nil
 }
 
 // ParseGetImportReply parses an HTTP response from a GetImportWithResponse call
@@ -7063,6 +7673,67 @@ func ParsePatchSegmentReply(rsp *http.Response) (*PatchSegmentReply, error) {
 			headers.IdempotentReplayed = &value
 		}
 		response.Headers200 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListSegmentAuditReply parses an HTTP response from a ListSegmentAuditWithResponse call
+func ParseListSegmentAuditReply(rsp *http.Response) (*ListSegmentAuditReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListSegmentAuditReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AuditList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
 	}
 
 	return response, nil

@@ -7,6 +7,144 @@
 --
 
 --
+-- Name: audit_change(text, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_change(name text, old jsonb, new jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE WHEN old IS NOT DISTINCT FROM new THEN '{}'::jsonb
+           ELSE jsonb_build_object(name, jsonb_build_object('from', coalesce(old, 'null'), 'to', coalesce(new, 'null'))) END
+$$;
+
+--
+-- Name: audit_context(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_context() RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    c text := current_setting('segments.audit', true);
+BEGIN
+    IF c IS NULL OR c = '' THEN
+        RAISE EXCEPTION 'an administrative change must say who makes it'
+            USING HINT = 'SET LOCAL segments.audit = ''{"actor": "..."}'' first';
+    END IF;
+    RETURN c::jsonb;
+END
+$$;
+
+--
+-- Name: audit_import(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_import() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    ctx jsonb := jsonb_build_object('actor', NEW.actor, 'request_id', NEW.request_id, 'error', NEW.error);
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM audit_write(ctx, 'create', 'import', NEW.segment_slug,
+            audit_change('id', NULL, to_jsonb(NEW.id)) || audit_change('mode', NULL, to_jsonb(NEW.mode))
+            || audit_change('expires_at', NULL, CASE WHEN NEW.expires_at IS NOT NULL THEN audit_time(NEW.expires_at) END));
+    ELSE
+        PERFORM audit_write(ctx, 'update', 'import', NEW.segment_slug,
+            audit_change('status', '"pending"', to_jsonb(NEW.status))
+            || audit_change('received', NULL, to_jsonb(NEW.received))
+            || audit_change('processed', '0', to_jsonb(NEW.processed))
+            || audit_change('added', '0', to_jsonb(NEW.added))
+            || audit_change('removed', '0', to_jsonb(NEW.removed))
+            || audit_change('unchanged', '0', to_jsonb(NEW.unchanged))
+            || audit_change('conflicts', '0', to_jsonb(NEW.conflicts)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: audit_layer(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_layer() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM audit_write(audit_context(), 'delete', 'layer', OLD.slug, '{}');
+    ELSE
+        PERFORM audit_write(audit_context(), 'create', 'layer', NEW.slug,
+            audit_change('slug', NULL, to_jsonb(NEW.slug::text)) || audit_change('description', NULL, to_jsonb(nullif(NEW.description, ''))));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: audit_segment(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_segment() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    ctx     jsonb := audit_context();
+    changes jsonb := '{}';
+    o       segments;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM audit_write(ctx, 'delete', 'segment', OLD.slug, '{}');
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        o := NULL; -- every field from null
+        changes := audit_change('slug', NULL, to_jsonb(NEW.slug::text)) || audit_change('description', NULL, to_jsonb(nullif(NEW.description, '')));
+    ELSE
+        o := OLD;
+        changes := audit_change('description', to_jsonb(o.description), to_jsonb(NEW.description));
+    END IF;
+    changes := changes
+        || audit_change('auto_percent', to_jsonb(o.auto_percent::float8), to_jsonb(NEW.auto_percent::float8))
+        || audit_change('delete_at', CASE WHEN TG_OP = 'UPDATE' THEN audit_time(o.delete_at) END, CASE WHEN NEW.delete_at IS NOT NULL OR TG_OP = 'UPDATE' THEN audit_time(NEW.delete_at) END)
+        || audit_change('auto_percent_schedule', CASE WHEN TG_OP = 'UPDATE' THEN o.auto_percent_schedule END,
+                        CASE WHEN TG_OP = 'UPDATE' OR NEW.auto_percent_schedule <> '[]' THEN NEW.auto_percent_schedule END);
+    IF TG_OP = 'INSERT' AND NEW.layer_id IS NOT NULL THEN
+        changes := changes || audit_change('layer', NULL, (SELECT to_jsonb(l.slug::text) FROM layers l WHERE l.id = NEW.layer_id));
+    END IF;
+    -- A scheduled step that could not apply: recorded with its error and
+    -- no changes (its leaving the plan is the only write).
+    IF ctx ? 'error' THEN
+        changes := '{}';
+    END IF;
+    PERFORM audit_write(ctx, CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END, 'segment', NEW.slug, changes);
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: audit_time(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_time(t timestamp with time zone) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN t IS NULL THEN 'null'::jsonb
+           ELSE to_jsonb(rtrim(rtrim(to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), '0'), '.') || 'Z') END
+$$;
+
+--
+-- Name: audit_write(jsonb, text, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_write(ctx jsonb, action text, kind text, slug text, changes jsonb) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO audit_log (actor, action, target_kind, target_slug, changes, error, request_id)
+    VALUES (ctx->>'actor', action, kind, slug, changes, ctx->>'error', ctx->>'request_id')
+$$;
+
+--
 -- Name: history_now(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -249,6 +387,37 @@ CREATE FUNCTION public.segment_member_count(p_segment_id bigint) RETURNS bigint
 $$;
 
 --
+-- Name: audit_log; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_log (
+    id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    actor text,
+    action text NOT NULL,
+    target_kind text NOT NULL,
+    target_slug text NOT NULL COLLATE pg_catalog."C",
+    changes jsonb NOT NULL,
+    error text,
+    request_id text,
+    CONSTRAINT audit_log_action_check CHECK ((action = ANY (ARRAY['create'::text, 'update'::text, 'delete'::text]))),
+    CONSTRAINT audit_log_target_kind_check CHECK ((target_kind = ANY (ARRAY['segment'::text, 'layer'::text, 'import'::text])))
+);
+
+--
+-- Name: audit_log_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.audit_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.audit_log_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: cache_invalidations; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -330,6 +499,8 @@ CREATE TABLE public.imports (
     error text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
+    actor text,
+    request_id text,
     CONSTRAINT imports_mode_check CHECK ((mode = ANY (ARRAY['add'::text, 'remove'::text, 'replace'::text]))),
     CONSTRAINT imports_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text])))
 );
@@ -512,8 +683,11 @@ CREATE TABLE public.segments (
     rollout_id bigint,
     layer_id bigint,
     layer_buckets int4multirange,
+    auto_percent_schedule jsonb DEFAULT '[]'::jsonb NOT NULL,
+    next_step_at timestamp with time zone,
     CONSTRAINT segments_auto_has_rollout CHECK (((auto_percent IS NULL) = (rollout_status IS NULL))),
     CONSTRAINT segments_auto_percent_check CHECK (((auto_percent >= (0)::numeric) AND (auto_percent <= (100)::numeric))),
+    CONSTRAINT segments_auto_percent_schedule_check CHECK ((jsonb_typeof(auto_percent_schedule) = 'array'::text)),
     CONSTRAINT segments_layer_buckets CHECK (((layer_buckets IS NULL) OR ((layer_id IS NOT NULL) AND (layer_buckets <@ int4multirange(int4range(0, 10000)))))),
     CONSTRAINT segments_rollout_status_check CHECK ((rollout_status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text]))),
     CONSTRAINT segments_slug_format CHECK ((slug ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$'::text))
@@ -555,6 +729,13 @@ ALTER TABLE public.users ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+--
+-- Name: audit_log audit_log_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_log
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
 
 --
 -- Name: event_relay event_relay_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -669,6 +850,18 @@ ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_pkey PRIMARY KEY (id);
 
 --
+-- Name: audit_log_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_at_idx ON public.audit_log USING btree (at);
+
+--
+-- Name: audit_log_target_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_log_target_idx ON public.audit_log USING btree (target_slug, id);
+
+--
 -- Name: idempotency_keys_created_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -735,6 +928,30 @@ CREATE INDEX segments_delete_at_idx ON public.segments USING btree (delete_at) W
 CREATE INDEX segments_layer_idx ON public.segments USING btree (layer_id) WHERE (layer_id IS NOT NULL);
 
 --
+-- Name: segments_next_step_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX segments_next_step_idx ON public.segments USING btree (next_step_at) WHERE (next_step_at IS NOT NULL);
+
+--
+-- Name: imports imports_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER imports_audit AFTER INSERT ON public.imports FOR EACH ROW EXECUTE FUNCTION public.audit_import();
+
+--
+-- Name: imports imports_audit_end; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER imports_audit_end AFTER UPDATE ON public.imports FOR EACH ROW WHEN (((new.status = ANY (ARRAY['done'::text, 'failed'::text])) AND (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION public.audit_import();
+
+--
+-- Name: layers layers_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER layers_audit AFTER INSERT OR DELETE ON public.layers FOR EACH ROW EXECUTE FUNCTION public.audit_layer();
+
+--
 -- Name: memberships memberships_cache_update; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -787,6 +1004,18 @@ CREATE TRIGGER memberships_rekey BEFORE UPDATE OF user_id, segment_id ON public.
 --
 
 CREATE TRIGGER memberships_truncate BEFORE TRUNCATE ON public.memberships FOR EACH STATEMENT EXECUTE FUNCTION public.memberships_forbid_truncate();
+
+--
+-- Name: segments segments_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER segments_audit AFTER INSERT OR DELETE ON public.segments FOR EACH ROW EXECUTE FUNCTION public.audit_segment();
+
+--
+-- Name: segments segments_audit_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER segments_audit_update AFTER UPDATE ON public.segments FOR EACH ROW WHEN (((old.description IS DISTINCT FROM new.description) OR (old.auto_percent IS DISTINCT FROM new.auto_percent) OR (old.delete_at IS DISTINCT FROM new.delete_at) OR (old.auto_percent_schedule IS DISTINCT FROM new.auto_percent_schedule))) EXECUTE FUNCTION public.audit_segment();
 
 --
 -- Name: import_chunks import_chunks_import_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

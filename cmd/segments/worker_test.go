@@ -77,7 +77,7 @@ func TestWorkerKilledMidSweepLosesAndDuplicatesNothing(t *testing.T) {
 	defer pool.Close()
 	seed := fmt.Sprintf(`
 		BEGIN;
-		SELECT set_config('segments.reason', 'manual', true);
+		SELECT set_config('segments.reason', 'manual', true), set_config('segments.audit', '{"actor": "test"}', true);
 		INSERT INTO segments (slug) VALUES ('A'), ('B');
 		INSERT INTO users (id) SELECT generate_series(1, %d);
 		INSERT INTO memberships (user_id, segment_id, expires_at)

@@ -83,6 +83,10 @@ type Services struct {
 	Rollouts *service.Rollouts
 	// Deletions deletes segments at the time set for them.
 	Deletions *service.Deletions
+	// Schedules applies the steps of percent schedules at their times.
+	Schedules *service.Schedules
+	// Audit reads and trims the audit log.
+	Audit *service.Audit
 	// Imports applies lists of users to segments.
 	Imports *service.Imports
 	// IdempotencyKeys sweeps old Idempotency-Keys.
@@ -184,8 +188,11 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 	tasks := worker.NewClient(d.Redis, cfg.Worker.Queue, cfg.Worker.RolloutMaxRetry)
 	segments := postgres.NewSegmentRepo(d.Pool, rec)
 	keys := postgres.NewIdempotencyRepo(d.Pool)
+	segmentService := service.NewSegments(segments, tasks, d.Now, log.Named("segments"))
 	return &Services{
-		Segments:  service.NewSegments(segments, tasks, d.Now, log.Named("segments")),
+		Segments:  segmentService,
+		Schedules: service.NewSchedules(segmentService, segments, rec, log.Named("schedules")),
+		Audit:     service.NewAudit(postgres.NewAuditRepo(d.Pool), cfg.AuditRetention, d.Now),
 		Layers:    service.NewLayers(postgres.NewLayerRepo(d.Pool)),
 		Deletions: service.NewDeletions(segments, rec, log.Named("deletions")),
 		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, rec), tasks, d.Now, log.Named("users")),
@@ -210,7 +217,7 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 func (a *App) buildAPI(ctx context.Context) error {
 	cfg, d, svc := a.cfg, a.deps, a.Services
 	o := &a.router
-	o.Segments, o.Layers, o.Users, o.Reports, o.Imports = svc.Segments, svc.Layers, svc.Users, svc.Reports, svc.Imports
+	o.Segments, o.Layers, o.Users, o.Reports, o.Imports, o.Audit = svc.Segments, svc.Layers, svc.Users, svc.Reports, svc.Imports, svc.Audit
 	o.UploadTimeout = cfg.Worker.ImportUploadTimeout
 	o.Idempotency, o.IdempotencyObserver = svc.Idempotency, d.Metrics
 	o.ReportTimeout, o.PublicURL = cfg.Reports.Timeout, cfg.Reports.PublicURL
@@ -248,6 +255,7 @@ func (a *App) buildWorker() {
 	}, worker.Services{
 		Expiry: a.Services.Expiry, Rollouts: a.Services.Rollouts,
 		IdempotencyKeys: a.Services.IdempotencyKeys, Deletions: a.Services.Deletions, Imports: a.Services.Imports,
+		Schedules: a.Services.Schedules, Audit: a.Services.Audit,
 	}, d.Metrics, d.Log)
 	a.loops = append(a.loops, postgres.MemberCountFolder(d.Pool, time.Second))
 	if !cfg.Events.Enabled {

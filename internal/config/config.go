@@ -29,6 +29,9 @@ type Config struct {
 	// IdempotencyTTL is how long a request's Idempotency-Key and stored
 	// response are kept.
 	IdempotencyTTL time.Duration
+	// AuditRetention is how long audit entries are kept; 0 keeps them
+	// forever.
+	AuditRetention time.Duration
 	Admin          Admin
 	Log            Log
 	// ShutdownTimeout bounds a graceful shutdown.
@@ -255,6 +258,7 @@ func Load(getenv func(string) string) (Config, error) {
 			JWKSUnknownKIDRefresh: p.durationRange("AUTH_JWKS_UNKNOWN_KID_INTERVAL", 10*time.Second, time.Second, time.Hour),
 		},
 		IdempotencyTTL: p.durationRange("IDEMPOTENCY_TTL", 24*time.Hour, time.Second, 30*24*time.Hour),
+		AuditRetention: p.retention("AUDIT_RETENTION"),
 		Admin: Admin{
 			QueuesUI: p.boolean("ADMIN_QUEUES_UI", false),
 		},
@@ -382,6 +386,17 @@ func (p *parser) duration(key string, def time.Duration) time.Duration {
 	if err != nil || d < 0 {
 		p.errs = append(p.errs, fmt.Errorf("%s=%q: want a non-negative duration such as 30s or 5m", key, v))
 		return def
+	}
+	return d
+}
+
+// retention reads how long something is kept: 0 (the default) for ever,
+// else at least an hour.
+func (p *parser) retention(key string) time.Duration {
+	d := p.duration(key, 0)
+	if d != 0 && d < time.Hour {
+		p.errs = append(p.errs, fmt.Errorf("%s=%q: want 0 (keep for ever) or at least 1h, such as 2160h for 90 days", key, p.getenv(key)))
+		return 0
 	}
 	return d
 }

@@ -46,6 +46,8 @@ type Segment struct {
 	// Buckets are the buckets of its layer a percent segment of a layer
 	// owns.
 	Buckets BucketRanges
+	// Schedule is a percent segment's plan: the steps still to come.
+	Schedule []ScheduleStep
 }
 
 // NewSegment is what an analyst supplies to create a segment.
@@ -58,6 +60,8 @@ type NewSegment struct {
 	Layer string
 	// DeleteAt, if set, schedules the segment's deletion.
 	DeleteAt *time.Time
+	// Schedule is a percent segment's plan of share changes.
+	Schedule []ScheduleStep
 }
 
 // SegmentPatch is a change to a segment (a JSON merge patch): a nil field
@@ -71,6 +75,13 @@ type SegmentPatch struct {
 	// DeleteAt schedules (or moves) the deletion; CancelDeletion cancels it.
 	DeleteAt       *time.Time
 	CancelDeletion bool
+	// SetSchedule replaces the plan with Schedule (empty: clears it).
+	SetSchedule bool
+	Schedule    []ScheduleStep
+	// Step, set by the scheduler alone, applies the plan's first step if
+	// it is the one due at Step.At of segment Step.SegmentID and that time
+	// has come; if not, PatchSegment returns a *StepNotDueError.
+	Step *ScheduledStep
 }
 
 // ScheduledDeletion is a segment's deletion due at DeleteAt.

@@ -191,6 +191,10 @@ func Reshare(owned, free BucketRanges, want int) (BucketRanges, error) {
 	return owned.Union(free.Lowest(need)), nil
 }
 
+// ProblemLayerFull is the problem type of a LayerFullError, as the API
+// and the audit log name it.
+const ProblemLayerFull = "urn:segments:problem:layer-full"
+
 // LayerFullError says a layer has too few free buckets for a share.
 type LayerFullError struct {
 	// Need is how many more buckets the share needs; Free how many the

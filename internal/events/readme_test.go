@@ -98,7 +98,8 @@ func TestREADMEConsumer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := pool.Exec(t.Context(), `INSERT INTO segments (slug) VALUES ('AVITO_VOICE_MESSAGES'), ('AVITO_DISCOUNT_30');
+	if _, err := pool.Exec(t.Context(), `SELECT set_config('segments.audit', '{"actor": "test"}', true);
+	                                     INSERT INTO segments (slug) VALUES ('AVITO_VOICE_MESSAGES'), ('AVITO_DISCOUNT_30');
 	                                     INSERT INTO users (id) VALUES (1000)`); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/segments-service/segments/internal/auth"
+	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/logctx"
 )
 
@@ -91,4 +92,17 @@ func callerFrom(ctx context.Context) string {
 		return st.subject
 	}
 	return ""
+}
+
+// recordActor puts who makes the request's changes in its context, for
+// the audit log: the verified caller's subject (no one when
+// authentication is off) and the request's id.
+func recordActor(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := domain.Actor{RequestID: requestIDFrom(r.Context())}
+		if c, ok := verifiedCaller(r.Context()); ok {
+			a.Name = c.Subject
+		}
+		next.ServeHTTP(w, r.WithContext(domain.WithActor(r.Context(), a)))
+	})
 }

@@ -235,6 +235,12 @@ type rfc3339Time struct{ time.Time }
 // UnmarshalJSON reads an RFC 3339 string.
 func (t *rfc3339Time) UnmarshalJSON(b []byte) error { return parseRFC3339(&t.Time, "delete_at", b) }
 
+// stepTime is the at of a percent schedule's step: an RFC 3339 time.
+type stepTime struct{ time.Time }
+
+// UnmarshalJSON reads an RFC 3339 string.
+func (t *stepTime) UnmarshalJSON(b []byte) error { return parseRFC3339(&t.Time, "at", b) }
+
 // parseRFC3339 reads the JSON string b, field's value, into t.
 func parseRFC3339(t *time.Time, field string, b []byte) error {
 	s, err := strconv.Unquote(string(b))

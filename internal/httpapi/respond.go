@@ -72,7 +72,7 @@ const (
 	typeForbidden       = "urn:segments:problem:forbidden"
 	typeUnavailable     = "urn:segments:problem:unavailable"
 	typeTooManyExports  = "urn:segments:problem:too-many-exports"
-	typeLayerFull       = "urn:segments:problem:layer-full"
+	typeLayerFull       = domain.ProblemLayerFull
 	typeLayerConflict   = "urn:segments:problem:layer-conflict"
 	typeLayerNotEmpty   = "urn:segments:problem:layer-not-empty"
 )

@@ -16,6 +16,8 @@
 //	@tag.description	Lists of users imported into or out of a segment
 //	@tag.name			users
 //	@tag.description	Users and the segments they hold
+//	@tag.name			audit
+//	@tag.description	Who changed what: every administrative change
 package httpapi
 
 import (
@@ -43,6 +45,7 @@ type Options struct {
 	Users    *service.Users
 	Reports  *service.Reports
 	Imports  *service.Imports
+	Audit    *service.Audit
 	// Cache, if set, answers reads of users' segments from memory; the
 	// handlers that change memberships invalidate it before they answer.
 	Cache *readcache.Cache
@@ -114,6 +117,7 @@ type handler struct {
 	users     *service.Users
 	reports   *service.Reports
 	imports   *service.Imports
+	audit     *service.Audit
 	cache     *readcache.Cache
 	checks    []Check
 	validate  *validator.Validate
@@ -139,6 +143,7 @@ func NewRouter(o Options) http.Handler {
 		users:     o.Users,
 		reports:   o.Reports,
 		imports:   o.Imports,
+		audit:     o.Audit,
 		cache:     o.Cache,
 		checks:    o.Checks,
 		validate:  newValidator(),
@@ -193,7 +198,7 @@ func NewRouter(o Options) http.Handler {
 			}
 			mw := []func(http.Handler) http.Handler{deadline(timeout), authenticate(o.Auth, rt.scope, o.AuthObserver)}
 			if rt.method != http.MethodGet {
-				mw = append(mw, idempotent(o.Idempotency, o.IdempotencyObserver, rt.upload, func() { h.cache.InvalidateAll("local") }))
+				mw = append(mw, recordActor, idempotent(o.Idempotency, o.IdempotencyObserver, rt.upload, func() { h.cache.InvalidateAll("local") }))
 			}
 			r.With(mw...).Method(rt.method, rt.pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { rt.handle(h, w, r) }))
 		}
@@ -230,6 +235,7 @@ var apiRoutes = []apiRoute{
 	{method: http.MethodPatch, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).patchSegment},
 	{method: http.MethodDelete, pattern: "/segments/{slug}", scope: auth.ScopeAdmin, handle: (*handler).deleteSegment},
 	{method: http.MethodGet, pattern: "/segments/{slug}/members", scope: auth.ScopeRead, handle: (*handler).listMembers},
+	{method: http.MethodGet, pattern: "/segments/{slug}/audit", scope: auth.ScopeRead, handle: (*handler).listSegmentAudit},
 	{method: http.MethodPost, pattern: "/segments/{slug}/imports", scope: auth.ScopeAdmin, handle: (*handler).createImport, upload: true},
 	{method: http.MethodGet, pattern: "/imports/{id}", scope: auth.ScopeRead, handle: (*handler).getImport},
 
@@ -243,6 +249,8 @@ var apiRoutes = []apiRoute{
 	{method: http.MethodPost, pattern: "/users/{user_id}/segments", scope: auth.ScopeWrite, handle: (*handler).changeUserSegments},
 	{method: http.MethodGet, pattern: "/users/{user_id}/segments/{slug}", scope: auth.ScopeRead, handle: (*handler).explainMembership},
 	{method: http.MethodGet, pattern: "/users/{user_id}/history", scope: auth.ScopeRead, handle: (*handler).userHistory},
+
+	{method: http.MethodGet, pattern: "/audit", scope: auth.ScopeRead, handle: (*handler).listAudit},
 
 	{method: http.MethodPost, pattern: "/reports/history", scope: auth.ScopeRead, handle: (*handler).createReport},
 	{method: http.MethodGet, pattern: "/reports/history/{token}", scope: scopeOpen, handle: (*handler).downloadReport, download: true},

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/segments-service/segments/internal/aftercommit"
 	"github.com/segments-service/segments/internal/domain"
@@ -31,6 +32,32 @@ type CreateSegmentRequest struct {
 	// holds two segments of one layer. A percent segment of a layer owns
 	// auto_percent × 100 of its buckets, the lowest free.
 	Layer string `json:"layer,omitempty" validate:"omitempty,slug" example:"CHECKOUT_EXPERIMENTS"`
+	// AutoPercentSchedule, on a percent segment, changes its share at
+	// future times, each as a PATCH of auto_percent would (at most 20
+	// steps, at strictly increasing and in the future).
+	AutoPercentSchedule []ScheduleStepRequest `json:"auto_percent_schedule,omitempty" validate:"max=20,dive"`
+}
+
+// ScheduleStepRequest is a step of a percent schedule: at at, the share
+// becomes auto_percent.
+type ScheduleStepRequest struct {
+	At          *stepTime `json:"at" validate:"required" swaggertype:"string" format:"date-time" example:"2030-01-05T09:00:00Z"`
+	AutoPercent *float64  `json:"auto_percent" validate:"required,gte=0,lte=100,hundredths" minimum:"0" maximum:"100" format:"double" example:"50"`
+}
+
+// ScheduleStep is a step of a percent schedule still to come.
+type ScheduleStep struct {
+	At          time.Time `json:"at" format:"date-time" example:"2030-01-05T09:00:00Z"`
+	AutoPercent float64   `json:"auto_percent" format:"double" example:"50"`
+}
+
+// scheduleIn is a request's plan as the domain has it.
+func scheduleIn(steps []ScheduleStepRequest) []domain.ScheduleStep {
+	out := make([]domain.ScheduleStep, len(steps))
+	for i, st := range steps {
+		out[i] = domain.ScheduleStep{At: st.At.Time, AutoPercent: domain.Percent(math.Round(*st.AutoPercent * 100))}
+	}
+	return out
 }
 
 // PatchSegmentRequest is the body of PATCH /segments/{slug}, a JSON merge
@@ -44,6 +71,9 @@ type PatchSegmentRequest struct {
 	// DeleteAt schedules or moves the deletion (RFC 3339, in the
 	// future); null cancels it.
 	DeleteAt *rfc3339Time `json:"delete_at" swaggertype:"string" format:"date-time" example:"2030-01-02T15:04:05Z" extensions:"x-nullable"`
+	// AutoPercentSchedule replaces a percent segment's plan; null or []
+	// clears it.
+	AutoPercentSchedule []ScheduleStepRequest `json:"auto_percent_schedule" validate:"max=20,dive" extensions:"x-nullable"`
 }
 
 // Segment is a segment as the API shows it.
@@ -60,6 +90,9 @@ type Segment struct {
 	DeleteAt *time.Time `json:"delete_at" format:"date-time" example:"2030-01-02T15:04:05Z" extensions:"x-nullable"`
 	// Layer is the slug of the segment's layer; null if it has none.
 	Layer *string `json:"layer" example:"CHECKOUT_EXPERIMENTS" extensions:"x-nullable"`
+	// AutoPercentSchedule is a percent segment's plan: the steps still to
+	// come, in order of time ([] when none).
+	AutoPercentSchedule []ScheduleStep `json:"auto_percent_schedule"`
 }
 
 // Rollout is the progress of a percent segment's background assignment.
@@ -108,6 +141,10 @@ func segmentFrom(s domain.Segment) Segment {
 	if s.Layer != "" {
 		out.Layer = &s.Layer
 	}
+	out.AutoPercentSchedule = make([]ScheduleStep, len(s.Schedule))
+	for i, st := range s.Schedule {
+		out.AutoPercentSchedule[i] = ScheduleStep{At: st.At.UTC(), AutoPercent: st.AutoPercent.Float()}
+	}
 	return out
 }
 
@@ -133,7 +170,7 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, h.validate, &req) {
 		return
 	}
-	ns := domain.NewSegment{Slug: req.Slug, Description: req.Description, Layer: req.Layer}
+	ns := domain.NewSegment{Slug: req.Slug, Description: req.Description, Layer: req.Layer, Schedule: scheduleIn(req.AutoPercentSchedule)}
 	if req.DeleteAt != nil {
 		ns.DeleteAt = &req.DeleteAt.Time
 	}
@@ -247,12 +284,13 @@ func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 	// A merge patch tells a null (clear) from a field left out (keep): the
 	// fields are read raw first.
 	var raw struct {
-		Description json.RawMessage `json:"description"`
-		AutoPercent json.RawMessage `json:"auto_percent"`
-		DeleteAt    json.RawMessage `json:"delete_at"`
+		Description jsontext.Value `json:"description"`
+		AutoPercent jsontext.Value `json:"auto_percent"`
+		DeleteAt    jsontext.Value `json:"delete_at"`
+		Schedule    jsontext.Value `json:"auto_percent_schedule"`
 		// Layer is named so that it is refused as a rule (422), not as an
 		// unknown field.
-		Layer json.RawMessage `json:"layer"`
+		Layer jsontext.Value `json:"layer"`
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && mt == "application/merge-patch+json" {
 		r.Header.Set("Content-Type", "application/json")
@@ -269,20 +307,21 @@ func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 	p := domain.SegmentPatch{}
 	for _, f := range []struct {
 		name string
-		raw  json.RawMessage
+		raw  jsontext.Value
 		dst  any
 		null func()
 	}{
 		{"description", raw.Description, &req.Description, func() { empty := ""; p.Description = &empty }},
 		{"auto_percent", raw.AutoPercent, &req.AutoPercent, func() { p.AutoPercentNull = true }},
 		{"delete_at", raw.DeleteAt, &req.DeleteAt, func() { p.CancelDeletion = true }},
+		{"auto_percent_schedule", raw.Schedule, &req.AutoPercentSchedule, func() { p.SetSchedule = true }},
 	} {
 		switch {
 		case f.raw == nil:
 		case string(f.raw) == "null":
 			f.null()
 		default:
-			if err := json.Unmarshal(f.raw, f.dst); err != nil {
+			if err := json.Unmarshal(f.raw, f.dst, strictJSON); err != nil {
 				var fe *fieldDecodeError
 				detail := fmt.Sprintf("field %q has the wrong type: %s", f.name, f.raw)
 				if errors.As(err, &fe) {
@@ -306,6 +345,9 @@ func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.DeleteAt != nil {
 		p.DeleteAt = &req.DeleteAt.Time
+	}
+	if raw.Schedule != nil {
+		p.SetSchedule, p.Schedule = true, scheduleIn(req.AutoPercentSchedule)
 	}
 	seg, err := h.segments.Patch(r.Context(), chi.URLParam(r, "slug"), p)
 	if err != nil {

@@ -24,7 +24,7 @@ func TestCreateAndGetSegment(t *testing.T) {
 	if ct := r.header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q", ct)
 	}
-	want := httpapi.Segment{Slug: "AVITO_VOICE_MESSAGES", Description: "Voice messages", CreatedAt: created.CreatedAt}
+	want := httpapi.Segment{Slug: "AVITO_VOICE_MESSAGES", Description: "Voice messages", CreatedAt: created.CreatedAt, AutoPercentSchedule: []httpapi.ScheduleStep{}}
 	if diff := cmp.Diff(want, created); diff != "" {
 		t.Errorf("created segment (-want +got):\n%s", diff)
 	}

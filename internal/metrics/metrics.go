@@ -39,6 +39,7 @@ type Metrics struct {
 	authRefused        *prometheus.CounterVec
 	keyed              *prometheus.CounterVec
 	scheduledDeletions *prometheus.CounterVec
+	scheduleSteps      *prometheus.CounterVec
 	loopRestarts       *prometheus.CounterVec
 	importIDs          prometheus.Counter
 
@@ -95,6 +96,10 @@ func New() *Metrics {
 			Namespace: namespace, Name: "scheduled_deletions_total",
 			Help: "Segments deleted at their delete_at, by how: task (its scheduled task) or sweep (the periodic sweep, when the task was lost).",
 		}, []string{"via"}),
+		scheduleSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "schedule_steps_total",
+			Help: "Steps of percent schedules that ran, by how (task: its scheduled task; sweep: the periodic sweep, when the task was lost or the worker down) and result (applied, or failed: the layer had no room).",
+		}, []string{"via", "result"}),
 		loopRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "background", Name: "restarts_total",
 			Help: "Restarts of a background loop after it failed (a lost connection, say), by loop.",
@@ -111,7 +116,7 @@ func New() *Metrics {
 	m.registerCache()
 	m.registerEvents()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions, m.loopRestarts, m.importIDs)
+		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions, m.scheduleSteps, m.loopRestarts, m.importIDs)
 	// Every business series exists from the start, so that rates and
 	// dashboards need no absent() guards.
 	for _, c := range domain.Changes {
@@ -124,6 +129,9 @@ func New() *Metrics {
 	}
 	for _, via := range []string{"task", "sweep"} {
 		m.scheduledDeletions.WithLabelValues(via)
+		for _, result := range []string{"applied", "failed"} {
+			m.scheduleSteps.WithLabelValues(via, result)
+		}
 	}
 	for _, o := range []string{"first", "replayed", "in_use", "reused", "not_stored"} {
 		m.keyed.WithLabelValues(o)
@@ -173,6 +181,11 @@ func (m *Metrics) EventRelayLeading(on bool) {
 	}
 	m.eventsLeading.Set(0)
 	m.eventsBacklog.Set(0)
+}
+
+// ScheduleStepRan counts a step of a percent schedule that ran.
+func (m *Metrics) ScheduleStepRan(via, result string) {
+	m.scheduleSteps.WithLabelValues(via, result).Inc()
 }
 
 // SegmentDeletedOnSchedule counts a segment deleted at its delete_at.

@@ -215,7 +215,7 @@ func BenchmarkPrepareRollout(b *testing.B) {
 	mustExec(b, pool, `VACUUM ANALYZE users`)
 	mustExec(b, pool, `
 		INSERT INTO segments (slug, auto_percent, population_seq, rollout_status)
-		VALUES ('PLAN', 50, (SELECT max(seq) FROM users), 'pending')`)
+		SELECT 'PLAN', 50, (SELECT max(seq) FROM users), 'pending' FROM (`+asTest+`) audit`)
 	var segmentID int64
 	if err := pool.QueryRow(ctx, `SELECT id FROM segments WHERE slug = 'PLAN'`).Scan(&segmentID); err != nil {
 		b.Fatal(err)

@@ -81,10 +81,13 @@ func (r *ImportRepo) CreateImport(ctx context.Context, ni domain.NewImport, list
 			return fmt.Errorf("set upload timeout: %w", err)
 		}
 		const create = `
-			INSERT INTO imports (segment_id, segment_slug, mode, expires_at, listed)
-			VALUES ($1, $2, $3, $4, 0)
+			INSERT INTO imports (segment_id, segment_slug, mode, expires_at, listed, actor, request_id)
+			VALUES ($1, $2, $3, $4, 0, nullif($5, ''), nullif($6, ''))
 			RETURNING id`
-		if err := tx.QueryRow(ctx, create, segmentID, ni.Segment, ni.Mode, ni.ExpiresAt).Scan(&imp.ID); err != nil {
+		// Its start and its end are recorded in the audit log under the
+		// uploader's name (migration 18).
+		who := domain.ActorFrom(ctx)
+		if err := tx.QueryRow(ctx, create, segmentID, ni.Segment, ni.Mode, ni.ExpiresAt, who.Name, who.RequestID).Scan(&imp.ID); err != nil {
 			return fmt.Errorf("insert import: %w", err)
 		}
 		src := &importLines{r: bufio.NewReaderSize(list, 64<<10), importID: imp.ID, chunk: make([]int64, 0, importChunk)}

@@ -61,7 +61,12 @@ func bucketRanges(froms, tos []int32) domain.BucketRanges {
 func (r *LayerRepo) CreateLayer(ctx context.Context, nl domain.NewLayer) (domain.Layer, error) {
 	const q = `INSERT INTO layers (slug, description) VALUES ($1, $2) RETURNING id, slug, description, created_at`
 	l := domain.Layer{Segments: []domain.LayerSegment{}}
-	err := on(ctx, r.pool).QueryRow(ctx, q, nl.Slug, nl.Description).Scan(&l.ID, &l.Slug, &l.Description, &l.CreatedAt)
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		if err := setAudit(ctx, tx, ""); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, q, nl.Slug, nl.Description).Scan(&l.ID, &l.Slug, &l.Description, &l.CreatedAt)
+	})
 	if pgCode(err) == uniqueViolation {
 		return domain.Layer{}, domain.Conflictf("layer %q already exists", nl.Slug)
 	}
@@ -171,6 +176,9 @@ func (r *LayerRepo) DeleteLayer(ctx context.Context, slug string) error {
 				e.Segments = append(e.Segments, s.Slug)
 			}
 			return e
+		}
+		if err := setAudit(ctx, tx, ""); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM layers WHERE id = $1`, id); err != nil {
 			return fmt.Errorf("delete layer %s: %w", slug, dbError(err))

@@ -307,3 +307,7 @@ func TestNothingIsBornExpired(t *testing.T) {
 	}
 	testenv.AssertHistoryReplays(t, pool)
 }
+
+// asTest is a subquery that tells the audit triggers a fixture statement
+// is the test's (an administrative change must say who makes it).
+const asTest = `SELECT set_config('segments.audit', '{"actor": "test"}', true)`

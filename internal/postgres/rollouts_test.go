@@ -34,7 +34,7 @@ func TestRolloutFollowsTheDatabasesOrder(t *testing.T) {
 	mustExec(t, pool, `INSERT INTO users (id) VALUES ($1), ($2)`, tieHigh, tieLow)
 	mustExec(t, pool, `
 		INSERT INTO segments (slug, auto_percent, population_seq, rollout_status)
-		VALUES ($1, 0, (SELECT max(seq) FROM users), 'pending')`, tieSlug)
+		SELECT $1, 0, (SELECT max(seq) FROM users), 'pending' FROM (`+asTest+`) audit`, tieSlug)
 	var segmentID int64
 	if err := pool.QueryRow(ctx, `SELECT id FROM segments WHERE slug = $1`, tieSlug).Scan(&segmentID); err != nil {
 		t.Fatal(err)
@@ -53,6 +53,7 @@ func TestRolloutFollowsTheDatabasesOrder(t *testing.T) {
 		mustExec(t, pool, `
 			UPDATE segments SET auto_percent = $2, rollout_status = 'pending', rollout_total = NULL,
 				rollout_threshold_hash = NULL, rollout_threshold_user = NULL
+			FROM (`+asTest+`) audit
 			WHERE id = $1`, segmentID, percent)
 		if _, err := repo.PrepareRollout(ctx, segmentID, 7); err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -31,7 +32,7 @@ var segmentColumns = `
 	s.id, s.slug, s.description, s.created_at, segment_member_count(s.id) AS member_count,
 	(s.auto_percent * 100)::integer, s.rollout_status, s.rollout_assigned, coalesce(s.rollout_total, 0), s.delete_at,
 	coalesce(s.rollout_id, 0), coalesce((SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ''),
-	` + rangesOf("s.layer_buckets")
+	s.auto_percent_schedule, ` + rangesOf("s.layer_buckets")
 
 func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 	var (
@@ -39,15 +40,22 @@ func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 		status     *string
 		ro         domain.Rollout
 		froms, tos []int32
+		schedule   []byte
 	)
 	err := row.Scan(&seg.ID, &seg.Slug, &seg.Description, &seg.CreatedAt, &seg.MemberCount,
-		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt, &ro.ID, &seg.Layer, &froms, &tos)
+		&seg.AutoPercent, &status, &ro.Assigned, &ro.Total, &seg.DeleteAt, &ro.ID, &seg.Layer, &schedule, &froms, &tos)
+	if err != nil {
+		return seg, err
+	}
 	seg.Buckets = bucketRanges(froms, tos)
+	if seg.Schedule, err = decodeSchedule(schedule); err != nil {
+		return seg, err
+	}
 	if status != nil {
 		ro.Status = domain.RolloutStatus(*status)
 		seg.Rollout = &ro
 	}
-	return seg, err
+	return seg, nil
 }
 
 // CreateSegment inserts a segment. It returns domain.ErrConflict if the slug
@@ -61,6 +69,9 @@ func scanSegment(row pgx.CollectableRow) (domain.Segment, error) {
 func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (domain.Segment, error) {
 	var seg domain.Segment
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		if err := setAudit(ctx, tx, ""); err != nil {
+			return err
+		}
 		if ns.AutoPercent != nil {
 			const lock = `SELECT pg_advisory_xact_lock($1)`
 			if _, err := tx.Exec(ctx, lock, registryLock); err != nil {
@@ -86,15 +97,17 @@ func (r *SegmentRepo) CreateSegment(ctx context.Context, ns domain.NewSegment) (
 			}
 		}
 		froms, tos := bucketArrays(buckets)
+		schedule, nextStep := encodeSchedule(ns.Schedule)
 		q := `
 			INSERT INTO segments AS s (slug, description, auto_percent, rollout_status, population_seq, delete_at, rollout_id,
-			                           layer_id, layer_buckets)
+			                           layer_id, layer_buckets, auto_percent_schedule, next_step_at)
 			SELECT $1, $2, $3::numeric / 100, CASE WHEN $3::integer IS NOT NULL THEN 'pending' END,
 			       CASE WHEN $3::integer IS NOT NULL THEN coalesce(pg_sequence_last_value('users_seq_seq'), 0) END, $4,
 			       CASE WHEN $3::integer IS NOT NULL THEN nextval('segment_rollout_ids') END,
-			       $5, CASE WHEN $5::bigint IS NOT NULL AND $3::integer IS NOT NULL THEN ` + multirangeSQL(6) + ` END
+			       $5, CASE WHEN $5::bigint IS NOT NULL AND $3::integer IS NOT NULL THEN ` + multirangeSQL(6) + ` END,
+			       $8::jsonb, $9
 			RETURNING ` + segmentColumns
-		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent, ns.DeleteAt, layerID, froms, tos)
+		rows, _ := tx.Query(ctx, q, ns.Slug, ns.Description, ns.AutoPercent, ns.DeleteAt, layerID, froms, tos, json.RawMessage(schedule), nextStep)
 		var err error
 		seg, err = pgx.CollectExactlyOneRow(rows, scanSegment)
 		return err
@@ -217,6 +230,9 @@ func (r *SegmentRepo) deleteSegment(ctx context.Context, slug, lock string, args
 			return fmt.Errorf("lock segment %s: %w", slug, dbError(err))
 		}
 		found = true
+		if err := setAudit(ctx, tx, ""); err != nil {
+			return err
+		}
 		// One instant for the whole deletion, so that the members counted as
 		// expired are exactly those the trigger records as ttl.
 		const begin = `SELECT set_config('segments.reason', $1, true), set_config('segments.now', clock_timestamp()::text, true)`
@@ -266,37 +282,37 @@ func (r *SegmentRepo) deleteSegment(ctx context.Context, slug, lock string, args
 // a percent segment's creation is, so that every user registered so far is
 // in that population and every later one sees the new share. An
 // unfinished rollout is dropped (its batches deleted; the latest change
-// wins). The caller validates p against the segment's kind.
+// wins). With p.Step, the plan's first step is applied if it is the one
+// p.Step names and it is due (see domain.SegmentPatch). The caller
+// validates p against the segment's kind.
 func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.SegmentPatch) (domain.Segment, error) {
 	var seg domain.Segment
 	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
-		if p.AutoPercent != nil {
+		if err := setAudit(ctx, tx, ""); err != nil {
+			return err
+		}
+		if p.AutoPercent != nil || p.Step != nil {
 			const lock = `SELECT pg_advisory_xact_lock($1)`
 			if _, err := tx.Exec(ctx, lock, registryLock); err != nil {
 				return fmt.Errorf("take the registry lock: %w", dbError(err))
 			}
 		}
 		// Whether the share changes is decided on the locked row.
-		current := `SELECT id, (auto_percent * 100)::integer, (SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ` +
-			rangesOf("s.layer_buckets") + ` FROM segments s WHERE slug = $1 FOR NO KEY UPDATE`
-		var (
-			id         int64
-			cur        *int
-			layer      *string
-			froms, tos []int32
-		)
-		err := tx.QueryRow(ctx, current, slug).Scan(&id, &cur, &layer, &froms, &tos)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return domain.NotFoundf("segment %q does not exist", slug)
-		}
+		cur, err := lockSegment(ctx, tx, slug)
 		if err != nil {
-			return fmt.Errorf("lock segment %s: %w", slug, dbError(err))
+			return err
 		}
-		reshare := p.AutoPercent != nil && cur != nil && *cur != int(*p.AutoPercent)
+		if p.Step != nil {
+			if p, err = cur.step(p); err != nil {
+				return err
+			}
+		}
+		reshare := p.AutoPercent != nil && cur.percent != nil && *cur.percent != int(*p.AutoPercent)
+		froms, tos := cur.froms, cur.tos
 		// In a layer, a new share takes buckets from the lowest free or
 		// gives back its highest, the layer locked meanwhile.
-		if reshare && layer != nil {
-			_, free, err := lockLayer(ctx, tx, *layer)
+		if reshare && cur.layer != nil {
+			_, free, err := lockLayer(ctx, tx, *cur.layer)
 			if err != nil {
 				return err
 			}
@@ -306,10 +322,11 @@ func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.Se
 			}
 			froms, tos = bucketArrays(buckets)
 			set := `UPDATE segments SET layer_buckets = ` + multirangeSQL(2) + ` WHERE id = $1`
-			if _, err := tx.Exec(ctx, set, id, froms, tos); err != nil {
+			if _, err := tx.Exec(ctx, set, cur.id, froms, tos); err != nil {
 				return fmt.Errorf("move the buckets of %s: %w", slug, dbError(err))
 			}
 		}
+		schedule, nextStep := encodeSchedule(p.Schedule)
 		update := `
 			UPDATE segments AS s
 			SET description = coalesce($2, s.description),
@@ -321,16 +338,19 @@ func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.Se
 			    rollout_total = CASE WHEN $6 THEN NULL ELSE s.rollout_total END,
 			    rollout_assigned = CASE WHEN $6 THEN 0 ELSE s.rollout_assigned END,
 			    rollout_threshold_hash = CASE WHEN $6 THEN NULL ELSE s.rollout_threshold_hash END,
-			    rollout_threshold_user = CASE WHEN $6 THEN NULL ELSE s.rollout_threshold_user END
+			    rollout_threshold_user = CASE WHEN $6 THEN NULL ELSE s.rollout_threshold_user END,
+			    auto_percent_schedule = CASE WHEN $7 THEN $8::jsonb ELSE s.auto_percent_schedule END,
+			    next_step_at = CASE WHEN $7 THEN $9 ELSE s.next_step_at END
 			WHERE s.id = $1
 			RETURNING ` + segmentColumns
-		rows, _ := tx.Query(ctx, update, id, p.Description, p.DeleteAt, p.CancelDeletion, p.AutoPercent, reshare)
+		rows, _ := tx.Query(ctx, update, cur.id, p.Description, p.DeleteAt, p.CancelDeletion, p.AutoPercent, reshare,
+			p.SetSchedule, json.RawMessage(schedule), nextStep)
 		if seg, err = pgx.CollectExactlyOneRow(rows, scanSegment); err != nil {
 			return fmt.Errorf("update segment %s: %w", slug, dbError(err))
 		}
 		if reshare {
 			const drop = `DELETE FROM rollout_batches WHERE segment_id = $1`
-			if _, err := tx.Exec(ctx, drop, id); err != nil {
+			if _, err := tx.Exec(ctx, drop, cur.id); err != nil {
 				return fmt.Errorf("drop the unfinished rollout of %s: %w", slug, dbError(err))
 			}
 		}
@@ -340,6 +360,108 @@ func (r *SegmentRepo) PatchSegment(ctx context.Context, slug string, p domain.Se
 		return domain.Segment{}, err
 	}
 	return seg, err
+}
+
+// lockedSegment is what a change of a segment reads of its locked row.
+type lockedSegment struct {
+	id         int64
+	percent    *int // hundredths; nil for a manual segment
+	layer      *string
+	froms, tos []int32
+	schedule   []domain.ScheduleStep
+	nextStep   *time.Time
+	now        time.Time // the database's
+}
+
+// lockSegment locks the segment named slug for a change (FOR NO KEY
+// UPDATE: memberships may still reference it) and reads it, or returns
+// domain.ErrNotFound.
+func lockSegment(ctx context.Context, tx pgx.Tx, slug string) (lockedSegment, error) {
+	q := `SELECT id, (auto_percent * 100)::integer, (SELECT l.slug FROM layers l WHERE l.id = s.layer_id), ` +
+		rangesOf("s.layer_buckets") + `, auto_percent_schedule, next_step_at, now()
+		FROM segments s WHERE slug = $1 FOR NO KEY UPDATE`
+	var (
+		cur      lockedSegment
+		schedule []byte
+	)
+	err := tx.QueryRow(ctx, q, slug).Scan(&cur.id, &cur.percent, &cur.layer, &cur.froms, &cur.tos, &schedule, &cur.nextStep, &cur.now)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return cur, domain.NotFoundf("segment %q does not exist", slug)
+	}
+	if err != nil {
+		return cur, fmt.Errorf("lock segment %s: %w", slug, dbError(err))
+	}
+	if cur.schedule, err = decodeSchedule(schedule); err != nil {
+		return cur, err
+	}
+	return cur, nil
+}
+
+// step turns p, a request to apply the step p.Step, into the change the
+// step makes: its share, and the plan without it. It returns a
+// *domain.StepNotDueError if the plan's first step is not that one or its
+// time has not come.
+func (cur lockedSegment) step(p domain.SegmentPatch) (domain.SegmentPatch, error) {
+	st := p.Step
+	if cur.id != st.SegmentID || cur.nextStep == nil || !cur.nextStep.Equal(st.At) || len(cur.schedule) == 0 {
+		return p, &domain.StepNotDueError{} // replaced, applied or deleted since
+	}
+	if cur.now.Before(st.At) {
+		return p, &domain.StepNotDueError{Wait: st.At.Sub(cur.now)}
+	}
+	p.AutoPercent = &cur.schedule[0].AutoPercent
+	p.SetSchedule, p.Schedule = true, cur.schedule[1:]
+	return p, nil
+}
+
+// SkipStep takes the step st out of its segment's plan without applying
+// it, recorded in the audit log with the problem that stopped it. It
+// returns a *domain.StepNotDueError if the plan's first step is not that
+// one (it was replaced or applied meanwhile), and the segment's plan as it
+// is left.
+func (r *SegmentRepo) SkipStep(ctx context.Context, st domain.ScheduledStep, problem string) (domain.Segment, error) {
+	var seg domain.Segment
+	err := withTx(ctx, r.pool, func(tx pgx.Tx) error {
+		if err := setAudit(ctx, tx, problem); err != nil {
+			return err
+		}
+		cur, err := lockSegment(ctx, tx, st.Slug)
+		if err != nil {
+			return err
+		}
+		p, err := cur.step(domain.SegmentPatch{Step: &st})
+		if err != nil {
+			return err
+		}
+		schedule, nextStep := encodeSchedule(p.Schedule)
+		q := `UPDATE segments s SET auto_percent_schedule = $2::jsonb, next_step_at = $3 WHERE id = $1 RETURNING ` + segmentColumns
+		rows, _ := tx.Query(ctx, q, cur.id, json.RawMessage(schedule), nextStep)
+		if seg, err = pgx.CollectExactlyOneRow(rows, scanSegment); err != nil {
+			return fmt.Errorf("skip a step of %s: %w", st.Slug, dbError(err))
+		}
+		return nil
+	})
+	return seg, err
+}
+
+// DueSteps returns up to limit steps of percent schedules that are due,
+// the earliest first.
+func (r *SegmentRepo) DueSteps(ctx context.Context, limit int) ([]domain.ScheduledStep, error) {
+	const q = `
+		SELECT id, slug, next_step_at FROM segments
+		WHERE next_step_at <= now()
+		ORDER BY next_step_at, id
+		LIMIT $1`
+	rows, _ := on(ctx, r.pool).Query(ctx, q, limit)
+	due, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.ScheduledStep, error) {
+		var st domain.ScheduledStep
+		err := row.Scan(&st.SegmentID, &st.Slug, &st.At)
+		return st, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select due steps: %w", dbError(err))
+	}
+	return due, nil
 }
 
 // Stats reads figures about all segments: one small scan of segments.

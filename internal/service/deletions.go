@@ -51,6 +51,7 @@ func NewDeletions(store DeletionStore, rec DeletionRecorder, log *zap.Logger) *D
 // returns a *NotDueError if that time has not come on the database's
 // clock.
 func (x *Deletions) Delete(ctx context.Context, d domain.ScheduledDeletion) error {
+	ctx = domain.WithActor(ctx, domain.Actor{Name: domain.ActorSchedule})
 	deleted, now, err := x.store.DeleteSegmentIfDue(ctx, d)
 	switch {
 	case err != nil:
@@ -67,6 +68,7 @@ func (x *Deletions) Delete(ctx context.Context, d domain.ScheduledDeletion) erro
 // Sweep deletes every segment whose deletion is due (their tasks were
 // lost: Redis flushed, the worker down) and returns how many it deleted.
 func (x *Deletions) Sweep(ctx context.Context) (int, error) {
+	ctx = domain.WithActor(ctx, domain.Actor{Name: domain.ActorSchedule})
 	n := 0
 	for {
 		due, err := x.store.DueDeletions(ctx, 100)

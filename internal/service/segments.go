@@ -6,6 +6,7 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -35,11 +36,12 @@ type SegmentStore interface {
 	Members(ctx context.Context, slug string, after int64, limit int) ([]domain.Member, error)
 }
 
-// SegmentScheduler queues a segment's background work: its rollout, and
-// its deletion at the time set for it.
+// SegmentScheduler queues a segment's background work: its rollout, its
+// deletion at the time set for it, and the steps of its percent schedule.
 type SegmentScheduler interface {
 	RolloutScheduler
 	ScheduleDeletion(ctx context.Context, d domain.ScheduledDeletion) error
+	ScheduleStep(ctx context.Context, st domain.ScheduledStep) error
 }
 
 // Segments manages segments.
@@ -69,11 +71,19 @@ func (s *Segments) Create(ctx context.Context, ns domain.NewSegment) (domain.Seg
 	if err := s.checkDeleteAt(ns.DeleteAt); err != nil {
 		return domain.Segment{}, err
 	}
+	if len(ns.Schedule) > 0 && ns.AutoPercent == nil {
+		return domain.Segment{}, errScheduleOnManual
+	}
+	var err error
+	if ns.Schedule, err = s.checkSchedule(ns.Schedule); err != nil {
+		return domain.Segment{}, err
+	}
 	seg, err := s.store.CreateSegment(ctx, ns)
 	if err != nil {
 		return seg, err
 	}
 	s.scheduleDeletion(ctx, seg)
+	s.scheduleStep(ctx, seg)
 	if seg.AutoPercent == nil {
 		return seg, nil
 	}
@@ -102,12 +112,18 @@ func (s *Segments) Patch(ctx context.Context, slug string, p domain.SegmentPatch
 	if err := s.checkDeleteAt(p.DeleteAt); err != nil {
 		return domain.Segment{}, err
 	}
-	if p.AutoPercent != nil || p.AutoPercentNull {
+	var err error
+	if p.Schedule, err = s.checkSchedule(p.Schedule); err != nil {
+		return domain.Segment{}, err
+	}
+	if p.AutoPercent != nil || p.AutoPercentNull || len(p.Schedule) > 0 {
 		seg, err := s.store.Segment(ctx, slug)
 		if err != nil {
 			return domain.Segment{}, err
 		}
 		switch {
+		case seg.AutoPercent == nil && len(p.Schedule) > 0:
+			return domain.Segment{}, errScheduleOnManual
 		case seg.AutoPercent == nil:
 			return domain.Segment{}, domain.Invalid("a manual segment has no auto_percent; create a percent segment instead",
 				domain.FieldError{Field: "/auto_percent", Message: "not allowed on a manual segment"})
@@ -121,10 +137,53 @@ func (s *Segments) Patch(ctx context.Context, slug string, p domain.SegmentPatch
 		return seg, err
 	}
 	s.scheduleDeletion(ctx, seg)
+	if p.SetSchedule {
+		s.scheduleStep(ctx, seg)
+	}
 	if p.AutoPercent != nil && seg.Rollout != nil && seg.Rollout.Status == domain.RolloutPending {
 		s.scheduleRollout(ctx, seg)
 	}
 	return seg, nil
+}
+
+// errScheduleOnManual refuses a plan of shares for a manual segment.
+var errScheduleOnManual = domain.Invalid("a manual segment has no auto_percent to change on a schedule",
+	domain.FieldError{Field: "/auto_percent_schedule", Message: "not allowed on a manual segment"})
+
+// checkSchedule refuses a plan of over domain.MaxScheduleSteps steps or
+// whose times are not strictly increasing and in the future; it returns
+// the plan with its times in UTC, to the microsecond the database keeps.
+func (s *Segments) checkSchedule(steps []domain.ScheduleStep) ([]domain.ScheduleStep, error) {
+	if len(steps) > domain.MaxScheduleSteps {
+		return nil, domain.Invalid(fmt.Sprintf("a schedule has at most %d steps", domain.MaxScheduleSteps),
+			domain.FieldError{Field: "/auto_percent_schedule", Message: fmt.Sprintf("has %d steps; at most %d", len(steps), domain.MaxScheduleSteps)})
+	}
+	now := s.now()
+	out := make([]domain.ScheduleStep, len(steps))
+	for i, st := range steps {
+		st.At = st.At.UTC().Truncate(time.Microsecond)
+		field := fmt.Sprintf("/auto_percent_schedule/%d/at", i)
+		switch {
+		case !st.At.After(now):
+			return nil, domain.Invalid("a step of the schedule is not in the future", domain.FieldError{Field: field, Message: "must be in the future"})
+		case i > 0 && !st.At.After(out[i-1].At):
+			return nil, domain.Invalid("the steps of a schedule are in order of time", domain.FieldError{Field: field, Message: "must be after the previous step's"})
+		}
+		out[i] = st
+	}
+	return out, nil
+}
+
+// scheduleStep queues the first step of seg's plan once the write has
+// committed. A failure (Redis down) is logged: the worker's sweep applies
+// what is due either way.
+func (s *Segments) scheduleStep(ctx context.Context, seg domain.Segment) {
+	if len(seg.Schedule) == 0 {
+		return
+	}
+	st := domain.ScheduledStep{SegmentID: seg.ID, Slug: seg.Slug, At: seg.Schedule[0].At}
+	scheduleAfterCommit(ctx, s.log, func(sctx context.Context) error { return s.tasks.ScheduleStep(sctx, st) },
+		"could not schedule the segment's next step; the sweep will apply it", zap.String("slug", st.Slug), zap.Time("at", st.At))
 }
 
 // checkDeleteAt refuses a deletion time that is not in the future.

@@ -74,6 +74,10 @@ func (s *rolloutScheduler) ScheduleDeletion(context.Context, domain.ScheduledDel
 	return s.err
 }
 
+func (s *rolloutScheduler) ScheduleStep(context.Context, domain.ScheduledStep) error {
+	return s.err
+}
+
 func TestSegmentsCreateQueuesRolloutsOfPercentSegments(t *testing.T) {
 	half := domain.Percent(5000)
 	tests := []struct {

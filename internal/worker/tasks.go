@@ -35,7 +35,40 @@ const (
 	TypeImport = "segment:import"
 	// TypeResumeImports runs every unfinished import.
 	TypeResumeImports = "segment:resume-imports"
+	// TypeApplyStep applies a step of a percent schedule at its time.
+	TypeApplyStep = "segment:step"
+	// TypeSweepSteps applies every step of a percent schedule that is due.
+	TypeSweepSteps = "segment:sweep-steps"
+	// TypeSweepAudit deletes audit entries older than AUDIT_RETENTION.
+	TypeSweepAudit = "audit:sweep"
 )
+
+// NewStepTask returns the task that applies a step of a segment's plan at
+// its time. Its id is unique per segment and time: a plan replaced since
+// finds its first step is another and does nothing.
+func NewStepTask(st domain.ScheduledStep) (*asynq.Task, []asynq.Option, error) {
+	payload, err := json.Marshal(st)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode step: %w", err)
+	}
+	id := "step:" + strconv.FormatInt(st.SegmentID, 10) + ":" + strconv.FormatInt(st.At.UnixMicro(), 10)
+	return asynq.NewTask(TypeApplyStep, payload), []asynq.Option{asynq.TaskID(id), asynq.ProcessAt(st.At), asynq.Timeout(time.Minute)}, nil
+}
+
+func parseStep(t *asynq.Task) (domain.ScheduledStep, error) {
+	var st domain.ScheduledStep
+	if err := json.Unmarshal(t.Payload(), &st); err != nil || st.SegmentID <= 0 || st.Slug == "" || st.At.IsZero() {
+		return st, fmt.Errorf("bad %s payload %q: %w", t.Type(), t.Payload(), asynq.SkipRetry)
+	}
+	return st, nil
+}
+
+// NewSweepStepsTask returns the periodic task that applies the steps of
+// percent schedules that are due.
+func NewSweepStepsTask() *asynq.Task { return asynq.NewTask(TypeSweepSteps, nil) }
+
+// NewSweepAuditTask returns the periodic task that trims the audit log.
+func NewSweepAuditTask() *asynq.Task { return asynq.NewTask(TypeSweepAudit, nil) }
 
 // importPayload is the payload of TypeImport.
 type importPayload struct {
@@ -180,6 +213,15 @@ func (c *Client) ScheduleExpiry(ctx context.Context, e domain.Expiry) error {
 // Scheduling the same segment and time twice is not an error.
 func (c *Client) ScheduleDeletion(ctx context.Context, d domain.ScheduledDeletion) error {
 	if err := c.enqueue(ctx)(NewDeleteSegmentTask(d)); !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	return nil
+}
+
+// ScheduleStep enqueues a step of a segment's plan at its time.
+// Scheduling the same segment and time twice is not an error.
+func (c *Client) ScheduleStep(ctx context.Context, st domain.ScheduledStep) error {
+	if err := c.enqueue(ctx)(NewStepTask(st)); !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
 	return nil

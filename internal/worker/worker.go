@@ -38,6 +38,8 @@ type Services struct {
 	IdempotencyKeys *service.IdempotencyKeys
 	Deletions       *service.Deletions
 	Imports         *service.Imports
+	Schedules       *service.Schedules
+	Audit           *service.Audit
 }
 
 // TaskObserver records finished tasks, for monitoring; outcome is an
@@ -158,6 +160,9 @@ func NewServer(redisOpt asynq.RedisConnOpt, cfg Config, svc Services, obs TaskOb
 	s.mux.HandleFunc(TypeSweepDeletions, s.handleSweepDeletions)
 	s.mux.HandleFunc(TypeImport, s.handleImport)
 	s.mux.HandleFunc(TypeResumeImports, s.handleResumeImports)
+	s.mux.HandleFunc(TypeApplyStep, s.handleApplyStep)
+	s.mux.HandleFunc(TypeSweepSteps, s.handleSweepSteps)
+	s.mux.HandleFunc(TypeSweepAudit, s.handleSweepAudit)
 	return s
 }
 
@@ -190,7 +195,8 @@ func (s *Server) Start() error {
 	// One of each per interval across all workers: a duplicate within the
 	// interval is refused by Unique.
 	every := fmt.Sprintf("@every %s", s.cfg.SweepInterval)
-	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask(), NewSweepDeletionsTask(), NewResumeImportsTask()} {
+	for _, t := range []*asynq.Task{NewSweepTask(), NewResumeRolloutsTask(), NewSweepIdempotencyKeysTask(), NewSweepDeletionsTask(), NewResumeImportsTask(),
+		NewSweepStepsTask(), NewSweepAuditTask()} {
 		_, err := s.sched.Register(every, t, asynq.Queue(s.cfg.Queue), asynq.Unique(s.cfg.SweepInterval),
 			asynq.MaxRetry(0), asynq.Timeout(10*time.Minute))
 		if err != nil {
@@ -207,7 +213,9 @@ func (s *Server) Start() error {
 	// Take up at once what a killed worker left: its rollout or import
 	// task stays "active" in asynq until its lease lapses and asynq's
 	// recoverer looks (one to two minutes), but its claim died with it.
-	for _, t := range []*asynq.Task{NewResumeRolloutsTask(), NewResumeImportsTask()} {
+	// Steps of percent schedules that came due while no worker ran are
+	// applied now too, not at the next sweep.
+	for _, t := range []*asynq.Task{NewResumeRolloutsTask(), NewResumeImportsTask(), NewSweepStepsTask()} {
 		if _, err := s.client.Enqueue(t, asynq.Queue(s.cfg.Queue), asynq.MaxRetry(0), asynq.Timeout(time.Hour)); err != nil {
 			s.log.Warn("could not queue a resumption of unfinished work; the periodic one will do it", zap.String("type", t.Type()), zap.Error(err))
 		}
@@ -273,6 +281,27 @@ func (s *Server) handleDeleteSegment(ctx context.Context, t *asynq.Task) error {
 
 func (s *Server) handleSweepDeletions(ctx context.Context, _ *asynq.Task) error {
 	_, err := s.svc.Deletions.Sweep(ctx)
+	return err
+}
+
+func (s *Server) handleApplyStep(ctx context.Context, t *asynq.Task) error {
+	st, err := parseStep(t)
+	if err != nil {
+		return err
+	}
+	return s.svc.Schedules.Apply(ctx, st)
+}
+
+func (s *Server) handleSweepSteps(ctx context.Context, _ *asynq.Task) error {
+	_, err := s.svc.Schedules.Sweep(ctx)
+	return err
+}
+
+func (s *Server) handleSweepAudit(ctx context.Context, _ *asynq.Task) error {
+	n, err := s.svc.Audit.Sweep(ctx, s.cfg.SweepBatch)
+	if n > 0 {
+		s.log.Info("swept audit entries past AUDIT_RETENTION", zap.Int64("entries", n))
+	}
 	return err
 }
 

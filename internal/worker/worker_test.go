@@ -42,6 +42,8 @@ type stack struct {
 	queue string
 	rdb   *redis.Client
 	logs  *observer.ObservedLogs
+	// startWorker starts the worker, with stackOptions.workerLater.
+	startWorker func()
 }
 
 type stackOptions struct {
@@ -65,6 +67,8 @@ type stackOptions struct {
 	// importBatch and importRate are IMPORT_BATCH and IMPORT_RATE; zero
 	// keeps the default.
 	importBatch, importRate int
+	// workerLater leaves the worker to the test's stack.startWorker.
+	workerLater bool
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -148,7 +152,10 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.workerStatementTimeout > 0 {
 		wpool = openPool(t, dbURL, o.workerStatementTimeout)
 	}
-	start(wpool, app.Roles{Worker: true})
+	startWorker := func() { start(wpool, app.Roles{Worker: true}) }
+	if !o.workerLater {
+		startWorker()
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, e := range logs.FilterLevelExact(zap.ErrorLevel).All() {
@@ -156,7 +163,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 			}
 		}
 	})
-	return &stack{t: t, pool: pool, api: api.Handler(), svc: api.Services, queue: queue, rdb: rdb, logs: logs}
+	return &stack{t: t, pool: pool, api: api.Handler(), svc: api.Services, queue: queue, rdb: rdb, logs: logs, startWorker: startWorker}
 }
 
 // openPool opens a pool on dbURL, closed when t ends.

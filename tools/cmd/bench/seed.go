@@ -17,7 +17,11 @@ func seed(ctx context.Context, pool *pgxpool.Pool, o options) error {
 	for i := 1; i <= o.segments; i++ {
 		slugs = append(slugs, fmt.Sprintf("SEG_%d", i))
 	}
-	const qSegments = `INSERT INTO segments (slug) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`
+	// The audit log records them as the bench's.
+	const qSegments = `
+		INSERT INTO segments (slug)
+		SELECT unnest($1::text[]) FROM (SELECT set_config('segments.audit', '{"actor": "bench"}', true)) audit
+		ON CONFLICT DO NOTHING`
 	if _, err := pool.Exec(ctx, qSegments, slugs); err != nil {
 		return err
 	}

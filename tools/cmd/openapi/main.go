@@ -92,10 +92,12 @@ const layerSlugExample = "CHECKOUT_EXPERIMENTS"
 
 // afterExamples are the after= cursors, by operation.
 var afterExamples = map[string]any{
-	"listSegments":   "AVITO_DISCOUNT_50",
-	"listLayers":     "CHECKOUT_EXPERIMENTS",
-	"getUserHistory": "1764000000000000-1234",
-	"listMembers":    1000,
+	"listSegments":     "AVITO_DISCOUNT_50",
+	"listLayers":       "CHECKOUT_EXPERIMENTS",
+	"getUserHistory":   "1764000000000000-1234",
+	"listMembers":      1000,
+	"listAudit":        "41",
+	"listSegmentAudit": "41",
 }
 
 // sharedResponses are the statuses every operation can answer, whatever
@@ -183,6 +185,18 @@ func amend(doc *openapi3.T) error {
 		})
 	} else {
 		return fmt.Errorf("no ChangeSegmentsRequest schema")
+	}
+	// An audit entry's from and to are any JSON value: a field's as the
+	// API shows it, or null.
+	if change, ok := doc.Components.Schemas["AuditChange"]; ok {
+		for _, name := range []string{"from", "to"} {
+			change.Value.Properties[name] = openapi3.NewSchemaRef("", &openapi3.Schema{Nullable: true,
+				Description: "The field's value, as the API shows it; null before a creation or when unset"})
+		}
+		change.Value.Required = []string{"from", "to"}
+		change.Value.Example = map[string]any{"from": 10, "to": 50}
+	} else {
+		return fmt.Errorf("no AuditChange schema")
 	}
 	problem, ok := doc.Components.Schemas["Problem"]
 	if !ok {

@@ -1,0 +1,16 @@
+DROP TRIGGER imports_audit_end ON imports;
+DROP TRIGGER imports_audit ON imports;
+DROP FUNCTION audit_import();
+DROP TRIGGER layers_audit ON layers;
+DROP FUNCTION audit_layer();
+DROP TRIGGER segments_audit_update ON segments;
+DROP TRIGGER segments_audit ON segments;
+DROP FUNCTION audit_segment();
+DROP FUNCTION audit_write(jsonb, text, text, text, jsonb);
+DROP FUNCTION audit_change(text, jsonb, jsonb);
+DROP FUNCTION audit_time(timestamptz);
+DROP FUNCTION audit_context();
+ALTER TABLE imports DROP COLUMN request_id, DROP COLUMN actor;
+DROP INDEX segments_next_step_idx;
+ALTER TABLE segments DROP COLUMN next_step_at, DROP COLUMN auto_percent_schedule;
+DROP TABLE audit_log;
