@@ -283,3 +283,67 @@ func TestWorkerSweepsIdempotencyKeys(t *testing.T) {
 		t.Fatalf("the sweep took keys inside their TTL: %d of the 10 fresh ones left", n)
 	}
 }
+
+// TestAuditEntryOnlyForACommittedChange cuts the API's connection to
+// PostgreSQL while it commits a keyed creation of a segment: cut before
+// the server has the COMMIT, the creation and its audit entry are both
+// gone, and the retry makes them once; cut after, both are there, and the
+// retry replays without a second entry.
+func TestAuditEntryOnlyForACommittedChange(t *testing.T) {
+	vars, pool := cacheVars(t)
+	u, err := url.Parse(vars["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := newCutProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	vars["DATABASE_URL"] = u.String()
+	api := startReplica(t, "api", vars)
+	api.send(t, "GET", "/api/v1/segments", "") // a pooled connection, before any cut
+
+	for _, tc := range []struct {
+		slug      string
+		forward   bool // whether the server gets the COMMIT
+		committed bool
+	}{
+		{"CUT_BEFORE", false, false},
+		{"CUT_AFTER", true, true},
+	} {
+		t.Run(tc.slug, func(t *testing.T) {
+			body := fmt.Sprintf(`{"slug":%q}`, tc.slug)
+			entries := func() int64 {
+				return count(t, pool, fmt.Sprintf(`SELECT count(*) FROM audit_log WHERE target_slug = '%s'`, tc.slug))
+			}
+			fired := proxy.arm("commit", tc.forward)
+			for attempt := 1; ; attempt++ {
+				status, answer, _ := keyedPost(t, api.base+"/api/v1/segments", "audit-"+tc.slug, body)
+				if status != http.StatusServiceUnavailable {
+					t.Fatalf("attempt %d got %d %s, want 503", attempt, status, answer)
+				}
+				select {
+				case <-fired:
+				default:
+					if attempt == 5 {
+						t.Fatal("the proxy never saw the commit")
+					}
+					continue
+				}
+				break
+			}
+			want := int64(0)
+			if tc.committed {
+				want = 1
+			}
+			if n, s := entries(), count(t, pool, fmt.Sprintf(`SELECT count(*) FROM segments WHERE slug = '%s'`, tc.slug)); n != want || s != want {
+				t.Fatalf("after the cut: %d audit entries and %d segments, want %d of each", n, s, want)
+			}
+			status, answer, replayed := keyedPost(t, api.base+"/api/v1/segments", "audit-"+tc.slug, body)
+			if status != http.StatusCreated || replayed != tc.committed {
+				t.Fatalf("retry: %d %s (replayed %v), want 201 (replayed %v)", status, answer, replayed, tc.committed)
+			}
+			if n := entries(); n != 1 {
+				t.Fatalf("after the retry: %d audit entries, want 1", n)
+			}
+		})
+	}
+}
