@@ -347,3 +347,26 @@ func TestAuditEntryOnlyForACommittedChange(t *testing.T) {
 		})
 	}
 }
+
+// The worker deletes audit entries older than AUDIT_RETENTION, on its
+// periodic sweep, in batches, and keeps the rest.
+func TestWorkerSweepsTheAuditLog(t *testing.T) {
+	vars, pool := cacheVars(t)
+	const insert = `
+		INSERT INTO audit_log (at, actor, action, target_kind, target_slug, changes)
+		SELECT now() - $1::interval, 'test', 'create', 'segment', 'S' || i, '{}'
+		FROM generate_series($2::int, $3::int) AS i`
+	if _, err := pool.Exec(t.Context(), insert, "3 hours", 1, 2500); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(t.Context(), insert, "30 minutes", 2501, 2510); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, mapWith(vars, "SWEEP_INTERVAL", "1s", "SWEEP_BATCH", "1000", "AUDIT_RETENTION", "2h"))
+	testenv.Eventually(t, 15*time.Second, "the entries past AUDIT_RETENTION were not swept", func() bool {
+		return count(t, pool, `SELECT count(*) FROM audit_log`) == 10
+	})
+	if n := count(t, pool, `SELECT count(*) FROM audit_log WHERE target_slug IN ('S2501', 'S2510')`); n != 2 {
+		t.Fatalf("the sweep took entries inside the retention: %d of the 10 recent ones left", n)
+	}
+}
