@@ -49,7 +49,7 @@ BASE_URL="$base" node -e '
 echo "service ready at $base"
 
 echo "== Postman collection (newman): the contract through Prism's validating proxy"
-# Prism checks every request and response of folders 2-7 and 9-13 against
+# Prism checks every request and response of folders 2-7 and 9-14 against
 # docs/openapi.json; with --errors a violation becomes an error response,
 # which fails newman's assertions, and any violation in Prism's log fails
 # the build too. The health checks and "8. Outside the contract" (requests
@@ -82,7 +82,7 @@ collection=(../docs/postman/segments.postman_collection.json -e ../docs/postman/
 npx newman run "${collection[@]}" --env-var "baseUrl=$base" --folder "1. Health" \
   --reporters cli,junit --reporter-junit-export "$out/newman-health.xml"
 contract=()
-for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment" "9. Safe retries" "10. Changing a segment" "11. Support tools" "12. Layers" "13. Imports"; do
+for f in "2. Segments" "3. A user's segments" "4. Expiry" "5. Users and percent segments" "6. History reports" "7. Deleting a segment" "9. Safe retries" "10. Changing a segment" "11. Support tools" "12. Layers" "13. Imports" "14. Audit and schedules"; do
   contract+=(--folder "$f")
 done
 npx newman run "${collection[@]}" --env-var "baseUrl=http://127.0.0.1:$pport" "${contract[@]}" \

@@ -17,6 +17,7 @@ const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const contract = [
   'DELETE /layers/{slug}',
   'DELETE /segments/{slug}',
+  'GET /audit',
   'GET /layers',
   'GET /imports/{id}',
   'GET /layers/{slug}',
@@ -24,6 +25,7 @@ const contract = [
   'GET /reports/members/{token}',
   'GET /segments',
   'GET /segments/{slug}',
+  'GET /segments/{slug}/audit',
   'GET /segments/{slug}/members',
   'GET /users/{user_id}/history',
   'GET /users/{user_id}/segments',
@@ -69,6 +71,11 @@ try {
   const extra = listed.filter((op) => !contract.includes(op));
   if (missing.length) fail(`operations missing from the UI: ${missing.join(', ')}`);
   if (extra.length) fail(`operations in the UI but not in the contract: ${extra.join(', ')}`);
+  // The audit log's operations under their tag (Swagger UI ids an
+  // operation by its tag and operationId).
+  for (const id of ['listAudit', 'listSegmentAudit']) {
+    if (!(await page.locator(`#operations-audit-${id}`).count())) fail(`${id} is not listed under the tag audit`);
+  }
 
   // Authorize: with authentication on (TOKEN set), paste the bearer token
   // into the dialog the security scheme gives, as a user would.

@@ -190,7 +190,7 @@ func amend(doc *openapi3.T) error {
 	// API shows it, or null.
 	if change, ok := doc.Components.Schemas["AuditChange"]; ok {
 		for _, name := range []string{"from", "to"} {
-			change.Value.Properties[name] = openapi3.NewSchemaRef("", &openapi3.Schema{Nullable: true,
+			change.Value.Properties[name] = openapi3.NewSchemaRef("", &openapi3.Schema{
 				Description: "The field's value, as the API shows it; null before a creation or when unset"})
 		}
 		change.Value.Required = []string{"from", "to"}
