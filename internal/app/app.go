@@ -62,8 +62,12 @@ type Roles struct {
 
 // Deps are what New builds on.
 type Deps struct {
-	Pool  *pgxpool.Pool
-	Redis *redis.Client
+	Pool *pgxpool.Pool
+	// Direct, if set, is a pool of direct connections to the server for
+	// what needs a session (LISTEN, session advisory locks, the relays),
+	// when Pool goes through a pooler in transaction mode; nil: Pool.
+	Direct *pgxpool.Pool
+	Redis  *redis.Client
 	// Metrics counts for monitoring; nil makes a registry of the App's
 	// own.
 	Metrics *metrics.Metrics
@@ -133,6 +137,9 @@ func New(ctx context.Context, cfg config.Config, d Deps, roles Roles) (*App, err
 	if d.Log == nil {
 		d.Log = zap.NewNop()
 	}
+	if d.Direct == nil {
+		d.Direct = d.Pool
+	}
 	a := &App{Metrics: d.Metrics, cfg: cfg, deps: d, roles: roles}
 	svc, err := newServices(cfg, d)
 	if err != nil {
@@ -199,10 +206,10 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), rec,
 			secret, cfg.Reports.LinkTTL, cfg.Reports.Concurrency, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, rec), log.Named("expiry")),
-		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, rec), tasks, service.RolloutSettings{
+		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, rec).WithSessions(d.Direct), tasks, service.RolloutSettings{
 			Workers: cfg.Worker.RolloutWorkers, Batch: cfg.Worker.RolloutBatch, Rate: cfg.Worker.RolloutRate,
 		}, log.Named("rollouts")),
-		Imports: service.NewImports(postgres.NewImportRepo(d.Pool, rec, cfg.Worker.ImportUploadTimeout), tasks, rec,
+		Imports: service.NewImports(postgres.NewImportRepo(d.Pool, rec, cfg.Worker.ImportUploadTimeout).WithSessions(d.Direct), tasks, rec,
 			service.ImportSettings{Batch: cfg.Worker.ImportBatch, Rate: cfg.Worker.ImportRate}, d.Now, log.Named("imports")),
 		IdempotencyKeys: service.NewIdempotencyKeys(keys, cfg.IdempotencyTTL, d.Now),
 		Idempotency:     keys,
@@ -227,7 +234,7 @@ func (a *App) buildAPI(ctx context.Context) error {
 		return err
 	}
 
-	pg := d.Pool.Config().ConnConfig
+	pg := d.Direct.Config().ConnConfig
 	log := d.Log.Named("cache")
 	// Every API process takes part in relaying the changes queued for the
 	// caches (one relays at a time), whether or not its own cache is on.
@@ -246,7 +253,7 @@ func (a *App) buildAPI(ctx context.Context) error {
 // buildWorker adds the asynq worker and the change event relay.
 func (a *App) buildWorker() {
 	cfg, d := a.cfg, a.deps
-	a.worker = worker.NewServer(redisConnOpt(d.Redis), worker.Config{
+	a.worker = worker.NewServer(redisConnOpt(cfg.Redis, d.Redis), worker.Config{
 		Concurrency:     cfg.Worker.Concurrency,
 		Queue:           cfg.Worker.Queue,
 		ShutdownTimeout: cfg.ShutdownTimeout,
@@ -264,7 +271,8 @@ func (a *App) buildWorker() {
 	}
 	relay := events.NewRelay(events.Config{
 		Stream: cfg.Events.Stream, MaxLen: cfg.Events.MaxLen, Batch: cfg.Events.Batch, Interval: cfg.Events.Interval,
-	}, d.Pool.Config().ConnConfig, d.Redis, d.Metrics, d.Log.Named("events"))
+		WaitReplicas: cfg.Events.WaitReplicas,
+	}, d.Direct.Config().ConnConfig, d.Redis, d.Metrics, d.Log.Named("events"))
 	a.loops = append(a.loops, relay.Loop())
 }
 
@@ -332,9 +340,15 @@ func newVerifier(ctx context.Context, cfg config.Auth, log *zap.Logger) (*auth.V
 }
 
 // redisConnOpt names rdb's server and settings for asynq's server and
-// scheduler, which open (and close) connections of their own.
-func redisConnOpt(rdb *redis.Client) asynq.RedisConnOpt {
+// scheduler, which open (and close) connections of their own: with
+// Sentinel, the sentinels (asynq then follows the master as rdb does).
+func redisConnOpt(c config.Redis, rdb *redis.Client) asynq.RedisConnOpt {
 	o := rdb.Options()
+	if c.SentinelMaster != "" {
+		return asynq.RedisFailoverClientOpt{MasterName: c.SentinelMaster, SentinelAddrs: c.SentinelAddrs,
+			SentinelPassword: c.SentinelPassword, Username: o.Username, Password: o.Password, DB: o.DB,
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, TLSConfig: o.TLSConfig}
+	}
 	return asynq.RedisClientOpt{Network: o.Network, Addr: o.Addr, Username: o.Username, Password: o.Password,
 		DB: o.DB, DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, TLSConfig: o.TLSConfig}
 }

@@ -30,18 +30,31 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, roles Roles) e
 	pool, err := postgres.Open(ctx, cfg.Postgres.URL, postgres.PoolConfig{
 		MaxConns:         cfg.Postgres.MaxConns,
 		StatementTimeout: cfg.Postgres.StatementTimeout,
+		ExecMode:         cfg.Postgres.ExecMode,
 	})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	rdb, err := OpenRedis(cfg.Redis.URL)
+	// Sessions of their own (LISTEN, claims, the relays) go to the server
+	// itself when DATABASE_URL is a pooler.
+	direct := pool
+	if cfg.Postgres.DirectURL != cfg.Postgres.URL {
+		if direct, err = postgres.Open(ctx, cfg.Postgres.DirectURL, postgres.PoolConfig{
+			MaxConns:         cfg.Postgres.MaxConns,
+			StatementTimeout: cfg.Postgres.StatementTimeout,
+		}); err != nil {
+			return fmt.Errorf("DATABASE_DIRECT_URL: %w", err)
+		}
+		defer direct.Close()
+	}
+	rdb, err := OpenRedis(cfg.Redis)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
 
-	a, err := New(ctx, cfg, Deps{Pool: pool, Redis: rdb, Log: log}, roles)
+	a, err := New(ctx, cfg, Deps{Pool: pool, Direct: direct, Redis: rdb, Log: log}, roles)
 	if err != nil {
 		return err
 	}
@@ -96,15 +109,29 @@ func serveHTTP(c config.HTTP, log *zap.Logger, handler http.Handler, errc chan<-
 	return srv, nil
 }
 
-// OpenRedis returns a client of the Redis at url, with the service's
-// timeouts.
-func OpenRedis(url string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
+// Redis timeouts of every client the service opens.
+const (
+	redisDialTimeout = 2 * time.Second
+	redisIOTimeout   = 3 * time.Second
+)
+
+// OpenRedis returns a client of the Redis that c names, with the
+// service's timeouts: REDIS_URL's server, or with Sentinel the master the
+// sentinels name now, followed through a failover (go-redis's failover
+// client asks the sentinels again when the master changes or stops
+// answering).
+func OpenRedis(c config.Redis) (*redis.Client, error) {
+	opt, err := redis.ParseURL(c.URL)
 	if err != nil {
 		return nil, fmt.Errorf("parse redis url: %w", err)
 	}
-	opt.DialTimeout = 2 * time.Second
-	opt.ReadTimeout = 3 * time.Second
-	opt.WriteTimeout = 3 * time.Second
+	if c.SentinelMaster != "" {
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: c.SentinelMaster, SentinelAddrs: c.SentinelAddrs, SentinelPassword: c.SentinelPassword,
+			Username: opt.Username, Password: opt.Password, DB: opt.DB, TLSConfig: opt.TLSConfig,
+			DialTimeout: redisDialTimeout, ReadTimeout: redisIOTimeout, WriteTimeout: redisIOTimeout,
+		}), nil
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
 	return redis.NewClient(opt), nil
 }

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -53,14 +54,31 @@ type HTTP struct {
 
 // Postgres configures the database pool.
 type Postgres struct {
-	URL              string
+	URL string
+	// DirectURL is for what needs a session of its own (LISTEN, session
+	// advisory locks): the server itself when URL is a pooler in
+	// transaction mode. Default: URL.
+	DirectURL        string
 	MaxConns         int32
 	StatementTimeout time.Duration
+	// ExecMode is how pgx sends statements on URL (see postgres.ExecModes):
+	// through PgBouncer in transaction mode before 1.21, one that prepares
+	// no named statements.
+	ExecMode string
 }
 
 // Redis configures the task queue's Redis.
 type Redis struct {
+	// URL names the server, its database and credentials; with Sentinel
+	// only its database and credentials count.
 	URL string
+	// SentinelAddrs, if set, are the Redis Sentinels (host:port) that name
+	// the master called SentinelMaster: every client follows it through a
+	// failover.
+	SentinelAddrs  []string
+	SentinelMaster string
+	// SentinelPassword authenticates to the sentinels (not the master).
+	SentinelPassword string
 }
 
 // Worker configures the background task server.
@@ -144,6 +162,10 @@ type Events struct {
 	// Interval is how often the relay looks for new events once it has
 	// published all it may.
 	Interval time.Duration
+	// WaitReplicas is how many Redis replicas must hold a batch before
+	// it counts as published (WAIT): with Sentinel, a failover then loses
+	// no event the relay has marked published.
+	WaitReplicas int
 }
 
 // Auth configures bearer-token authentication; off unless JWTSecret or
@@ -208,9 +230,14 @@ func Load(getenv func(string) string) (Config, error) {
 			URL:              p.str("DATABASE_URL", "postgres://segments:segments@127.0.0.1:5432/segments?sslmode=disable"),
 			MaxConns:         int32(p.intRange("DATABASE_MAX_CONNS", 32, 1, 10000)),
 			StatementTimeout: p.duration("DATABASE_STATEMENT_TIMEOUT", 30*time.Second),
+			DirectURL:        p.str("DATABASE_DIRECT_URL", p.str("DATABASE_URL", "postgres://segments:segments@127.0.0.1:5432/segments?sslmode=disable")),
+			ExecMode:         p.oneOf("DATABASE_EXEC_MODE", "cache_statement", "cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"),
 		},
 		Redis: Redis{
-			URL: p.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+			URL:              p.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+			SentinelAddrs:    p.list("REDIS_SENTINEL_ADDRS"),
+			SentinelMaster:   p.str("REDIS_SENTINEL_MASTER", ""),
+			SentinelPassword: p.str("REDIS_SENTINEL_PASSWORD", ""),
 		},
 		Worker: Worker{
 			Concurrency:     p.intRange("WORKER_CONCURRENCY", 10, 1, 1000),
@@ -246,6 +273,8 @@ func Load(getenv func(string) string) (Config, error) {
 			MaxLen:   int64(p.intRange("EVENTS_STREAM_MAXLEN", 1000000, 1, 1000000000)),
 			Batch:    p.intRange("EVENTS_BATCH", 5000, 1, 100000),
 			Interval: p.durationRange("EVENTS_INTERVAL", 100*time.Millisecond, time.Millisecond, 10*time.Second),
+			// With Sentinel a replica must hold what is marked published.
+			WaitReplicas: p.intRange("EVENTS_WAIT_REPLICAS", boolInt(p.getenv("REDIS_SENTINEL_ADDRS") != ""), 0, 10),
 		},
 		Auth: Auth{
 			JWTSecret:             p.secret("AUTH_JWT_SECRET", 32),
@@ -281,6 +310,9 @@ func Load(getenv func(string) string) (Config, error) {
 		p.errs = append(p.errs, fmt.Errorf("AUTH_JWKS_URL=%q: want an https URL (whoever can change the JWK Set on the way can sign any token); AUTH_JWKS_ALLOW_HTTP=true allows http, for development only",
 			a.JWKSURL))
 	}
+	if r := c.Redis; (len(r.SentinelAddrs) == 0) != (r.SentinelMaster == "") {
+		p.errs = append(p.errs, fmt.Errorf("REDIS_SENTINEL_ADDRS and REDIS_SENTINEL_MASTER go together: set both (Sentinel) or neither (REDIS_URL's server)"))
+	}
 	for key, instead := range Retired {
 		if p.getenv(key) != "" {
 			p.errs = append(p.errs, fmt.Errorf("%s is no longer read: %s", key, instead))
@@ -296,6 +328,7 @@ func Load(getenv func(string) string) (Config, error) {
 // never the password.
 func (c Config) Redacted() Config {
 	c.Postgres.URL = describeDatabase(c.Postgres.URL)
+	c.Postgres.DirectURL = describeDatabase(c.Postgres.DirectURL)
 	c.Redis.URL = describeRedis(c.Redis.URL)
 	if c.Reports.Secret != "" {
 		c.Reports.Secret = "(set)"
@@ -388,6 +421,31 @@ func (p *parser) duration(key string, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// list reads a comma-separated list of host:port addresses; empty if
+// unset.
+func (p *parser) list(key string) []string {
+	var out []string
+	for _, a := range strings.Split(p.getenv(key), ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			p.errs = append(p.errs, fmt.Errorf("%s: %q is not host:port", key, a))
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // retention reads how long something is kept: 0 (the default) for ever,

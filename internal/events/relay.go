@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,7 +37,15 @@ type Config struct {
 	// Interval is how long the relay waits for new events once it has
 	// published all it may.
 	Interval time.Duration
+	// WaitReplicas, if above zero, is how many replicas must hold a batch
+	// (Redis WAIT, up to waitTimeout) before it is marked published; with
+	// fewer the batch is published again (at least once: a consumer may
+	// see an event twice, never miss one through a failover).
+	WaitReplicas int
 }
+
+// waitTimeout bounds a WAIT for replicas.
+const waitTimeout = time.Second
 
 // Recorder counts what the relay does; metrics.Metrics is one.
 type Recorder interface {
@@ -185,8 +195,51 @@ func (r *Relay) publish(ctx context.Context, events []domain.Event) error {
 		args = appendEntry(append(args, head...), e)
 		pipe.Do(ctx, args[from:]...)
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	var (
+		acked *redis.Cmd
+		info  *redis.StringCmd
+	)
+	if r.cfg.WaitReplicas > 0 {
+		acked = pipe.Do(ctx, "WAIT", r.cfg.WaitReplicas, waitTimeout.Milliseconds())
+		info = pipe.Info(ctx, "replication")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	if acked == nil {
+		return nil
+	}
+	// A master with fewer replicas than asked for (the promoted one after
+	// a failover, before another replica joins) cannot fail over to what
+	// it lacks: the replicas it has must hold the batch.
+	n, err := acked.Int64()
+	if err != nil {
+		return fmt.Errorf("WAIT: %w", err)
+	}
+	if need := min(int64(r.cfg.WaitReplicas), connectedReplicas(info)); n < need {
+		return fmt.Errorf("%d of the %d replicas connected hold the batch", n, need)
+	}
+	return nil
+}
+
+// connectedReplicas reads how many replicas are connected to the master
+// from its INFO replication (connected_slaves counts those still in their
+// first sync too: a batch is not published on a master whose only replica
+// would be promoted without it); an unreadable reply counts as "as many as
+// asked for".
+func connectedReplicas(info *redis.StringCmd) int64 {
+	text, err := info.Result()
+	if err != nil {
+		return 1 << 30
+	}
+	for line := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:"); ok {
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				return n
+			}
+		}
+	}
+	return 1 << 30
 }
 
 // entryLen is how many arguments appendEntry adds.

@@ -120,7 +120,7 @@ func (a *Attempt) Commit(ctx context.Context, resp domain.StoredResponse) error 
 		INSERT INTO idempotency_keys (caller, key, fingerprint, method, path, status, headers, body)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
 	b := &pgx.Batch{}
-	b.Queue(store, a.caller, a.key, resp.Fingerprint, resp.Method, resp.Path, resp.Status, headers, resp.Body)
+	b.Queue(store, a.caller, a.key, resp.Fingerprint, resp.Method, resp.Path, resp.Status, json.RawMessage(headers), resp.Body)
 	b.Queue("COMMIT")
 	err = a.conn.SendBatch(ctx, b).Close()
 	if err == nil {

@@ -47,7 +47,7 @@ func (r *ImportRepo) NextImport(ctx context.Context, segmentID int64) (*domain.I
 // runner's connection.
 func (r *ImportRepo) ClaimImports(ctx context.Context, segmentID int64) (release func(), ok bool, err error) {
 	key := -(int64(1) << 62) - segmentID
-	conn, err := r.pool.Acquire(ctx)
+	conn, err := r.sessions.Acquire(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("claim the imports of segment %d: %w", segmentID, dbError(err))
 	}

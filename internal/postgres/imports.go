@@ -21,7 +21,9 @@ import (
 // ImportRepo stores imports and applies them.
 type ImportRepo struct {
 	pool *pgxpool.Pool
-	rec  Recorder
+	// sessions holds the claims' connections (see RolloutRepo).
+	sessions *pgxpool.Pool
+	rec      Recorder
 	// uploadTimeout bounds the statements of an upload (a list of 10
 	// million ids streams into one COPY).
 	uploadTimeout time.Duration
@@ -31,7 +33,14 @@ type ImportRepo struct {
 // imports change to rec; an upload's statements may run for up to
 // uploadTimeout.
 func NewImportRepo(pool *pgxpool.Pool, rec Recorder, uploadTimeout time.Duration) *ImportRepo {
-	return &ImportRepo{pool: pool, rec: rec, uploadTimeout: uploadTimeout}
+	return &ImportRepo{pool: pool, sessions: pool, rec: rec, uploadTimeout: uploadTimeout}
+}
+
+// WithSessions makes the repo take its claims on sessions (a pool of
+// direct connections) and returns it.
+func (r *ImportRepo) WithSessions(sessions *pgxpool.Pool) *ImportRepo {
+	r.sessions = sessions
+	return r
 }
 
 // importColumns selects an import; scanImport reads it.

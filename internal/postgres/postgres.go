@@ -56,9 +56,23 @@ func (NopRecorder) MembershipsChanged(domain.Operation, domain.Reason, int64) {}
 // PoolConfig tunes the connection pool.
 type PoolConfig struct {
 	MaxConns int32
+	// ExecMode is a key of ExecModes; "" is pgx's default (cache_statement).
+	ExecMode string
 	// StatementTimeout bounds every statement on the server; zero keeps the
 	// server's setting.
 	StatementTimeout time.Duration
+}
+
+// ExecModes name pgx's ways of sending a statement (DATABASE_EXEC_MODE).
+// cache_statement prepares each statement once per connection (named
+// prepared statements: not through PgBouncer in transaction mode before
+// 1.21); the others prepare no named statement.
+var ExecModes = map[string]pgx.QueryExecMode{
+	"cache_statement": pgx.QueryExecModeCacheStatement,
+	"cache_describe":  pgx.QueryExecModeCacheDescribe,
+	"describe_exec":   pgx.QueryExecModeDescribeExec,
+	"exec":            pgx.QueryExecModeExec,
+	"simple_protocol": pgx.QueryExecModeSimpleProtocol,
 }
 
 // Open connects a pool to the database at url and checks that it answers.
@@ -72,6 +86,13 @@ func Open(ctx context.Context, url string, pc PoolConfig) (*pgxpool.Pool, error)
 	}
 	if pc.StatementTimeout > 0 {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(pc.StatementTimeout.Milliseconds())
+	}
+	if pc.ExecMode != "" {
+		mode, ok := ExecModes[pc.ExecMode]
+		if !ok {
+			return nil, fmt.Errorf("unknown exec mode %q", pc.ExecMode)
+		}
+		cfg.ConnConfig.DefaultQueryExecMode = mode
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

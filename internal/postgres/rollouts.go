@@ -15,13 +15,23 @@ import (
 // RolloutRepo runs the rollouts of percent segments.
 type RolloutRepo struct {
 	pool *pgxpool.Pool
-	rec  Recorder
+	// sessions holds the claims' connections (a session advisory lock
+	// each): the server itself, not a pooler in transaction mode.
+	sessions *pgxpool.Pool
+	rec      Recorder
 }
 
 // NewRolloutRepo returns a RolloutRepo on pool that reports the
 // memberships it creates to rec.
 func NewRolloutRepo(pool *pgxpool.Pool, rec Recorder) *RolloutRepo {
-	return &RolloutRepo{pool: pool, rec: rec}
+	return &RolloutRepo{pool: pool, sessions: pool, rec: rec}
+}
+
+// WithSessions makes the repo take its claims on sessions (a pool of
+// direct connections) and returns it.
+func (r *RolloutRepo) WithSessions(sessions *pgxpool.Pool) *RolloutRepo {
+	r.sessions = sessions
+	return r
 }
 
 func segmentGone(id int64) error { return domain.NotFoundf("segment %d does not exist", id) }
@@ -32,7 +42,7 @@ func segmentGone(id int64) error { return domain.NotFoundf("segment %d does not 
 // is called. The lock dies with the connection, so a runner that was
 // killed frees its rollout at once. ok is false if another runner holds it.
 func (r *RolloutRepo) ClaimRollout(ctx context.Context, segmentID int64) (release func(), ok bool, err error) {
-	conn, err := r.pool.Acquire(ctx)
+	conn, err := r.sessions.Acquire(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("claim rollout of segment %d: %w", segmentID, dbError(err))
 	}
