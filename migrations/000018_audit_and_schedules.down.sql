@@ -6,7 +6,6 @@ DROP FUNCTION audit_layer();
 DROP TRIGGER segments_audit_update ON segments;
 DROP TRIGGER segments_audit ON segments;
 DROP FUNCTION audit_segment();
-DROP FUNCTION audit_write(jsonb, text, text, text, jsonb);
 DROP FUNCTION audit_change(text, jsonb, jsonb);
 DROP FUNCTION audit_time(timestamptz);
 DROP FUNCTION audit_context();

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,4 +300,55 @@ func BenchmarkReadsMissingTheCache(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkPatchSegment changes segments' descriptions (PatchSegment: one
+// transaction, the audit context set, the row locked and updated), with
+// the audit triggers on (an entry each) and off (ALTER TABLE ... DISABLE
+// TRIGGER: the same work without the entry), for a paired comparison:
+// go test -bench PatchSegment -count 6.
+func BenchmarkPatchSegment(b *testing.B) {
+	pool := env.NewPool(b)
+	segs := postgres.NewSegmentRepo(pool, postgres.NopRecorder{})
+	for i := range 20 {
+		mustCreate(b, segs, fmt.Sprintf("SEG_%d", i))
+	}
+	for _, audit := range []bool{true, false} {
+		b.Run(fmt.Sprintf("audit=%v", audit), func(b *testing.B) {
+			toggle := "ENABLE"
+			if !audit {
+				toggle = "DISABLE"
+			}
+			mustExec(b, pool, `ALTER TABLE segments `+toggle+` TRIGGER segments_audit_update`)
+			before := apitestScalar(b, pool, `SELECT count(*) FROM audit_log`)
+			b.SetParallelism(parallelism)
+			b.ResetTimer()
+			var n atomic.Int64
+			run := time.Now().UnixNano() // every description new: each PATCH changes one
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					d := fmt.Sprintf("description %d-%d", run, i)
+					if _, err := segs.PatchSegment(context.Background(), fmt.Sprintf("SEG_%d", i%20), domain.SegmentPatch{Description: &d}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			if got, want := apitestScalar(b, pool, `SELECT count(*) FROM audit_log`)-before, map[bool]int64{true: n.Load(), false: 0}[audit]; got != want {
+				b.Fatalf("%d audit entries for %d changes, want %d", got, n.Load(), want)
+			}
+			mustExec(b, pool, `ALTER TABLE segments ENABLE TRIGGER segments_audit_update`)
+		})
+	}
+}
+
+func apitestScalar(tb testing.TB, pool *pgxpool.Pool, sql string) int64 {
+	tb.Helper()
+	var n int64
+	if err := pool.QueryRow(context.Background(), sql).Scan(&n); err != nil {
+		tb.Fatal(err)
+	}
+	return n
 }
