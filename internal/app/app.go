@@ -67,7 +67,10 @@ type Deps struct {
 	// what needs a session (LISTEN, session advisory locks, the relays),
 	// when Pool goes through a pooler in transaction mode; nil: Pool.
 	Direct *pgxpool.Pool
-	Redis  *redis.Client
+	// Standby, if set, is a pool on a streaming standby of Pool's server
+	// (DATABASE_REPLICA_URL), for the reads that may be a little late.
+	Standby *pgxpool.Pool
+	Redis   *redis.Client
 	// Metrics counts for monitoring; nil makes a registry of the App's
 	// own.
 	Metrics *metrics.Metrics
@@ -116,6 +119,8 @@ type App struct {
 	roles    Roles
 	router   httpapi.Options
 	loops    []supervise.Loop
+	// standby, if set, answers the API's reads that may be a little late.
+	standby *postgres.Standby
 	worker   *worker.Server
 	queuesUI *asynqmon.HTTPHandler
 
@@ -141,7 +146,10 @@ func New(ctx context.Context, cfg config.Config, d Deps, roles Roles) (*App, err
 		d.Direct = d.Pool
 	}
 	a := &App{Metrics: d.Metrics, cfg: cfg, deps: d, roles: roles}
-	svc, err := newServices(cfg, d)
+	if d.Standby != nil {
+		a.standby = postgres.NewStandby(d.Pool, d.Standby, cfg.Postgres.ReplicaMaxLag, d.Metrics, d.Log.Named("standby"))
+	}
+	svc, err := newServices(cfg, d, a.standby)
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +190,7 @@ func New(ctx context.Context, cfg config.Config, d Deps, roles Roles) (*App, err
 }
 
 // newServices builds the stores, the task client and the services.
-func newServices(cfg config.Config, d Deps) (*Services, error) {
+func newServices(cfg config.Config, d Deps, standby *postgres.Standby) (*Services, error) {
 	secret := []byte(cfg.Reports.Secret)
 	if len(secret) == 0 {
 		secret = make([]byte, 32)
@@ -193,7 +201,7 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 	}
 	rec, log := d.Metrics, d.Log
 	tasks := worker.NewClient(d.Redis, cfg.Worker.Queue, cfg.Worker.RolloutMaxRetry)
-	segments := postgres.NewSegmentRepo(d.Pool, rec)
+	segments := postgres.NewSegmentRepo(d.Pool, rec).WithStandby(standby)
 	keys := postgres.NewIdempotencyRepo(d.Pool)
 	segmentService := service.NewSegments(segments, tasks, d.Now, log.Named("segments"))
 	return &Services{
@@ -202,7 +210,7 @@ func newServices(cfg config.Config, d Deps) (*Services, error) {
 		Audit:     service.NewAudit(postgres.NewAuditRepo(d.Pool), cfg.AuditRetention, d.Now),
 		Layers:    service.NewLayers(postgres.NewLayerRepo(d.Pool)),
 		Deletions: service.NewDeletions(segments, rec, log.Named("deletions")),
-		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, rec), tasks, d.Now, log.Named("users")),
+		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, rec).WithStandby(standby), tasks, d.Now, log.Named("users")),
 		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), rec,
 			secret, cfg.Reports.LinkTTL, cfg.Reports.Concurrency, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, rec), log.Named("expiry")),
@@ -243,7 +251,21 @@ func (a *App) buildAPI(ctx context.Context) error {
 		a.Cache = readcache.New(cfg.Cache.MaxBytes, d.Now, d.Metrics)
 		o.Cache = a.Cache
 		d.Metrics.WatchCache(a.Cache)
-		a.loops = append(a.loops, postgres.InvalidationListener(pg, a.Cache, d.Metrics, d.Now, log))
+	}
+	switch {
+	case a.standby != nil:
+		// The standby is read only as far as the invalidations heard say
+		// it may: the listener runs with or without a cache.
+		var c postgres.Invalidator
+		if a.Cache != nil {
+			c = a.Cache
+		}
+		a.loops = append(a.loops,
+			postgres.InvalidationListener(pg, a.standby.Invalidator(c), d.Metrics, a.standby.Heard, d.Now, log),
+			a.standby.Monitor(250*time.Millisecond))
+		o.WriteFence = a.standby
+	case a.Cache != nil:
+		a.loops = append(a.loops, postgres.InvalidationListener(pg, a.Cache, d.Metrics, nil, d.Now, log))
 	}
 	queue := metrics.AsynqQueueSizes(asynq.NewInspectorFromRedisClient(d.Redis), cfg.Worker.Queue)
 	a.loops = append(a.loops, d.Metrics.FiguresLoop(queue, svc.Stats))

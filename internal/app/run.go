@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"golang.org/x/net/netutil"
@@ -54,7 +55,20 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, roles Roles) e
 	}
 	defer rdb.Close()
 
-	a, err := New(ctx, cfg, Deps{Pool: pool, Direct: direct, Redis: rdb, Log: log}, roles)
+	// The standby may be down at the start: its pool connects when used,
+	// and reads go to the primary until it answers.
+	var standby *pgxpool.Pool
+	if cfg.Postgres.ReplicaURL != "" && roles.API {
+		if standby, err = postgres.OpenLazy(cfg.Postgres.ReplicaURL, postgres.PoolConfig{
+			MaxConns:         cfg.Postgres.MaxConns,
+			StatementTimeout: cfg.Postgres.StatementTimeout,
+			ExecMode:         cfg.Postgres.ExecMode,
+		}); err != nil {
+			return fmt.Errorf("DATABASE_REPLICA_URL: %w", err)
+		}
+		defer standby.Close()
+	}
+	a, err := New(ctx, cfg, Deps{Pool: pool, Direct: direct, Standby: standby, Redis: rdb, Log: log}, roles)
 	if err != nil {
 		return err
 	}

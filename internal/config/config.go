@@ -61,6 +61,11 @@ type Postgres struct {
 	DirectURL        string
 	MaxConns         int32
 	StatementTimeout time.Duration
+	// ReplicaURL, if set, is a streaming standby of the primary: the reads
+	// that may be a little late go there when it is exact to (see
+	// postgres.Standby), unless it is more than ReplicaMaxLag behind.
+	ReplicaURL    string
+	ReplicaMaxLag time.Duration
 	// ExecMode is how pgx sends statements on URL (see postgres.ExecModes):
 	// through PgBouncer in transaction mode before 1.21, one that prepares
 	// no named statements.
@@ -231,6 +236,8 @@ func Load(getenv func(string) string) (Config, error) {
 			MaxConns:         int32(p.intRange("DATABASE_MAX_CONNS", 32, 1, 10000)),
 			StatementTimeout: p.duration("DATABASE_STATEMENT_TIMEOUT", 30*time.Second),
 			DirectURL:        p.str("DATABASE_DIRECT_URL", p.str("DATABASE_URL", "postgres://segments:segments@127.0.0.1:5432/segments?sslmode=disable")),
+			ReplicaURL:       p.str("DATABASE_REPLICA_URL", ""),
+			ReplicaMaxLag:    p.durationRange("REPLICA_MAX_LAG", time.Second, 10*time.Millisecond, time.Hour),
 			ExecMode:         p.oneOf("DATABASE_EXEC_MODE", "cache_statement", "cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"),
 		},
 		Redis: Redis{
@@ -329,6 +336,9 @@ func Load(getenv func(string) string) (Config, error) {
 func (c Config) Redacted() Config {
 	c.Postgres.URL = describeDatabase(c.Postgres.URL)
 	c.Postgres.DirectURL = describeDatabase(c.Postgres.DirectURL)
+	if c.Postgres.ReplicaURL != "" {
+		c.Postgres.ReplicaURL = describeDatabase(c.Postgres.ReplicaURL)
+	}
 	c.Redis.URL = describeRedis(c.Redis.URL)
 	if c.Reports.Secret != "" {
 		c.Reports.Secret = "(set)"

@@ -106,3 +106,17 @@ func recordActor(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r.WithContext(domain.WithActor(r.Context(), a)))
 	})
 }
+
+// fenceWrites tells f of each write before it runs and after it is done:
+// the process's reads that could go to a standby go to the primary
+// meanwhile, and afterwards to the standby only once it has replayed the
+// write.
+func fenceWrites(f WriteFence) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			done := f.BeginWrite()
+			defer done(r.Context())
+			next.ServeHTTP(w, r)
+		})
+	}
+}

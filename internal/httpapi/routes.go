@@ -21,6 +21,7 @@
 package httpapi
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -89,6 +90,15 @@ type Options struct {
 	Idempotency IdempotencyStore
 	// IdempotencyObserver, if set, counts keyed requests by outcome.
 	IdempotencyObserver IdempotencyObserver
+	// WriteFence, if set, is told of every write request before it runs;
+	// the function it returns runs once the handler is done (a standby
+	// then answers this process's reads only once it has the write).
+	WriteFence WriteFence
+}
+
+// WriteFence is postgres.Standby's side of a write.
+type WriteFence interface {
+	BeginWrite() func(context.Context)
 }
 
 // AuthObserver counts requests refused for their token, by reason.
@@ -198,6 +208,9 @@ func NewRouter(o Options) http.Handler {
 			}
 			mw := []func(http.Handler) http.Handler{deadline(timeout), authenticate(o.Auth, rt.scope, o.AuthObserver)}
 			if rt.method != http.MethodGet {
+				if o.WriteFence != nil {
+					mw = append(mw, fenceWrites(o.WriteFence))
+				}
 				mw = append(mw, recordActor, idempotent(o.Idempotency, o.IdempotencyObserver, rt.upload, func() { h.cache.InvalidateAll("local") }))
 			}
 			r.With(mw...).Method(rt.method, rt.pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { rt.handle(h, w, r) }))

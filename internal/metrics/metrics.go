@@ -42,6 +42,7 @@ type Metrics struct {
 	scheduleSteps      *prometheus.CounterVec
 	loopRestarts       *prometheus.CounterVec
 	importIDs          prometheus.Counter
+	standby            standby
 
 	cacheLookups      [readcache.Off + 1]prometheus.Counter
 	cacheInvalidated  *prometheus.CounterVec
@@ -115,6 +116,7 @@ func New() *Metrics {
 	}
 	m.registerCache()
 	m.registerEvents()
+	m.registerStandby()
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.httpRequests, m.httpDuration, m.memberships, m.reports, m.tasks, m.taskDuration, m.authRefused, m.keyed, m.scheduledDeletions, m.scheduleSteps, m.loopRestarts, m.importIDs)
 	// Every business series exists from the start, so that rates and

@@ -17,9 +17,12 @@ import (
 )
 
 // CacheChannel is the notification channel of the read cache. A payload
-// is "<microseconds since the Unix epoch> <ids>": the time the oldest of
-// the changes was written, then the user ids to drop, comma-separated, or
-// "*" for every user. An operator can flush every replica's cache with
+// is "<microseconds since the Unix epoch> <ids> <WAL position>": the time
+// the oldest of the changes was written, the user ids to drop,
+// comma-separated, or "*" for every user, and the primary's WAL position
+// when it was sent (past every change it names: a standby that has
+// replayed that far holds them; optional). An operator can flush every
+// replica's cache with
 //
 //	NOTIFY segments_cache, '0 *';
 const CacheChannel = "segments_cache"
@@ -50,7 +53,8 @@ const relaySQL = `
 		GROUP BY n
 	)
 	SELECT (SELECT taken FROM summary),
-	       (SELECT count(pg_notify('` + CacheChannel + `', (extract(epoch FROM s.since) * 1000000)::bigint || ' ' || p.list))
+	       (SELECT count(pg_notify('` + CacheChannel + `', (extract(epoch FROM s.since) * 1000000)::bigint || ' ' || p.list
+	                                                || ' ' || pg_current_wal_insert_lsn()))
 	        FROM summary s,
 	             LATERAL (SELECT '*' AS list WHERE s.everyone
 	                      UNION ALL
@@ -165,13 +169,17 @@ const (
 // missed. Run it with supervise.Run, which reconnects after a failure.
 //
 // Its session is named ListenerName() in pg_stat_activity.
-func InvalidationListener(cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) supervise.Loop {
+//
+// heard, if not nil, is told the WAL position of each notification before
+// its users are dropped, and the primary's position each time the listener
+// (re)connects (what it may have missed is older): see Standby.Heard.
+func InvalidationListener(cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, heard func(lsn uint64), now func() time.Time, log *zap.Logger) supervise.Loop {
 	cfg = cfg.Copy()
 	cfg.RuntimeParams["application_name"] = ListenerName()
 	return supervise.Loop{
 		Name: "cache_listener",
 		Run: func(ctx context.Context) error {
-			err := listen(ctx, cfg, c, rec, now, log)
+			err := listen(ctx, cfg, c, rec, heard, now, log)
 			if ctx.Err() == nil {
 				log.Warn("read cache off: lost its notification connection", zap.Error(err))
 			}
@@ -190,7 +198,7 @@ func processName() string {
 	return fmt.Sprintf("%s:%d", host, os.Getpid())
 }
 
-func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) error {
+func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagRecorder, heard func(uint64), now func() time.Time, log *zap.Logger) error {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return err
@@ -198,6 +206,17 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagReco
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, "LISTEN "+CacheChannel); err != nil {
 		return err
+	}
+	if heard != nil {
+		var lsn string
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+			return err
+		}
+		pos, err := ParseLSN(lsn)
+		if err != nil {
+			return err
+		}
+		heard(pos)
 	}
 	c.Listening(true)
 	log.Info("read cache on: listening for changes", zap.Uint32("backend_pid", conn.PgConn().PID()))
@@ -207,7 +226,7 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagReco
 		cancel()
 		switch {
 		case err == nil:
-			apply(n.Payload, c, rec, now, log)
+			apply(n.Payload, c, rec, heard, now, log)
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case pgconn.Timeout(err):
@@ -225,12 +244,17 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagReco
 
 // apply drops what one notification names. A payload it cannot read
 // flushes everything: dropping too much is safe.
-func apply(payload string, c Invalidator, rec LagRecorder, now func() time.Time, log *zap.Logger) {
-	at, ids, all, err := parseInvalidation(payload)
+func apply(payload string, c Invalidator, rec LagRecorder, heard func(uint64), now func() time.Time, log *zap.Logger) {
+	at, ids, all, lsn, err := parseInvalidation(payload)
 	if err != nil {
 		log.Warn("unreadable cache notification; dropping the whole cache", zap.String("payload", payload), zap.Error(err))
 		c.InvalidateAll("notified")
 		return
+	}
+	// The fence first: a fill that starts once the users are dropped must
+	// not read a standby older than the change.
+	if heard != nil && lsn != 0 {
+		heard(lsn)
 	}
 	if all {
 		c.InvalidateAll("notified")
@@ -244,28 +268,34 @@ func apply(payload string, c Invalidator, rec LagRecorder, now func() time.Time,
 
 // parseInvalidation reads a CacheChannel payload. A zero time is reported
 // as the zero time.Time.
-func parseInvalidation(payload string) (at time.Time, ids []int64, all bool, err error) {
-	micros, list, ok := strings.Cut(payload, " ")
+func parseInvalidation(payload string) (at time.Time, ids []int64, all bool, lsn uint64, err error) {
+	micros, rest, ok := strings.Cut(payload, " ")
 	if !ok {
-		return at, nil, false, errors.New("no space")
+		return at, nil, false, 0, errors.New("no space")
 	}
 	us, err := strconv.ParseInt(micros, 10, 64)
 	if err != nil {
-		return at, nil, false, fmt.Errorf("time: %w", err)
+		return at, nil, false, 0, fmt.Errorf("time: %w", err)
 	}
 	if us != 0 {
 		at = time.UnixMicro(us)
 	}
+	list, pos, hasPos := strings.Cut(rest, " ")
+	if hasPos {
+		if lsn, err = ParseLSN(pos); err != nil {
+			return at, nil, false, 0, err
+		}
+	}
 	if list == "*" {
-		return at, nil, true, nil
+		return at, nil, true, lsn, nil
 	}
 	ids = make([]int64, 0, strings.Count(list, ",")+1)
 	for s := range strings.SplitSeq(list, ",") {
 		id, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return at, nil, false, fmt.Errorf("user id: %w", err)
+			return at, nil, false, 0, fmt.Errorf("user id: %w", err)
 		}
 		ids = append(ids, id)
 	}
-	return at, ids, false, nil
+	return at, ids, false, lsn, nil
 }

@@ -64,7 +64,7 @@ func listenAndRelay(t *testing.T, pool *pgxpool.Pool) *heard {
 		supervise.Run(ctx, postgres.InvalidationRelay(pool.Config().ConnConfig, 5*time.Millisecond, zap.NewNop()), nil, zap.NewNop())
 	})
 	wg.Go(func() {
-		supervise.Run(ctx, postgres.InvalidationListener(pool.Config().ConnConfig, h, h, time.Now, zap.NewNop()), nil, zap.NewNop())
+		supervise.Run(ctx, postgres.InvalidationListener(pool.Config().ConnConfig, h, h, nil, time.Now, zap.NewNop()), nil, zap.NewNop())
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	waitUntil(t, "listening", h.on)

@@ -77,6 +77,20 @@ var ExecModes = map[string]pgx.QueryExecMode{
 
 // Open connects a pool to the database at url and checks that it answers.
 func Open(ctx context.Context, url string, pc PoolConfig) (*pgxpool.Pool, error) {
+	pool, err := OpenLazy(url, pc)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ping database: %w", err)
+	}
+	return pool, nil
+}
+
+// OpenLazy returns a pool on the database at url that connects when it is
+// first used.
+func OpenLazy(url string, pc PoolConfig) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
@@ -94,13 +108,9 @@ func Open(ctx context.Context, url string, pc PoolConfig) (*pgxpool.Pool, error)
 		}
 		cfg.ConnConfig.DefaultQueryExecMode = mode
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("create pool: %w", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("ping database: %w", err)
 	}
 	return pool, nil
 }

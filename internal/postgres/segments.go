@@ -17,6 +17,15 @@ import (
 type SegmentRepo struct {
 	pool *pgxpool.Pool
 	rec  Recorder
+	// standby, if set, answers members pages when it may.
+	standby *Standby
+}
+
+// WithStandby makes the repo read members pages from s's standby when it
+// may (see Standby) and returns it.
+func (r *SegmentRepo) WithStandby(s *Standby) *SegmentRepo {
+	r.standby = s
+	return r
 }
 
 // NewSegmentRepo returns a SegmentRepo on pool that reports the

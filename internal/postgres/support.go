@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"fmt"
@@ -87,7 +88,7 @@ func (r *SegmentRepo) Explain(ctx context.Context, userID int64, slug string) (d
 // whose user ids are above after, in user id order. It returns
 // domain.ErrNotFound if there is no such segment.
 func (r *SegmentRepo) Members(ctx context.Context, slug string, after int64, limit int) ([]domain.Member, error) {
-	const q = `
+	const query = `
 		SELECT s.id, m.user_id, m.added_at, m.expires_at, m.source
 		FROM segments s
 		LEFT JOIN LATERAL (
@@ -99,8 +100,8 @@ func (r *SegmentRepo) Members(ctx context.Context, slug string, after int64, lim
 			LIMIT $3
 		) m ON true
 		WHERE s.slug = $1`
-	return readAgain(ctx, r.pool, func() ([]domain.Member, error) {
-		rows, _ := on(ctx, r.pool).Query(ctx, q, slug, after, limit)
+	page := func(q dbtx) ([]domain.Member, error) {
+		rows, _ := q.Query(ctx, query, slug, after, limit)
 		defer rows.Close()
 		found := false
 		out := []domain.Member{}
@@ -128,6 +129,20 @@ func (r *SegmentRepo) Members(ctx context.Context, slug string, after int64, lim
 			return nil, domain.NotFoundf("segment %q does not exist", slug)
 		}
 		return out, nil
+	}
+	return readAgain(ctx, r.pool, func() ([]domain.Member, error) {
+		var out []domain.Member
+		err := readOn(ctx, r.standby, r.pool, func(q dbtx) error {
+			var err error
+			out, err = page(q)
+			return err
+		})
+		// A segment created a moment ago may not have reached the standby
+		// (no invalidation fences a creation): the primary says.
+		if errors.Is(err, domain.ErrNotFound) && r.standby != nil && !inRequestTx(ctx) {
+			out, err = page(r.pool)
+		}
+		return out, err
 	})
 }
 
@@ -144,8 +159,13 @@ func (r *SegmentRepo) Members(ctx context.Context, slug string, after int64, lim
 // membership_expiry_changes's key per membership.
 func (r *UserRepo) UserSegmentsAt(ctx context.Context, userID int64, at time.Time) ([]domain.Membership, error) {
 	return readAgain(ctx, r.pool, func() ([]domain.Membership, error) {
-		rows, _ := on(ctx, r.pool).Query(ctx, UserSegmentsAtSQL, userID, at)
-		ms, err := pgx.CollectRows(rows, scanMembership)
+		var ms []domain.Membership
+		err := readOn(ctx, r.standby, r.pool, func(q dbtx) error {
+			rows, _ := q.Query(ctx, UserSegmentsAtSQL, userID, at)
+			var err error
+			ms, err = pgx.CollectRows(rows, scanMembership)
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("segments of user %d at %s: %w", userID, at.Format(time.RFC3339Nano), dbError(err))
 		}

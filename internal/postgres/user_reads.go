@@ -161,7 +161,8 @@ const (
 
 // readBatcher batches the reads of registered users' memberships.
 type readBatcher struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	standby *Standby
 
 	mu      sync.Mutex
 	waiting []*readCall
@@ -247,17 +248,20 @@ func (b *readBatcher) runBatch(batch []*readCall) {
 	// The statement is shared by reads with contexts of their own: it
 	// runs to its end (the pool's statement timeout bounds it).
 	ctx := context.Background()
-	rows, _ := b.pool.Query(ctx, usersSegmentsSQL, ids)
-	found := make(map[int64][]domain.Membership, len(ids))
-	err := scanUsersSegments(rows, func(userID int64, m *domain.Membership) {
-		ms, ok := found[userID]
-		if !ok {
-			ms = []domain.Membership{}
-		}
-		if m != nil {
-			ms = append(ms, *m)
-		}
-		found[userID] = ms
+	var found map[int64][]domain.Membership
+	err := readOn(ctx, b.standby, b.pool, func(q dbtx) error {
+		found = make(map[int64][]domain.Membership, len(ids)) // afresh if a failed standby hands over
+		rows, _ := q.Query(ctx, usersSegmentsSQL, ids)
+		return scanUsersSegments(rows, func(userID int64, m *domain.Membership) {
+			ms, ok := found[userID]
+			if !ok {
+				ms = []domain.Membership{}
+			}
+			if m != nil {
+				ms = append(ms, *m)
+			}
+			found[userID] = ms
+		})
 	})
 	for userID, calls := range byUser {
 		ms, known := found[userID]

@@ -15,12 +15,21 @@ type UserRepo struct {
 	pool  *pgxpool.Pool
 	rec   Recorder
 	reads *readBatcher
+	// standby, if set, answers the reads that may be a little late.
+	standby *Standby
 }
 
 // NewUserRepo returns a UserRepo on pool that reports membership changes
 // to rec.
 func NewUserRepo(pool *pgxpool.Pool, rec Recorder) *UserRepo {
 	return &UserRepo{pool: pool, rec: rec, reads: &readBatcher{pool: pool}}
+}
+
+// WithStandby makes the repo read cache misses and ?at= from s's standby
+// when it may (see Standby) and returns it.
+func (r *UserRepo) WithStandby(s *Standby) *UserRepo {
+	r.standby, r.reads.standby = s, s
+	return r
 }
 
 // registryLock is the advisory lock that orders registrations against the

@@ -107,3 +107,37 @@ func (p *Postgres) Port() int { return p.port }
 
 // Stop shuts the server down cleanly (a fast shutdown) and waits for it.
 func (p *Postgres) Stop() error { return p.proc.stop() }
+
+// StartStandby makes a streaming standby of primary in dir (pg_basebackup
+// with -R: it follows primary from the position it was copied at) and
+// starts it, as primary's user, hot (it answers reads).
+func StartStandby(ctx context.Context, primary *Postgres, dir string) (*Postgres, error) {
+	basebackup, err := FindBinary("pg_basebackup")
+	if err != nil {
+		return nil, err
+	}
+	acct, err := postgresAccount()
+	if err != nil {
+		return nil, err
+	}
+	if err := acct.prepareDir(dir); err != nil {
+		return nil, err
+	}
+	cmd := acct.command(basebackup, "-h", "127.0.0.1", "-p", strconv.Itoa(primary.port), "-U", primary.user,
+		"-D", filepath.Join(dir, "data"), "-R", "-X", "stream", "-c", "fast")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("pg_basebackup: %w\n%s", err, out)
+	}
+	return StartPostgres(ctx, PostgresOptions{Dir: dir, User: primary.user, Throwaway: true})
+}
+
+// Kill ends the server at once (SIGKILL), as a crash would, and waits for
+// it.
+func (p *Postgres) Kill() error {
+	if p.proc.exited() {
+		return nil
+	}
+	_ = p.proc.cmd.Process.Kill()
+	<-p.proc.done
+	return nil
+}
