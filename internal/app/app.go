@@ -114,13 +114,13 @@ type App struct {
 	// or CACHE_MAX_BYTES is 0.
 	Cache *readcache.Cache
 
-	cfg      config.Config
-	deps     Deps
-	roles    Roles
-	router   httpapi.Options
-	loops    []supervise.Loop
+	cfg    config.Config
+	deps   Deps
+	roles  Roles
+	router httpapi.Options
+	loops  []supervise.Loop
 	// standby, if set, answers the API's reads that may be a little late.
-	standby *postgres.Standby
+	standby  *postgres.Standby
 	worker   *worker.Server
 	queuesUI *asynqmon.HTTPHandler
 

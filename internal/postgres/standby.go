@@ -49,12 +49,12 @@ type Standby struct {
 
 	fence     atomic.Uint64 // the WAL position reads must have replayed
 	listening atomic.Bool   // invalidations (and so the fence) arrive
-	writes   atomic.Int64  // writes of this process in flight
-	usable   atomic.Bool   // the monitor's verdict
-	started  atomic.Bool   // the monitor has set the fence once
-	mu       sync.Mutex
-	samples  []lsnSample // the primary's position over the last maxLag and more
-	replayed atomic.Uint64
+	writes    atomic.Int64  // writes of this process in flight
+	usable    atomic.Bool   // the monitor's verdict
+	started   atomic.Bool   // the monitor has set the fence once
+	mu        sync.Mutex
+	samples   []lsnSample // the primary's position over the last maxLag and more
+	replayed  atomic.Uint64
 }
 
 type lsnSample struct {
