@@ -291,3 +291,65 @@ func matches(selector, labels map[string]string) bool {
 	}
 	return true
 }
+
+// The overlay for the service beyond one server (deploy/k8s/beyond-one-server)
+// builds on the base and patches its ConfigMap; the patch and its example
+// Secret decode strictly, name only documented settings, and with the
+// base's settings make a valid configuration with a pooler, a direct URL,
+// a standby and Sentinel.
+func TestBeyondOneServerOverlay(t *testing.T) {
+	const dir = "../k8s/beyond-one-server/"
+	read := func(name string, v any) {
+		t.Helper()
+		b, err := os.ReadFile(dir + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := yaml.YAMLToJSON(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := strict(raw, v); err != nil {
+			t.Fatalf("%s does not decode strictly: %v", name, err)
+		}
+	}
+	var k struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		Resources  []string `json:"resources"`
+		Patches    []struct {
+			Path string `json:"path"`
+		} `json:"patches"`
+	}
+	read("kustomization.yaml", &k)
+	if !slices.Equal(k.Resources, []string{"../"}) || len(k.Patches) != 1 || k.Patches[0].Path != "configmap.yaml" {
+		t.Fatalf("the overlay should build on ../ and patch configmap.yaml: %+v", k)
+	}
+	var patch corev1.ConfigMap
+	read("configmap.yaml", &patch)
+	var secret corev1.Secret
+	read("secret.example.yaml", &secret)
+	base, _ := loadManifests(t)
+	if patch.Name != base.configMaps[0].Name {
+		t.Fatalf("the patch names ConfigMap %q, the base's is %q", patch.Name, base.configMaps[0].Name)
+	}
+	known := envKeys(t)
+	settings := map[string]string{}
+	maps.Copy(settings, base.configMaps[0].Data)
+	for _, kv := range []map[string]string{patch.Data, secret.StringData} {
+		for key, v := range kv {
+			if !known[key] {
+				t.Errorf("%s is not a setting in .env.example", key)
+			}
+			settings[key] = v
+		}
+	}
+	cfg, err := config.Load(func(key string) string { return settings[key] })
+	if err != nil {
+		t.Fatalf("the overlay's settings: %v", err)
+	}
+	if cfg.Postgres.DirectURL == cfg.Postgres.URL || cfg.Postgres.ReplicaURL == "" || cfg.Postgres.ExecMode == "cache_statement" ||
+		cfg.Redis.SentinelMaster == "" || len(cfg.Redis.SentinelAddrs) != 3 || cfg.Events.WaitReplicas != 1 || !cfg.Auth.Enabled() {
+		t.Fatalf("the overlay's configuration: %+v", cfg.Redacted())
+	}
+}
