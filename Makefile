@@ -36,8 +36,9 @@ reset: ## delete make run's local data (DATA_DIR): the next make run starts from
 test: lint docs-check test-go e2e ## everything CI runs: lint, docs check, Go tests, end-to-end checks
 
 .PHONY: test-go
-test-go: ## unit and integration tests (real Postgres and Redis), with the race detector; deployment file checks
+test-go: ## unit and integration tests (real Postgres and Redis), with the race detector; the API's again through PgBouncer in transaction mode; deployment file checks
 	$(GO) test -race -count=1 -timeout 15m ./...
+	TEST_PGBOUNCER=1 $(GO) test -count=1 -timeout 10m ./internal/httpapi
 	cd deploy && $(GO) test -count=1 ./...
 
 FUZZTIME ?= 60s

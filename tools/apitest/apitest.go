@@ -26,6 +26,7 @@ import (
 	"github.com/segments-service/segments/internal/config"
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/httpapi"
+	"github.com/segments-service/segments/tools/testenv"
 )
 
 // Response is a recorded response with its body.
@@ -161,7 +162,7 @@ func Process(tb testing.TB, pool *pgxpool.Pool, redisURL string, env map[string]
 	tb.Cleanup(func() { rdb.Close() })
 	vars := map[string]string{"CACHE_RELAY_INTERVAL": "5ms"}
 	maps.Copy(vars, env)
-	a, err := app.New(context.Background(), Config(tb, vars), app.Deps{Pool: pool, Redis: rdb, Log: log, Now: now}, roles)
+	a, err := app.New(context.Background(), Config(tb, vars), app.Deps{Pool: pool, Direct: testenv.Direct(pool), Redis: rdb, Log: log, Now: now}, roles)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/tools/localserver"
 )
 
 // Env is one PostgreSQL server and one Redis server for tests.
@@ -45,6 +47,23 @@ type Env struct {
 	prefix   string // unique per Env, so that Envs can share a server
 	seq      atomic.Int64
 	stops    []func()
+	// bouncer, with TEST_PGBOUNCER=1, is a PgBouncer in transaction mode
+	// that NewPool's pools go through.
+	bouncer *localserver.PgBouncer
+}
+
+// directPools maps a pool NewPool made through PgBouncer to a pool on the
+// same database directly (see Direct).
+var directPools sync.Map
+
+// Direct returns a pool on pool's database that connects to the server
+// itself: pool's own unless TEST_PGBOUNCER=1 made it go through PgBouncer
+// (what needs a session, as DATABASE_DIRECT_URL, uses it).
+func Direct(pool *pgxpool.Pool) *pgxpool.Pool {
+	if d, ok := directPools.Load(pool); ok {
+		return d.(*pgxpool.Pool)
+	}
+	return pool
 }
 
 // Run starts an Env, stores it in *env, runs the tests and exits with their
@@ -103,6 +122,17 @@ func Start(ctx context.Context) (*Env, error) {
 		e.Close()
 		return nil, fmt.Errorf("migrate template database: %w", err)
 	}
+	if os.Getenv("TEST_PGBOUNCER") == "1" {
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("segments-pgbouncer-%d", rand.Uint64()))
+		e.stops = append(e.stops, func() { _ = os.RemoveAll(dir) })
+		b, err := localserver.StartPgBouncer(ctx, localserver.PgBouncerOptions{Dir: dir, Server: e.adminURL, PoolSize: 40})
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("start pgbouncer: %w", err)
+		}
+		e.bouncer = b
+		e.stops = append(e.stops, func() { _ = b.Stop() })
+	}
 	return e, nil
 }
 
@@ -132,14 +162,34 @@ func (e *Env) NewDatabase(tb testing.TB) string {
 
 // NewPool creates a database for tb alone and returns a pool on it, closed
 // when tb ends.
+//
+// With TEST_PGBOUNCER=1 the pool goes through PgBouncer in transaction
+// mode (DATABASE_EXEC_MODE cache_describe), and Direct gives its direct
+// counterpart.
 func (e *Env) NewPool(tb testing.TB) *pgxpool.Pool {
 	tb.Helper()
-	pool, err := postgres.Open(context.Background(), e.NewDatabase(tb), postgres.PoolConfig{MaxConns: 40})
+	dbURL := e.NewDatabase(tb)
+	pool, err := postgres.Open(context.Background(), dbURL, postgres.PoolConfig{MaxConns: 40})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(pool.Close)
-	return pool
+	if e.bouncer == nil {
+		return pool
+	}
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pooled, err := postgres.Open(context.Background(), e.bouncer.URL(strings.TrimPrefix(u.Path, "/")),
+		postgres.PoolConfig{MaxConns: 40, ExecMode: "cache_describe"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pooled.Close)
+	directPools.Store(pooled, pool)
+	tb.Cleanup(func() { directPools.Delete(pooled) })
+	return pooled
 }
 
 // admin runs one statement on the maintenance database.
