@@ -130,16 +130,21 @@ func TestStandbyReadsStayExact(t *testing.T) {
 	// has the changes.
 	onStandby(`SELECT pg_wal_replay_resume()`)
 	before := metric(t, b.base, "segments_standby_reads_total")
+	// On failure, say where the fence and the standby stood.
 	defer func() {
-		if t.Failed() {
-			_, m := get(t, b.base+"/metrics")
-			t.Logf("B: %s", regexp.MustCompile(`(?m)^segments_standby.*$`).FindAllString(m, -1))
-			p, _ := pgx.Connect(context.Background(), primary.URL("segments"))
-			var ins, rep string
-			_ = p.QueryRow(context.Background(), `SELECT pg_current_wal_insert_lsn()::text`).Scan(&ins)
-			sc, _ := pgx.Connect(context.Background(), standby.URL("segments"))
-			_ = sc.QueryRow(context.Background(), `SELECT pg_last_wal_replay_lsn()::text`).Scan(&rep)
-			t.Logf("primary insert %s, standby replay %s", ins, rep)
+		if !t.Failed() {
+			return
+		}
+		_, m := get(t, b.base+"/metrics")
+		t.Logf("B: %s", regexp.MustCompile(`(?m)^segments_standby.*$`).FindAllString(m, -1))
+		for name, q := range map[string]string{primary.URL("segments"): `SELECT pg_current_wal_insert_lsn()::text`,
+			standby.URL("segments"): `SELECT pg_last_wal_replay_lsn()::text`} {
+			if conn, err := pgx.Connect(context.Background(), name); err == nil {
+				var pos string
+				_ = conn.QueryRow(context.Background(), q).Scan(&pos)
+				t.Logf("%s: %s", q, pos)
+				conn.Close(context.Background())
+			}
 		}
 	}()
 	fresh := int64(110) // users B has not read: each read a miss
