@@ -41,8 +41,10 @@ func Run(ctx context.Context, cfg config.Config, log *zap.Logger, roles Roles) e
 	// itself when DATABASE_URL is a pooler.
 	direct := pool
 	if cfg.Postgres.DirectURL != cfg.Postgres.URL {
+		// A connection a claim of a rollout or an import (the relays and
+		// the listener open their own).
 		if direct, err = postgres.Open(ctx, cfg.Postgres.DirectURL, postgres.PoolConfig{
-			MaxConns:         cfg.Postgres.MaxConns,
+			MaxConns:         int32(cfg.Worker.Concurrency + 2),
 			StatementTimeout: cfg.Postgres.StatementTimeout,
 		}); err != nil {
 			return fmt.Errorf("DATABASE_DIRECT_URL: %w", err)

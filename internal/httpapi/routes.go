@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -96,9 +97,12 @@ type Options struct {
 	WriteFence WriteFence
 }
 
-// WriteFence is postgres.Standby's side of a write.
+// WriteFence is postgres.Standby's side of a write, and of a bulk change
+// answered as done.
 type WriteFence interface {
 	BeginWrite() func(context.Context)
+	// Sync makes this process's later reads see what the primary has now.
+	Sync(ctx context.Context)
 }
 
 // AuthObserver counts requests refused for their token, by reason.
@@ -138,6 +142,24 @@ type handler struct {
 	uploadTimeout time.Duration
 	// readsRegister is Options.ReadsRegister.
 	readsRegister string
+	// fence is Options.WriteFence; synced the bulk changes it has been
+	// synced for (see syncOnce).
+	fence  WriteFence
+	synced sync.Map
+}
+
+// syncOnce syncs the write fence the first time key (a bulk change
+// answered as done) comes, so that this process's reads from a standby
+// have the change; without a fence it does nothing.
+func (h *handler) syncOnce(ctx context.Context, key string) {
+	if h.fence == nil {
+		return
+	}
+	if _, done := h.synced.Load(key); done {
+		return
+	}
+	h.fence.Sync(ctx)
+	h.synced.Store(key, struct{}{})
 }
 
 // NewRouter returns the service's HTTP handler: every route is here. With
@@ -162,6 +184,7 @@ func NewRouter(o Options) http.Handler {
 		reportTimeout: o.ReportTimeout,
 		uploadTimeout: o.UploadTimeout,
 		readsRegister: o.ReadsRegister,
+		fence:         o.WriteFence,
 	}
 
 	r := chi.NewRouter()

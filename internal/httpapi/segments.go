@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -113,9 +114,13 @@ type SegmentList struct {
 // as done for the first time first drops the read cache (see
 // readcache.FlushOnce): whoever reads "done" here then reads its users'
 // new memberships here.
-func (h *handler) segmentOut(s domain.Segment) Segment {
+func (h *handler) segmentOut(ctx context.Context, s domain.Segment) Segment {
 	if s.Rollout != nil && s.Rollout.Status == domain.RolloutDone {
-		h.cache.FlushOnce("rollout " + strconv.FormatInt(s.Rollout.ID, 10))
+		key := "rollout " + strconv.FormatInt(s.Rollout.ID, 10)
+		// With a standby, its reads must have the rollout too: the fence
+		// goes up to the primary's position first.
+		h.syncOnce(ctx, key)
+		h.cache.FlushOnce(key)
 	}
 	return segmentFrom(s)
 }
@@ -184,7 +189,7 @@ func (h *handler) createSegment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/segments/"+url.PathEscape(seg.Slug))
-	respond(w, http.StatusCreated, h.segmentOut(seg))
+	respond(w, http.StatusCreated, h.segmentOut(r.Context(), seg))
 }
 
 // listSegments godoc
@@ -212,7 +217,7 @@ func (h *handler) listSegments(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := SegmentList{Segments: make([]Segment, 0, len(page.Segments))}
 	for _, s := range page.Segments {
-		resp.Segments = append(resp.Segments, h.segmentOut(s))
+		resp.Segments = append(resp.Segments, h.segmentOut(r.Context(), s))
 	}
 	if page.NextAfter != "" {
 		resp.NextAfter = &page.NextAfter
@@ -236,7 +241,7 @@ func (h *handler) getSegment(w http.ResponseWriter, r *http.Request) {
 		respondError(w, r, err)
 		return
 	}
-	respond(w, http.StatusOK, h.segmentOut(seg))
+	respond(w, http.StatusOK, h.segmentOut(r.Context(), seg))
 }
 
 // deleteSegment godoc
@@ -354,5 +359,5 @@ func (h *handler) patchSegment(w http.ResponseWriter, r *http.Request) {
 		respondError(w, r, err)
 		return
 	}
-	respond(w, http.StatusOK, h.segmentOut(seg))
+	respond(w, http.StatusOK, h.segmentOut(r.Context(), seg))
 }

@@ -61,7 +61,7 @@ func (r *AuditRepo) AuditEntries(ctx context.Context, slug string, before int64,
 		SELECT id, at, coalesce(actor, ''), action, target_kind, target_slug, changes, coalesce(error, ''), coalesce(request_id, '')
 		FROM audit_log
 		WHERE ($1 = '' OR (target_slug = $1 AND target_kind IN ('segment', 'import')))
-		  AND ($2 = 0 OR id < $2)
+		  AND ($2::bigint = 0 OR id < $2)
 		ORDER BY id DESC
 		LIMIT $3`
 	return readAgain(ctx, r.pool, func() ([]domain.AuditEntry, error) {

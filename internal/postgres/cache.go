@@ -207,12 +207,17 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagReco
 	if _, err := conn.Exec(ctx, "LISTEN "+CacheChannel); err != nil {
 		return err
 	}
-	if heard != nil {
+	// The primary's position now: what this listener may have missed is
+	// older (and so is a notification that carries none).
+	position := func() (uint64, error) {
 		var lsn string
 		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
-			return err
+			return 0, err
 		}
-		pos, err := ParseLSN(lsn)
+		return ParseLSN(lsn)
+	}
+	if heard != nil {
+		pos, err := position()
 		if err != nil {
 			return err
 		}
@@ -226,7 +231,9 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagReco
 		cancel()
 		switch {
 		case err == nil:
-			apply(n.Payload, c, rec, heard, now, log)
+			if err := apply(n.Payload, c, rec, heard, position, now, log); err != nil {
+				return err
+			}
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case pgconn.Timeout(err):
@@ -244,17 +251,27 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, c Invalidator, rec LagReco
 
 // apply drops what one notification names. A payload it cannot read
 // flushes everything: dropping too much is safe.
-func apply(payload string, c Invalidator, rec LagRecorder, heard func(uint64), now func() time.Time, log *zap.Logger) {
-	at, ids, all, lsn, err := parseInvalidation(payload)
-	if err != nil {
-		log.Warn("unreadable cache notification; dropping the whole cache", zap.String("payload", payload), zap.Error(err))
-		c.InvalidateAll("notified")
-		return
-	}
-	// The fence first: a fill that starts once the users are dropped must
-	// not read a standby older than the change.
-	if heard != nil && lsn != 0 {
+//
+// With heard, the notification's WAL position goes to it first (a fill
+// that starts once the users are dropped must not read a standby older
+// than the change); a notification without one (an operator's, or an
+// older relay's) gets the primary's position now, from position.
+func apply(payload string, c Invalidator, rec LagRecorder, heard func(uint64), position func() (uint64, error), now func() time.Time, log *zap.Logger) error {
+	at, ids, all, lsn, perr := parseInvalidation(payload)
+	if heard != nil {
+		if perr != nil || lsn == 0 {
+			pos, err := position()
+			if err != nil {
+				return err
+			}
+			lsn = pos
+		}
 		heard(lsn)
+	}
+	if perr != nil {
+		log.Warn("unreadable cache notification; dropping the whole cache", zap.String("payload", payload), zap.Error(perr))
+		c.InvalidateAll("notified")
+		return nil
 	}
 	if all {
 		c.InvalidateAll("notified")
@@ -264,6 +281,7 @@ func apply(payload string, c Invalidator, rec LagRecorder, heard func(uint64), n
 	if !at.IsZero() {
 		rec.CacheNotificationLag(now().Sub(at))
 	}
+	return nil
 }
 
 // parseInvalidation reads a CacheChannel payload. A zero time is reported

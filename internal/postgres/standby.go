@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -51,7 +52,8 @@ type Standby struct {
 	listening atomic.Bool   // invalidations (and so the fence) arrive
 	writes    atomic.Int64  // writes of this process in flight
 	usable    atomic.Bool   // the monitor's verdict
-	started   atomic.Bool   // the monitor has set the fence once
+	synced    atomic.Bool   // the fence holds every write of this process: false at the start and after a lost position
+	lost      atomic.Int64  // positions lost so far (see Sync and check)
 	mu        sync.Mutex
 	samples   []lsnSample // the primary's position over the last maxLag and more
 	replayed  atomic.Uint64
@@ -124,16 +126,34 @@ func (s *Standby) BeginWrite() func(context.Context) {
 	s.writes.Add(1)
 	return func(ctx context.Context) {
 		defer s.writes.Add(-1)
-		lsn, err := currentLSN(context.WithoutCancel(ctx), s.primary)
-		if err != nil {
-			// Unknown: the standby waits until the monitor finds the primary.
-			s.usable.Store(false)
-			s.log.Warn("could not read the primary's WAL position after a write; reads stay on the primary", zap.Error(err))
-			return
-		}
-		s.Heard(lsn)
+		s.Sync(ctx)
 	}
 }
+
+// Sync raises the fence to the primary's position now: this process's
+// later reads see on the standby everything the primary has now, or go to
+// the primary. If the position cannot be read, reads go to the primary
+// until the monitor reads it.
+func (s *Standby) Sync(ctx context.Context) {
+	if s == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), standbyStepTimeout)
+	defer cancel()
+	lsn, err := currentLSN(ctx, s.primary)
+	if err != nil {
+		s.lost.Add(1)
+		s.synced.Store(false)
+		s.log.Warn("could not read the primary's WAL position; reads stay on the primary until it is read", zap.Error(err))
+		return
+	}
+	s.Heard(lsn)
+}
+
+// standbyStepTimeout bounds each step a read takes on the standby before
+// it goes to the primary instead (a standby that silently stopped
+// answering must not hold reads up), and a fence's read of the primary.
+const standbyStepTimeout = 2 * time.Second
 
 // readOn runs fn on s's standby if it may answer now, else on pool (or
 // the request's transaction, whose reads must see its writes).
@@ -149,33 +169,45 @@ func readOn(ctx context.Context, s *Standby, pool *pgxpool.Pool, fn func(q dbtx)
 // marked down and the read goes to the primary.
 func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
 	switch {
-	case !s.usable.Load(), !s.listening.Load():
+	case !s.usable.Load(), !s.listening.Load(), !s.synced.Load():
 		return s.fallback(ctx, "lagging", fn)
 	case s.writes.Load() > 0:
 		return s.fallback(ctx, "writing", fn)
 	}
-	conn, err := s.standby.Acquire(ctx)
+	sctx, cancel := context.WithTimeout(ctx, standbyStepTimeout)
+	defer cancel()
+	conn, err := s.standby.Acquire(sctx)
 	if err != nil {
 		return s.down(ctx, err, fn)
 	}
-	defer conn.Release()
 	// The position first, then the data: the data's snapshot is taken
 	// after, so it holds at least what the position says.
-	replayed, err := replayLSN(ctx, conn)
+	replayed, err := replayLSN(sctx, conn)
 	if err != nil {
+		conn.Release()
 		return s.down(ctx, err, fn)
 	}
 	if replayed < s.fence.Load() {
+		conn.Release()
 		return s.fallback(ctx, "behind", fn)
 	}
-	if err := fn(conn); err != nil {
-		if ctx.Err() == nil && conn.Conn().IsClosed() {
-			return s.down(ctx, err, fn)
-		}
+	err = fn(conn)
+	closed := conn.Conn().IsClosed()
+	conn.Release()
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		s.rec.StandbyRead()
+		return nil
+	case ctx.Err() != nil:
 		return err
+	case errors.As(err, &pgErr) && pgErr.Code == "40001":
+		// Canceled by the standby's replay (a recovery conflict).
+		return s.fallback(ctx, "down", fn)
+	case closed || sctx.Err() != nil:
+		return s.down(ctx, err, fn)
 	}
-	s.rec.StandbyRead()
-	return nil
+	return err
 }
 
 func (s *Standby) fallback(ctx context.Context, reason string, fn func(q dbtx) error) error {
@@ -214,15 +246,23 @@ func (s *Standby) Monitor(interval time.Duration) supervise.Loop {
 func (s *Standby) check(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
+	// Whether to sync is decided before the primary's position is read, so
+	// that the position read covers every write whose own was lost.
+	lost, needSync := s.lost.Load(), !s.synced.Load()
 	primary, err := currentLSN(cctx, s.primary)
 	if err != nil {
 		s.usable.Store(false)
 		return
 	}
 	now := time.Now()
-	if !s.started.Load() {
+	if needSync {
+		// At the start, or after a write's position was lost: what this
+		// process has written is at most this far (unless another was lost
+		// meanwhile: the next round).
 		s.Heard(primary)
-		s.started.Store(true)
+		if s.lost.Load() == lost {
+			s.synced.Store(true)
+		}
 	}
 	s.mu.Lock()
 	s.samples = append(s.samples, lsnSample{now, primary})

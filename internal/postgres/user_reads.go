@@ -71,6 +71,9 @@ func (r *UserRepo) userSegments(ctx context.Context, userID int64, register bool
 		return ms, known, nil
 	}
 
+	// A registration is a write: with a standby, this process's reads go
+	// to the primary until the standby has it.
+	defer r.standby.BeginWrite()(ctx)
 	var granted int64
 	b := &pgx.Batch{}
 	queueRegistration(b, []int64{userID}, func(_, g int64) { granted = g })

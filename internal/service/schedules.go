@@ -100,22 +100,23 @@ func (x *Schedules) Sweep(ctx context.Context) (int, error) {
 			return n, err
 		}
 		ran := 0
+		var failed error
 		for _, st := range due {
 			ok, err := x.apply(ctx, st, "sweep")
 			var notDue *NotDueError
-			if errors.As(err, &notDue) {
-				continue
-			}
-			if err != nil {
-				return n, err
-			}
-			if ok {
+			switch {
+			case errors.As(err, &notDue):
+			case err != nil:
+				// One segment's failure does not hold up the others' steps.
+				x.log.Error("a due step could not be applied", zap.String("slug", st.Slug), zap.Time("at", st.At), zap.Error(err))
+				failed = errors.Join(failed, err)
+			case ok:
 				n++
 				ran++
 			}
 		}
 		if ran == 0 {
-			return n, nil
+			return n, failed
 		}
 	}
 }
