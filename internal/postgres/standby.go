@@ -180,16 +180,23 @@ func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
 	if err != nil {
 		return s.down(ctx, err, fn)
 	}
-	// The position first, then the data: the data's snapshot is taken
-	// after, so it holds at least what the position says.
-	replayed, err := replayLSN(sctx, conn)
-	if err != nil {
-		conn.Release()
-		return s.down(ctx, err, fn)
-	}
-	if replayed < s.fence.Load() {
-		conn.Release()
-		return s.fallback(ctx, "behind", fn)
+	// The position, then the data: the data's snapshot is taken after, so
+	// it holds at least what the position says. A standby's replay only
+	// moves forward, so the position the monitor last read will do when it
+	// has reached the fence (most reads: no round trip more); else the
+	// standby is asked now.
+	fence := s.fence.Load()
+	if s.replayed.Load() < fence {
+		replayed, err := replayLSN(sctx, conn)
+		if err != nil {
+			conn.Release()
+			return s.down(ctx, err, fn)
+		}
+		if replayed < fence {
+			conn.Release()
+			return s.fallback(ctx, "behind", fn)
+		}
+		s.raiseReplayed(replayed)
 	}
 	err = fn(conn)
 	closed := conn.Conn().IsClosed()
@@ -290,12 +297,28 @@ func (s *Standby) check(ctx context.Context) {
 		s.rec.StandbyLag(-1, false)
 		return
 	}
+	if replayed < s.replayed.Load() {
+		// Replay went back: another server answers at the standby's address
+		// (restored, or a new one). What was read of the old one stands;
+		// what is read from now on is this one's.
+		s.log.Warn("the standby's replay position went back", zap.Uint64("was", s.replayed.Load()), zap.Uint64("now", replayed))
+	}
 	s.replayed.Store(replayed)
 	usable := replayed >= need
 	if s.usable.Swap(usable) != usable {
 		s.log.Info("standby", zap.Bool("usable", usable), zap.Uint64("behind_bytes", sub(primary, replayed)))
 	}
 	s.rec.StandbyLag(int64(sub(primary, replayed)), usable)
+}
+
+// raiseReplayed records a replay position a read saw, if it is newer.
+func (s *Standby) raiseReplayed(lsn uint64) {
+	for {
+		cur := s.replayed.Load()
+		if lsn <= cur || s.replayed.CompareAndSwap(cur, lsn) {
+			return
+		}
+	}
 }
 
 func sub(a, b uint64) uint64 {
