@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,6 +170,27 @@ func TestStandbyReadsStayExact(t *testing.T) {
 				t.Fatalf("after replay resumed, %s reads user %d as %v, want %v", r.base, u, got, want)
 			}
 		}
+	}
+
+	// Explain, members and a history export through B, which may read them
+	// from the standby now: each has the changes.
+	readsBefore := metric(t, b.base, "segments_standby_reads_total")
+	if got := b.send(t, "GET", "/api/v1/users/7/segments/S", ""); !strings.Contains(got, `"member":true`) {
+		t.Fatalf("B explains user 7 in S as %s", got)
+	}
+	if got := b.send(t, "GET", "/api/v1/segments/S/members?limit=1000", ""); strings.Count(got, `"user_id"`) != 30 {
+		t.Fatalf("B lists S's members as %s", got)
+	}
+	link := b.send(t, "POST", "/api/v1/reports/history", fmt.Sprintf(`{"period":%q,"user_id":7}`, time.Now().UTC().Format("2006-01")))
+	var report struct{ URL string }
+	if err := json.Unmarshal([]byte(link), &report); err != nil {
+		t.Fatal(err)
+	}
+	if _, csv := get(t, b.base+report.URL); !strings.Contains(csv, "7;S;add;") {
+		t.Fatalf("B's history export of user 7: %q", csv)
+	}
+	if metric(t, b.base, "segments_standby_reads_total")-readsBefore < 3 {
+		t.Fatal("explain, members and the export did not go to the standby")
 	}
 
 	// The standby gone: every read answers, from the primary.

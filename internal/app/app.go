@@ -211,7 +211,7 @@ func newServices(cfg config.Config, d Deps, standby *postgres.Standby) (*Service
 		Layers:    service.NewLayers(postgres.NewLayerRepo(d.Pool)),
 		Deletions: service.NewDeletions(segments, rec, log.Named("deletions")),
 		Users:     service.NewUsers(postgres.NewUserRepo(d.Pool, rec).WithStandby(standby), tasks, d.Now, log.Named("users")),
-		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout), rec,
+		Reports: service.NewReports(postgres.NewHistoryRepo(d.Pool, cfg.Reports.Timeout).WithStandby(standby), rec,
 			secret, cfg.Reports.LinkTTL, cfg.Reports.Concurrency, d.Now),
 		Expiry: service.NewExpiry(postgres.NewExpiryRepo(d.Pool, rec), log.Named("expiry")),
 		Rollouts: service.NewRollouts(postgres.NewRolloutRepo(d.Pool, rec).WithSessions(d.Direct), tasks, service.RolloutSettings{

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -15,8 +16,10 @@ import (
 // HistoryRepo reads membership history and exports it.
 type HistoryRepo struct {
 	pool *pgxpool.Pool
-	// export configures the connection each CSV export opens for itself.
-	export *pgx.ConnConfig
+	// export configures the connection each CSV export opens for itself;
+	// standbyExport the same on the standby, when there is one.
+	export, standbyExport *pgx.ConnConfig
+	standby               *Standby
 	// copyTimeout bounds one CSV export on the server.
 	copyTimeout time.Duration
 }
@@ -110,17 +113,73 @@ func (r *HistoryRepo) SegmentExists(ctx context.Context, segmentID int64) (bool,
 // can write no history (EventLog).
 const ExportName = "segments export (read only)"
 
+// WithStandby makes the repo's exports read from s's standby when it may
+// (see Standby) and returns it.
+func (r *HistoryRepo) WithStandby(s *Standby) *HistoryRepo {
+	if s == nil {
+		return r
+	}
+	r.standby = s
+	r.standbyExport = s.standby.Config().ConnConfig.Copy()
+	r.standbyExport.RuntimeParams["application_name"] = ExportName
+	return r
+}
+
 // exportTx runs fn in a read-only, repeatable read transaction (one
 // snapshot for all its statements; exports are downloads, never part of a
 // write's transaction) on a connection of its own named ExportName, whose
 // statements may run for up to the export timeout. The connection is
 // closed when fn returns.
+//
+// With a standby that has replayed past the fence, the export runs there
+// (its snapshot is taken after the position is checked); one that finds
+// its segment missing there (a creation is not fenced) runs again on the
+// primary.
 func (r *HistoryRepo) exportTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	if r.standby != nil {
+		ran, err := r.exportOnStandby(ctx, fn)
+		if ran && !errors.Is(err, domain.ErrNotFound) {
+			return err
+		}
+	}
 	conn, err := pgx.ConnectConfig(ctx, r.export)
 	if err != nil {
 		return fmt.Errorf("connect for an export: %w", dbError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	return r.export1(ctx, conn, fn)
+}
+
+// exportOnStandby runs the export on the standby if it may; ran says
+// whether it did.
+func (r *HistoryRepo) exportOnStandby(ctx context.Context, fn func(pgx.Tx) error) (ran bool, err error) {
+	s := r.standby
+	if ok, why := s.mayRead(); !ok {
+		s.rec.StandbyFallback(why)
+		return false, nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, standbyStepTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(sctx, r.standbyExport)
+	if err != nil {
+		s.rec.StandbyFallback("down")
+		return false, nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	reached, err := s.reached(sctx, conn)
+	if err != nil || !reached {
+		s.rec.StandbyFallback(map[bool]string{true: "down", false: "behind"}[err != nil])
+		return false, nil
+	}
+	if err := r.export1(ctx, conn, fn); err != nil {
+		return true, err
+	}
+	s.rec.StandbyRead()
+	return true, nil
+}
+
+// export1 runs fn in the export's transaction on conn.
+func (r *HistoryRepo) export1(ctx context.Context, conn *pgx.Conn, fn func(pgx.Tx) error) error {
 	opts := pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}
 	return dbError(pgx.BeginTxFunc(ctx, conn, opts, func(tx pgx.Tx) error {
 		settings := fmt.Sprintf("SET LOCAL statement_timeout = %d", r.copyTimeout.Milliseconds())

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -168,11 +169,8 @@ func readOn(ctx context.Context, s *Standby, pool *pgxpool.Pool, fn func(q dbtx)
 // A standby that fails the read (not the statement: the connection) is
 // marked down and the read goes to the primary.
 func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
-	switch {
-	case !s.usable.Load(), !s.listening.Load(), !s.synced.Load():
-		return s.fallback(ctx, "lagging", fn)
-	case s.writes.Load() > 0:
-		return s.fallback(ctx, "writing", fn)
+	if ok, why := s.mayRead(); !ok {
+		return s.fallback(ctx, why, fn)
 	}
 	sctx, cancel := context.WithTimeout(ctx, standbyStepTimeout)
 	defer cancel()
@@ -185,18 +183,14 @@ func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
 	// moves forward, so the position the monitor last read will do when it
 	// has reached the fence (most reads: no round trip more); else the
 	// standby is asked now.
-	fence := s.fence.Load()
-	if s.replayed.Load() < fence {
-		replayed, err := replayLSN(sctx, conn)
-		if err != nil {
-			conn.Release()
-			return s.down(ctx, err, fn)
-		}
-		if replayed < fence {
-			conn.Release()
-			return s.fallback(ctx, "behind", fn)
-		}
-		s.raiseReplayed(replayed)
+	reached, err := s.reached(sctx, conn)
+	if err != nil {
+		conn.Release()
+		return s.down(ctx, err, fn)
+	}
+	if !reached {
+		conn.Release()
+		return s.fallback(ctx, "behind", fn)
 	}
 	err = fn(conn)
 	closed := conn.Conn().IsClosed()
@@ -311,6 +305,34 @@ func (s *Standby) check(ctx context.Context) {
 	s.rec.StandbyLag(int64(sub(primary, replayed)), usable)
 }
 
+// mayRead says whether a read may try the standby now (see read).
+func (s *Standby) mayRead() (bool, string) {
+	switch {
+	case !s.usable.Load(), !s.listening.Load(), !s.synced.Load():
+		return false, "lagging"
+	case s.writes.Load() > 0:
+		return false, "writing"
+	}
+	return true, ""
+}
+
+// reached says whether the standby behind conn has replayed past the
+// fence; conn's next snapshot then holds everything it must.
+func (s *Standby) reached(ctx context.Context, conn interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (bool, error) {
+	fence := s.fence.Load()
+	if s.replayed.Load() >= fence {
+		return true, nil
+	}
+	replayed, err := replayLSN(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	s.raiseReplayed(replayed)
+	return replayed >= fence, nil
+}
+
 // raiseReplayed records a replay position a read saw, if it is newer.
 func (s *Standby) raiseReplayed(lsn uint64) {
 	for {
@@ -341,7 +363,9 @@ func currentLSN(ctx context.Context, pool *pgxpool.Pool) (uint64, error) {
 // position right after the last record replayed (see nextInsert): the
 // fence is made of insert positions, so that a standby that has replayed
 // everything up to one compares equal to it.
-func replayLSN(ctx context.Context, conn *pgxpool.Conn) (uint64, error) {
+func replayLSN(ctx context.Context, conn interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (uint64, error) {
 	var (
 		text    *string
 		segSize uint64

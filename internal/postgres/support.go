@@ -38,44 +38,54 @@ func (r *SegmentRepo) Explain(ctx context.Context, userID int64, slug string) (d
 			LIMIT $3
 		) last ORDER BY at, id`
 	var (
-		e     = domain.Explanation{Events: []domain.HistoryEvent{}}
+		e     domain.Explanation
 		found bool
 	)
-	b := &pgx.Batch{}
-	b.Queue(segment, userID, slug).Query(func(rows pgx.Rows) error {
-		defer rows.Close()
-		for rows.Next() {
-			found = true
-			var (
-				m          domain.Membership
-				addedAt    *time.Time
-				source     *string
-				layer      *string
-				froms, tos []int32
-			)
-			if err := rows.Scan(&e.AutoPercent, &e.Bucket, &addedAt, &m.ExpiresAt, &source, &layer, &froms, &tos); err != nil {
-				return err
+	explain := func(q dbtx) error {
+		e, found = domain.Explanation{Events: []domain.HistoryEvent{}}, false // afresh on the primary after the standby
+		b := &pgx.Batch{}
+		b.Queue(segment, userID, slug).Query(func(rows pgx.Rows) error {
+			defer rows.Close()
+			for rows.Next() {
+				found = true
+				var (
+					m          domain.Membership
+					addedAt    *time.Time
+					source     *string
+					layer      *string
+					froms, tos []int32
+				)
+				if err := rows.Scan(&e.AutoPercent, &e.Bucket, &addedAt, &m.ExpiresAt, &source, &layer, &froms, &tos); err != nil {
+					return err
+				}
+				if layer != nil {
+					e.Layer = &domain.ExplainedLayer{Slug: *layer, Bucket: domain.LayerBucket(*layer, userID), Ranges: bucketRanges(froms, tos)}
+				}
+				if source != nil {
+					m.Slug, m.AddedAt, m.Source = slug, *addedAt, domain.Source(*source)
+					e.Membership = &m
+				}
 			}
-			if layer != nil {
-				e.Layer = &domain.ExplainedLayer{Slug: *layer, Bucket: domain.LayerBucket(*layer, userID), Ranges: bucketRanges(froms, tos)}
-			}
-			if source != nil {
-				m.Slug, m.AddedAt, m.Source = slug, *addedAt, domain.Source(*source)
-				e.Membership = &m
-			}
-		}
-		return rows.Err()
-	})
-	b.Queue(events, userID, slug, explainEvents).Query(func(rows pgx.Rows) error {
-		var err error
-		e.Events, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.HistoryEvent, error) {
-			ev := domain.HistoryEvent{UserID: userID, Slug: slug}
-			err := row.Scan(&ev.ID, &ev.Operation, &ev.Reason, &ev.At)
-			return ev, err
+			return rows.Err()
 		})
-		return err
-	})
-	if err := on(ctx, r.pool).SendBatch(ctx, b).Close(); err != nil {
+		b.Queue(events, userID, slug, explainEvents).Query(func(rows pgx.Rows) error {
+			var err error
+			e.Events, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (domain.HistoryEvent, error) {
+				ev := domain.HistoryEvent{UserID: userID, Slug: slug}
+				err := row.Scan(&ev.ID, &ev.Operation, &ev.Reason, &ev.At)
+				return ev, err
+			})
+			return err
+		})
+		return q.SendBatch(ctx, b).Close()
+	}
+	err := readOn(ctx, r.standby, r.pool, explain)
+	// A segment created a moment ago may not have reached the standby (no
+	// invalidation fences a creation): the primary says.
+	if err == nil && !found && r.standby != nil && !inRequestTx(ctx) {
+		err = explain(r.pool)
+	}
+	if err != nil {
 		return domain.Explanation{}, fmt.Errorf("explain user %d in %s: %w", userID, slug, dbError(err))
 	}
 	if !found {
