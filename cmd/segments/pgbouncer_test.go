@@ -68,7 +68,7 @@ func throughPgBouncer(t *testing.T, mode string) {
 	for user := int64(1); user <= 20; user++ {
 		b.prime(t, user)
 		a.send(t, "POST", fmt.Sprintf("/api/v1/users/%d/segments", user), `{"add":["HAND"]}`)
-		testenv.Eventually(t, 5*time.Second, fmt.Sprintf("B still shows user %d without HAND", user), func() bool {
+		testenv.Eventually(t, 15*time.Second, fmt.Sprintf("B still shows user %d without HAND", user), func() bool {
 			slugs, _ := b.read(t, user)
 			return slices.Contains(slugs, "HAND")
 		})

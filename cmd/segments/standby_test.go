@@ -110,7 +110,7 @@ func TestStandbyReadsStayExact(t *testing.T) {
 			_, m := get(t, a.base+"/metrics")
 			t.Fatalf("A does not read its own write of user %d: %v (Cache-Status %s)\n%s", u, got, status, regexp.MustCompile(`(?m)^segments_standby.*$`).FindAllString(m, -1))
 		}
-		testenv.Eventually(t, 2*time.Second, fmt.Sprintf("B never showed user %d's change", u), func() bool {
+		testenv.Eventually(t, 10*time.Second, fmt.Sprintf("B never showed user %d's change", u), func() bool {
 			got, _ := b.read(t, u)
 			return slices.Equal(got, []string{"S"})
 		})

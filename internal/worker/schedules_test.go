@@ -67,8 +67,9 @@ func (s *stack) stepsVia(via string) int {
 	return n
 }
 
-// TestScheduleStepsApplyOnTime: a ramp of 10 % now, 30 % and 60 % two
-// seconds apart, on 2,000 users with a real worker. Each step applies
+// TestScheduleStepsApplyOnTime: a ramp of 10 % now, 30 % and 60 % four
+// seconds apart (room for the first step's rollout and its check under
+// the race detector on a busy machine), on 2,000 users with a real worker. Each step applies
 // once its time has come, never before, as a PATCH would (a rollout that
 // ends exact), leaves the plan, and is in the audit log under the actor
 // "schedule" with the share's and the plan's from and to.
@@ -78,7 +79,7 @@ func TestScheduleStepsApplyOnTime(t *testing.T) {
 	users := ids(1, 2000)
 	s.register(users)
 	first := time.Now().Add(3 * time.Second).Truncate(time.Millisecond)
-	second := first.Add(2 * time.Second)
+	second := first.Add(4 * time.Second)
 	var created httpapi.Segment
 	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "RAMP", "auto_percent": 10,
 		"auto_percent_schedule": []any{step(first, 30), step(second, 60)}}, &created)
@@ -128,7 +129,7 @@ func TestReplacedPlanNeverFires(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, stackOptions{})
 	s.register(ids(1, 200))
-	old := time.Now().Add(2 * time.Second)
+	old := time.Now().Add(4 * time.Second) // the PATCH below replaces it well before
 	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "PLAN", "auto_percent": 10, "auto_percent_schedule": []any{step(old, 50)}}, nil)
 	replaced := old.Add(2 * time.Second)
 	s.mustDo("PATCH", "/api/v1/segments/PLAN", map[string]any{"auto_percent_schedule": []any{step(replaced, 20)}}, nil)
@@ -173,7 +174,7 @@ func TestLostStepTaskIsSweptUp(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, stackOptions{sweepInterval: time.Second})
 	s.register(ids(1, 100))
-	at := time.Now().Add(2 * time.Second)
+	at := time.Now().Add(5 * time.Second) // its task is removed well before
 	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "LOST", "auto_percent": 10, "auto_percent_schedule": []any{step(at, 40)}}, nil)
 	if err := asynq.NewInspectorFromRedisClient(s.rdb).DeleteTask(s.queue, stepTaskID(t, s.segmentID("LOST"), at)); err != nil {
 		t.Fatalf("remove the step's task: %v", err)
@@ -242,7 +243,7 @@ func TestStepInAFullLayer(t *testing.T) {
 func TestScheduledWorkIsAudited(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, stackOptions{})
-	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "GONE", "delete_at": time.Now().Add(5 * time.Second).UTC().Format(time.RFC3339Nano)}, nil)
+	s.mustDo("POST", "/api/v1/segments", map[string]any{"slug": "GONE", "delete_at": time.Now().Add(10 * time.Second).UTC().Format(time.RFC3339Nano)}, nil)
 	imp := s.upload("GONE", "mode=add", []int64{3, 1, 2, 3})
 	if done := s.waitImport(imp.ID); done.Status != "done" {
 		t.Fatalf("import %+v", done)
