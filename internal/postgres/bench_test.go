@@ -13,6 +13,7 @@ import (
 
 	"github.com/segments-service/segments/internal/domain"
 	"github.com/segments-service/segments/internal/postgres"
+	"github.com/segments-service/segments/tools/apitest"
 )
 
 // parallelism × GOMAXPROCS goroutines send changes at once.
@@ -320,7 +321,7 @@ func BenchmarkPatchSegment(b *testing.B) {
 				toggle = "DISABLE"
 			}
 			mustExec(b, pool, `ALTER TABLE segments `+toggle+` TRIGGER segments_audit_update`)
-			before := apitestScalar(b, pool, `SELECT count(*) FROM audit_log`)
+			before := apitest.Scalar(b, pool, `SELECT count(*) FROM audit_log`)
 			b.SetParallelism(parallelism)
 			b.ResetTimer()
 			var n atomic.Int64
@@ -336,19 +337,10 @@ func BenchmarkPatchSegment(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			if got, want := apitestScalar(b, pool, `SELECT count(*) FROM audit_log`)-before, map[bool]int64{true: n.Load(), false: 0}[audit]; got != want {
+			if got, want := apitest.Scalar(b, pool, `SELECT count(*) FROM audit_log`)-before, map[bool]int64{true: n.Load(), false: 0}[audit]; got != want {
 				b.Fatalf("%d audit entries for %d changes, want %d", got, n.Load(), want)
 			}
 			mustExec(b, pool, `ALTER TABLE segments ENABLE TRIGGER segments_audit_update`)
 		})
 	}
-}
-
-func apitestScalar(tb testing.TB, pool *pgxpool.Pool, sql string) int64 {
-	tb.Helper()
-	var n int64
-	if err := pool.QueryRow(context.Background(), sql).Scan(&n); err != nil {
-		tb.Fatal(err)
-	}
-	return n
 }

@@ -166,9 +166,12 @@ func (r *HistoryRepo) exportOnStandby(ctx context.Context, fn func(pgx.Tx) error
 		return false, nil
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	reached, err := s.reached(sctx, conn)
-	if err != nil || !reached {
-		s.rec.StandbyFallback(map[bool]string{true: "down", false: "behind"}[err != nil])
+	switch reached, err := s.reached(sctx, conn); {
+	case err != nil:
+		s.rec.StandbyFallback("down")
+		return false, nil
+	case !reached:
+		s.rec.StandbyFallback("behind")
 		return false, nil
 	}
 	if err := r.export1(ctx, conn, fn); err != nil {

@@ -170,7 +170,7 @@ func readOn(ctx context.Context, s *Standby, pool *pgxpool.Pool, fn func(q dbtx)
 // marked down and the read goes to the primary.
 func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
 	if ok, why := s.mayRead(); !ok {
-		return s.fallback(ctx, why, fn)
+		return s.fallback(why, fn)
 	}
 	sctx, cancel := context.WithTimeout(ctx, standbyStepTimeout)
 	defer cancel()
@@ -190,7 +190,7 @@ func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
 	}
 	if !reached {
 		conn.Release()
-		return s.fallback(ctx, "behind", fn)
+		return s.fallback("behind", fn)
 	}
 	err = fn(conn)
 	closed := conn.Conn().IsClosed()
@@ -204,14 +204,14 @@ func (s *Standby) read(ctx context.Context, fn func(q dbtx) error) error {
 		return err
 	case errors.As(err, &pgErr) && pgErr.Code == "40001":
 		// Canceled by the standby's replay (a recovery conflict).
-		return s.fallback(ctx, "down", fn)
+		return s.fallback("down", fn)
 	case closed || sctx.Err() != nil:
 		return s.down(ctx, err, fn)
 	}
 	return err
 }
 
-func (s *Standby) fallback(ctx context.Context, reason string, fn func(q dbtx) error) error {
+func (s *Standby) fallback(reason string, fn func(q dbtx) error) error {
 	s.rec.StandbyFallback(reason)
 	return fn(s.primary)
 }
@@ -223,7 +223,7 @@ func (s *Standby) down(ctx context.Context, err error, fn func(q dbtx) error) er
 	if s.usable.Swap(false) {
 		s.log.Warn("the standby failed a read; reading the primary until it answers again", zap.Error(err))
 	}
-	return s.fallback(ctx, "down", fn)
+	return s.fallback("down", fn)
 }
 
 // Monitor returns the loop that watches the standby every interval: its
